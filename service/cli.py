@@ -1,0 +1,71 @@
+"""``rewardscope`` console script: thin subcommands that call the library.
+
+Each subcommand lives in the module that owns the idea and exposes ``add_arguments(parser)`` and
+``run(args) -> int``; this file only wires them up, importing lazily so ``--help`` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> (module, one-line help)
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "serve": ("rewardscope.serve_cmd", "run the live analysis service"),
+    "config": ("rewardscope.serve_cmd:config", "print the effective configuration"),
+    "demo": ("rewardscope.demo", "simulator -> service -> watcher on loopback, in one go"),
+    "simulate": ("rewardscope.simulators.publisher", "stream simulated STEM frames"),
+    "watch": ("rewardscope.clients.watch", "print one line per result"),
+    "ctl": ("rewardscope.clients.ctl", "send a control command to a running service"),
+    "record": ("rewardscope.clients.recorder", "record a frame stream to a file"),
+    "replay": ("rewardscope.simulators.replay", "re-publish a recorded session or images"),
+    "import": ("rewardscope.simulators.stills", "turn still images into a replayable session"),
+    "analyze": ("rewardscope.analyze_cmd", "reward-driven analysis of one image, offline"),
+    "bench": ("rewardscope.bench_cmd", "run the benchmarks (ratios vs. baselines)"),
+    "export": ("rewardscope.export", "export a stored session to HDF5"),
+    "keys": ("rewardscope.security", "write CURVE certificates"),
+}
+
+
+def _load(spec: str):
+    mod_name, _, prefix = spec.partition(":")
+    mod = importlib.import_module(mod_name)
+    add = getattr(mod, f"add_{prefix}_arguments" if prefix else "add_arguments")
+    run = getattr(mod, f"run_{prefix}" if prefix else "run")
+    return add, run
+
+
+def build_parser(argv_command: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rewardscope",
+        description="Live reward-driven analysis of atomically resolved microscope frames.")
+    from . import __version__
+    parser.add_argument("--version", action="version", version=f"rewardscope {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (spec, helptext) in SUBCOMMANDS.items():
+        p = sub.add_parser(name, help=helptext, description=helptext)
+        # Only the chosen subcommand's module is imported (keeps --help fast and robust).
+        if name == argv_command:
+            add, run = _load(spec)
+            add(p)
+            p.set_defaults(_run=run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    command = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(command if command in SUBCOMMANDS else None)
+    args = parser.parse_args(argv)
+    if not getattr(args, "_run", None):
+        parser.print_help()
+        return 0 if not argv or "-h" in argv or "--help" in argv else 2
+    try:
+        return int(args._run(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

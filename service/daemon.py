@@ -1,0 +1,443 @@
+"""The long-running service: frames socket in, results/status/errors out, control on the side.
+
+Two threads, one direction of data:
+
+* the I/O thread owns every ZeroMQ socket (they are not thread-safe). It polls the frames and
+  control sockets, hands accepted frames to the analysis thread through a one-slot mailbox, and
+  forwards what the analysis thread sends back over an ``inproc`` PAIR socket to the results PUB.
+* the analysis thread takes the newest frame from the mailbox, runs the session's engine and
+  sends the encoded result (or an ``analysis_failed`` error) back.
+
+When analysis is slower than acquisition the mailbox keeps only the newest frame and counts each
+replaced one as dropped ("stale"), so latency stays bounded instead of a queue growing without
+limit. A malformed message is counted under its code, published on the error topic, and the
+loop goes on with the next one: nothing the instrument sends can stop the daemon.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import signal
+import threading
+import time
+import traceback
+from collections import Counter, OrderedDict
+from dataclasses import dataclass
+from urllib.parse import urlparse
+
+import zmq
+
+from . import __version__, protocol
+from .config import ConfigError, ServiceConfig
+from .engine import SessionEngine, make_engine
+from .engine import warmup as engine_warmup
+from .ingest import Accepted, Ingest, Marker
+from .metrics import Metrics
+from .protocol import ProtocolError
+from .publish import result_message
+
+log = logging.getLogger("rewardscope.daemon")
+
+DROP_REASONS = ("seq_gap", "stale", "invalid", "duplicate")
+SETTABLE = ("lattice_px", "budget", "cold_budget", "deadline_s", "workflow", "knee", "seed",
+            "heartbeat_s", "session_gap_timeout_s")
+_INPROC = "inproc://rewardscope-results-{}"
+
+
+class InsecureBindError(ConfigError):
+    """Refusing to expose control/results on the network without authentication."""
+
+
+def is_loopback_url(url: str) -> bool:
+    """True for tcp:// on 127.0.0.0/8, ::1 or localhost, and for ipc:// / inproc://."""
+    parsed = urlparse(url)
+    if parsed.scheme in ("ipc", "inproc"):
+        return True
+    host = (parsed.hostname or "").strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # '*', 0.0.0.0, interface names, DNS names: all reach the network
+
+
+def check_bind_policy(cfg: ServiceConfig) -> None:
+    """Refuse to bind results/control beyond loopback without CURVE unless explicitly allowed."""
+    if cfg.allow_insecure_bind or cfg.curve_secret:
+        return
+    urls = {"results": cfg.results, "control": cfg.control}
+    if cfg.frames_bind:
+        urls["frames"] = cfg.frames
+    exposed = [f"{k}={v}" for k, v in urls.items() if not is_loopback_url(v)]
+    if exposed:
+        raise InsecureBindError(
+            f"refusing to bind {', '.join(exposed)} beyond loopback without CURVE "
+            "authentication; set curve_secret/curve_allow or allow_insecure_bind = true")
+
+
+class LatestFrameSlot:
+    """A one-frame mailbox: ``put`` replaces what the analysis thread has not taken yet."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._item: Accepted | None = None
+        self._closed = False
+        self.paused = False
+
+    def put(self, item: Accepted) -> Accepted | None:
+        with self._cond:
+            replaced, self._item = self._item, item
+            self._cond.notify()
+            return replaced
+
+    def take(self) -> Accepted | None:
+        """Block until a frame is available (and not paused) or the slot is closed."""
+        with self._cond:
+            while not self._closed and (self._item is None or self.paused):
+                self._cond.wait(0.5)
+            if self._closed:
+                return None
+            item, self._item = self._item, None
+            return item
+
+    def set_paused(self, paused: bool) -> None:
+        with self._cond:
+            self.paused = paused
+            self._cond.notify()
+
+    def close(self) -> Accepted | None:
+        with self._cond:
+            self._closed = True
+            item, self._item = self._item, None
+            self._cond.notify_all()
+            return item
+
+    def depth(self) -> int:
+        return 0 if self._item is None else 1
+
+
+@dataclass
+class Stats:
+    received: int = 0  # every message on the frames socket
+    frames_accepted: int = 0
+    frames_processed: int = 0
+    results_published: int = 0
+    last_seq: int | None = None
+    last_session: str | None = None
+
+
+class Daemon:
+    """``rewardscope serve``. Construct, ``start()`` (binds, so endpoints are known), ``run()``.
+
+    ``stop()`` is thread-safe and signal-safe: the frame in hand is finished and published,
+    then sockets close and ``run`` returns.
+    """
+
+    def __init__(self, cfg: ServiceConfig, *, context: zmq.Context | None = None,
+                 metrics: Metrics | None = None) -> None:
+        cfg.validate()
+        check_bind_policy(cfg)
+        self.cfg = cfg
+        self.ctx = context or zmq.Context.instance()
+        self.metrics = metrics or Metrics()
+        self.ingest = Ingest(cfg.limits())
+        self.slot = LatestFrameSlot()
+        self.stats = Stats()
+        self.dropped: Counter[str] = Counter({r: 0 for r in DROP_REASONS})
+        self.errors: Counter[str] = Counter({c: 0 for c in protocol.ERROR_CODES})
+        self.engines: OrderedDict[str, SessionEngine] = OrderedDict()
+        self._engines_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._started_monotonic = time.monotonic()
+        self._inproc = _INPROC.format(id(self))
+        self._worker: threading.Thread | None = None
+        self.state = "starting"
+        self.results_endpoint = ""
+        self.control_endpoint = ""
+        self.frames_endpoint = ""
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        """Bind/connect sockets, start metrics and the analysis thread; compile kernels."""
+        cfg = self.cfg
+        self.frames = self.ctx.socket(zmq.SUB if cfg.frames_mode == "sub" else zmq.PULL)
+        if cfg.frames_mode == "sub":
+            for topic in protocol.INSTRUMENT_TOPICS:
+                self.frames.setsockopt(zmq.SUBSCRIBE, topic)
+        self.frames.setsockopt(zmq.RCVHWM, 64)
+        self.frames.setsockopt(zmq.MAXMSGSIZE, cfg.max_message_bytes + 65536)
+        self.frames.setsockopt(zmq.LINGER, 0)
+        if cfg.frames_bind:
+            self.frames.bind(cfg.frames)
+            self.frames_endpoint = self.frames.getsockopt_string(zmq.LAST_ENDPOINT)
+        else:
+            self.frames.connect(cfg.frames)
+            self.frames_endpoint = cfg.frames
+        self.results = self.ctx.socket(zmq.PUB)
+        self.results.setsockopt(zmq.LINGER, 500)
+        self.results.bind(cfg.results)
+        self.results_endpoint = self.results.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.control = self.ctx.socket(zmq.REP)
+        self.control.setsockopt(zmq.LINGER, 0)
+        self.control.bind(cfg.control)
+        self.control_endpoint = self.control.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.from_worker = self.ctx.socket(zmq.PAIR)
+        self.from_worker.bind(self._inproc)
+        if cfg.metrics_port:
+            self.metrics.serve(cfg.metrics_port, cfg.metrics_addr)
+        engine_warmup()
+        self._worker = threading.Thread(target=self._analysis_loop, name="analysis",
+                                        daemon=True)
+        self._worker.start()
+        self.state = "running"
+        self.metrics.set_state("running")
+        self.metrics.set_connected(True)
+        log.info("service started", extra={"frames": self.frames_endpoint,
+                                           "frames_mode": cfg.frames_mode,
+                                           "results": self.results_endpoint,
+                                           "control": self.control_endpoint,
+                                           "metrics_port": cfg.metrics_port,
+                                           "version": __version__})
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def install_signal_handlers(self) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda signum, _frame: self._on_signal(signum))
+
+    def _on_signal(self, signum: int) -> None:
+        log.info("signal received, draining", extra={"signal": signal.Signals(signum).name})
+        self.stop()
+
+    def run(self) -> int:
+        """Serve until ``stop()``; returns the process exit status (0 on a clean drain)."""
+        poller = zmq.Poller()
+        poller.register(self.frames, zmq.POLLIN)
+        poller.register(self.control, zmq.POLLIN)
+        poller.register(self.from_worker, zmq.POLLIN)
+        next_beat = time.monotonic()
+        try:
+            while not self._stop.is_set():
+                now = time.monotonic()
+                if now >= next_beat:
+                    self._heartbeat()
+                    self._close_silent_sessions()
+                    next_beat = now + self.cfg.heartbeat_s
+                timeout_ms = max(1, int(min(0.2, next_beat - now) * 1000))
+                events = dict(poller.poll(timeout_ms))
+                if self.from_worker in events:
+                    self._forward_from_worker()
+                if self.frames in events:
+                    self._drain_frames()
+                if self.control in events:
+                    self._handle_control()
+        finally:
+            self._shutdown()
+        return 0
+
+    def _shutdown(self) -> None:
+        self.state = "draining"
+        self.metrics.set_state("draining")
+        pending = self.slot.close()  # the frame not yet started is dropped; the one in hand ends
+        if pending is not None:
+            self._drop("stale")
+        if self._worker is not None:
+            self._worker.join(timeout=max(5.0, 3 * self.cfg.deadline_s + 5))
+        while self.from_worker.poll(0):
+            self._forward_from_worker()
+        self._heartbeat()
+        self.state = "stopped"
+        self.metrics.set_connected(False)
+        for s in (self.frames, self.control, self.from_worker, self.results):
+            s.close()
+        self.metrics.stop()
+        log.info("service stopped", extra=self.stats_dict())
+
+    # ------------------------------------------------------------------ frames in
+    def _drain_frames(self) -> None:
+        """Take everything waiting on the frames socket (bounded per call to stay responsive)."""
+        for _ in range(256):
+            try:
+                parts = self.frames.recv_multipart(zmq.NOBLOCK, copy=True)
+            except zmq.Again:
+                return
+            self._on_message(parts)
+
+    def _on_message(self, parts: list[bytes]) -> None:
+        self.stats.received += 1
+        self.metrics.frame_received()
+        t0 = time.perf_counter()
+        try:
+            msg = self.ingest.accept(parts)
+        except ProtocolError as exc:
+            self._reject(exc)
+            return
+        finally:
+            self.metrics.observe_stage("decode", time.perf_counter() - t0)
+        if isinstance(msg, Marker):
+            self._on_marker(msg)
+            return
+        self.stats.frames_accepted += 1
+        self.stats.last_seq, self.stats.last_session = msg.frame.seq, msg.frame.session
+        self.metrics.set_last_frame_timestamp(msg.frame.header.t)
+        if msg.gap:
+            self._drop("seq_gap", msg.gap)
+        if self.slot.put(msg) is not None:
+            self._drop("stale")
+        self.metrics.set_queue(self.slot.depth())
+
+    def _on_marker(self, m: Marker) -> None:
+        mk = m.marker
+        log.info(f"session {mk.kind}", extra={"session": mk.session, "n_frames": mk.n_frames})
+        if m.tail_gap:
+            self._drop("seq_gap", m.tail_gap)
+        if mk.kind == "end":
+            self._close_session(mk.session, reason="end")
+
+    def _reject(self, exc: ProtocolError) -> None:
+        self.errors[exc.code] += 1
+        self.metrics.error(exc.code)
+        self._drop("duplicate" if exc.code == "duplicate" else "invalid")
+        log.warning("rejected message", extra={"code": exc.code, "detail": exc.message,
+                                                "session": exc.session, "seq": exc.seq})
+        self.results.send_multipart(protocol.encode_error(exc.code, exc.message,
+                                                          session=exc.session, seq=exc.seq))
+
+    def _drop(self, reason: str, n: int = 1) -> None:
+        self.dropped[reason] += n
+        self.metrics.frame_dropped(reason, n)
+
+    # ------------------------------------------------------------------ sessions
+    def _close_silent_sessions(self) -> None:
+        for session in self.ingest.silent_sessions(self.cfg.session_gap_timeout_s):
+            log.warning("session timed out without an end message",
+                        extra={"session": session, "timeout_s": self.cfg.session_gap_timeout_s})
+            self.ingest.close(session)
+            self._close_session(session, reason="gap_timeout")
+
+    def _close_session(self, session: str, reason: str) -> None:
+        with self._engines_lock:
+            self.engines.pop(session, None)
+        log.info("session closed", extra={"session": session, "reason": reason})
+
+    def _engine_for(self, session: str) -> SessionEngine:
+        with self._engines_lock:
+            eng = self.engines.get(session)
+            if eng is None:
+                eng = make_engine(session, self.cfg)
+                self.engines[session] = eng
+                while len(self.engines) > self.cfg.max_sessions:
+                    old, _ = self.engines.popitem(last=False)
+                    log.info("session engine evicted", extra={"session": old})
+            self.engines.move_to_end(session)
+            return eng
+
+    # ------------------------------------------------------------------ analysis thread
+    def _analysis_loop(self) -> None:
+        out = self.ctx.socket(zmq.PAIR)
+        out.connect(self._inproc)
+        try:
+            while True:
+                item = self.slot.take()
+                if item is None:
+                    return
+                out.send_multipart(self._analyse(item))
+        finally:
+            out.close(linger=1000)
+
+    def _analyse(self, item: Accepted) -> list[bytes]:
+        frame = item.frame
+        try:
+            engine = self._engine_for(frame.session)
+            analysis = engine.process(frame, self.cfg)
+        except Exception as exc:  # a workflow bug must cost one frame, not the service
+            log.error("analysis failed", extra={"session": frame.session, "seq": frame.seq,
+                                                "error": repr(exc),
+                                                "trace": traceback.format_exc(limit=5)})
+            return protocol.encode_error("analysis_failed", f"{type(exc).__name__}: {exc}",
+                                         session=frame.session, seq=frame.seq)
+        for stage, seconds in analysis.timings.items():
+            self.metrics.observe_stage(stage, seconds)
+        self.metrics.evaluations(analysis.n_evaluations)
+        if analysis.rewards:
+            self.metrics.set_rewards(analysis.rewards)
+        if analysis.hypervolume is not None:
+            self.metrics.set_pareto(len(analysis.pareto), analysis.hypervolume)
+        t0 = time.perf_counter()
+        parts = result_message(frame, analysis, item.received_monotonic)
+        self.metrics.observe_stage("publish", time.perf_counter() - t0)
+        return parts
+
+    def _forward_from_worker(self) -> None:
+        parts = self.from_worker.recv_multipart()
+        topic = bytes(parts[0])
+        if topic == protocol.TOPIC_RESULT:
+            self.stats.frames_processed += 1
+            self.stats.results_published += 1
+            self.metrics.frame_processed()
+            try:
+                header = protocol.unpack_map(parts[1], protocol.RESULT_LIMITS)
+                self.metrics.observe_latency(float(header.get("latency_s", 0.0)))
+            except ProtocolError:
+                pass
+        elif topic == protocol.TOPIC_ERROR:
+            self.errors["analysis_failed"] += 1
+            self.metrics.error("analysis_failed")
+        self.results.send_multipart(parts)
+
+    # ------------------------------------------------------------------ status + control
+    def stats_dict(self) -> dict:
+        return {"state": self.state, "frames_received": self.stats.received,
+                "frames_accepted": self.stats.frames_accepted,
+                "frames_processed": self.stats.frames_processed,
+                "frames_dropped": dict(self.dropped), "errors": dict(self.errors),
+                "last_seq": self.stats.last_seq, "last_session": self.stats.last_session,
+                "uptime_s": round(time.monotonic() - self._started_monotonic, 3),
+                "sessions": len(self.ingest.sessions), "queue_depth": self.slot.depth()}
+
+    def _heartbeat(self) -> None:
+        self.results.send_multipart(protocol.encode_status(self.stats_dict()))
+
+    def _handle_control(self) -> None:
+        try:
+            req = protocol.decode_request(self.control.recv(), self.cfg.limits())
+            reply = self._command(req)
+        except ProtocolError as exc:
+            reply = {"ok": False, "error": exc.message, "code": exc.code}
+        except Exception as exc:  # the REP socket must always answer
+            log.exception("control command failed")
+            reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        self.control.send(protocol.pack(reply))
+
+    def _command(self, req: dict) -> dict:
+        cmd = req["cmd"]
+        if cmd == "ping":
+            return {"ok": True, "pong": True, "version": __version__, "state": self.state}
+        if cmd == "config":
+            return {"ok": True, "config": self.cfg.to_dict()}
+        if cmd == "stats":
+            return {"ok": True, "stats": self.stats_dict()}
+        if cmd in ("pause", "resume"):
+            paused = cmd == "pause"
+            self.slot.set_paused(paused)
+            self.state = "paused" if paused else "running"
+            self.metrics.set_state(self.state)
+            log.info(f"service {self.state}")
+            return {"ok": True, "state": self.state}
+        if cmd == "set":
+            values = {k: v for k, v in req.items() if k != "cmd"}
+            bad = [k for k in values if k not in SETTABLE]
+            if bad:
+                return {"ok": False, "error": f"cannot set {', '.join(sorted(bad))} live; "
+                                              f"settable: {', '.join(SETTABLE)}"}
+            try:
+                self.cfg = self.cfg.updated(values, source="set")
+            except ConfigError as exc:
+                return {"ok": False, "error": str(exc)}
+            log.info("settings changed", extra={k: str(v) for k, v in values.items()})
+            return {"ok": True, "config": {k: getattr(self.cfg, k) for k in values}}
+        return {"ok": False, "error": f"unknown command '{cmd}'; known: "
+                                      f"{', '.join(protocol.CONTROL_COMMANDS)}"}

@@ -1,0 +1,26 @@
+"""Publish: ``Analysis`` objects to result messages (the last step of the one-way data flow)."""
+
+from __future__ import annotations
+
+import time
+
+from . import protocol
+from .analysis import Analysis
+from .protocol import Frame
+
+
+def result_message(frame: Frame, analysis: Analysis, received_monotonic: float) -> list[bytes]:
+    """Encode the chosen analysis of ``frame``; latency runs from receipt to now."""
+    latency = time.monotonic() - received_monotonic
+    extra = {"warm_started": bool(analysis.warm_started),
+             "timings": {k: round(float(v), 6) for k, v in analysis.timings.items()},
+             "optimizer_s": round(float(analysis.optimizer_s), 6),
+             "frame_t": frame.header.t}
+    if analysis.hypervolume is not None:
+        extra["hypervolume"] = float(analysis.hypervolume)
+    result = protocol.Result(
+        session=frame.session, seq=frame.seq, latency_s=latency,
+        n_evaluations=analysis.n_evaluations, params=analysis.params, rewards=analysis.rewards,
+        pareto=analysis.pareto, walls=analysis.walls, atoms=analysis.atoms,
+        labels=analysis.labels, extra=extra, arrays=analysis.arrays)
+    return protocol.encode_result(result)

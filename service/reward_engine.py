@@ -1,0 +1,167 @@
+"""The reward-driven engine: per session, per workflow, a warm-started multi-objective search.
+
+For each frame the configured chain of workflows runs in order (atoms first, since domains and
+amorphous regions are read off the atoms it chose). Each workflow has its own
+:class:`~rewardscope.optimize.mobo.MultiObjectiveOptimizer`, kept across the session's frames:
+the first frame is cold (``cold_budget`` evaluations, the workflow's default parameters first),
+later frames re-evaluate the previous Pareto set and spend ``budget`` more (warm). The knee of
+each frame's front is the chosen analysis; the whole front is published with it.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+from . import atomfind
+from .analysis import Analysis
+from .config import ServiceConfig
+from .optimize.mobo import MultiObjectiveOptimizer, run_frame
+from .protocol import Frame
+from .workflows import WORKFLOW_CHAINS, make_workflow
+from .workflows.base import Evaluation, FrameContext, Workflow
+
+STAGE_OF = {"atoms": "atoms", "domains": "cluster", "amorphous": "cluster"}
+
+
+def _plain(v: Any) -> Any:
+    return v.item() if isinstance(v, np.generic) else v
+
+
+class WorkflowSearch:
+    """One workflow's optimizer state within a session, plus the per-frame evaluation cache."""
+
+    def __init__(self, workflow: Workflow, seed: int) -> None:
+        self.workflow = workflow
+        self.optimizer = MultiObjectiveOptimizer(workflow.space, len(workflow.rewards),
+                                                 seed=seed, n_initial=5)
+        self.frames = 0
+
+    def search(self, ctx: FrameContext, budget: int, deadline_s: float, knee: str
+               ) -> tuple[Evaluation, dict, list[dict], Any]:
+        wf = self.workflow
+        names = wf.param_names()
+        evaluated: dict[tuple, Evaluation] = {}
+
+        def objective(x: list) -> np.ndarray:
+            params = {n: _plain(v) for n, v in zip(names, x, strict=True)}
+            ev = wf.evaluate(ctx, params)
+            evaluated[tuple(params[n] for n in names)] = ev
+            return wf.objective_vector(ev)
+
+        if self.frames == 0:
+            default = wf.default_params(ctx.lattice_px)
+            if default:
+                self.optimizer.enqueue([[default[n] for n in names]])
+        wf.prepare(ctx)
+        fs = run_frame(objective, self.optimizer, budget=budget, deadline_s=deadline_s)
+        self.frames += 1
+        pareto = []
+        for x in fs.pareto_X:
+            key = tuple(_plain(v) for v in x)
+            ev = evaluated.get(key)
+            if ev is not None:
+                pareto.append({"workflow": wf.name, "params": dict(zip(names, key, strict=True)),
+                               "rewards": ev.rewards})
+        if fs.knee_x is None:
+            raise RuntimeError(f"workflow '{wf.name}' produced no finite evaluation")
+        key = tuple(_plain(v) for v in fs.knee_x)
+        chosen = evaluated.get(key)
+        if chosen is None:  # the knee is from this frame, so this is only a safety net
+            chosen = wf.evaluate(ctx, dict(zip(names, key, strict=True)))
+        return chosen, dict(zip(names, key, strict=True)), pareto, fs
+
+
+class RewardEngine:
+    """Per-session engine: workflows x optimizers; see the module docstring."""
+
+    def __init__(self, session: str, settings: ServiceConfig) -> None:
+        self.session = session
+        self.searches: dict[str, WorkflowSearch] = {}
+        self.frames_processed = 0
+        self._seed = settings.seed
+
+    def _search_for(self, name: str) -> WorkflowSearch:
+        if name not in self.searches:
+            self.searches[name] = WorkflowSearch(make_workflow(name),
+                                                 seed=self._seed + len(self.searches))
+        return self.searches[name]
+
+    def process(self, frame: Frame, settings: ServiceConfig) -> Analysis:
+        lattice = frame.header.lattice_px or settings.lattice_px
+        return self.analyse(frame.pixels, lattice, settings)
+
+    def analyse(self, pixels: np.ndarray, lattice_px: float, settings: ServiceConfig
+                ) -> Analysis:
+        """Run the configured chain of workflows on one frame (also used offline)."""
+        t_start = time.perf_counter()
+        chain = WORKFLOW_CHAINS[settings.workflow]
+        ctx = FrameContext(image=atomfind.normalize_frame(pixels), lattice_px=float(lattice_px))
+        timings: dict[str, float] = {}
+        params: dict[str, dict] = {}
+        rewards: dict[str, float] = {}
+        pareto: list[dict] = []
+        out: dict[str, Any] = {}
+        n_eval, opt_s, warm, hv = 0, 0.0, False, 0.0
+        for i, name in enumerate(chain):
+            search = self._search_for(name)
+            budget = settings.cold_budget if search.frames == 0 else settings.budget
+            left = settings.deadline_s - (time.perf_counter() - t_start)
+            deadline = max(0.05, left / (len(chain) - i))
+            t0 = time.perf_counter()
+            chosen, p, front, fs = search.search(ctx, budget, deadline, settings.knee)
+            stage = STAGE_OF.get(name, name)
+            timings[stage] = timings.get(stage, 0.0) + (time.perf_counter() - t0
+                                                         - fs.optimizer_s)
+            for k, v in chosen.output.get("timings", {}).items():
+                timings[k] = timings.get(k, 0.0) + float(v)
+            params[name], pareto = p, pareto + front
+            rewards.update({k: float(v) for k, v in chosen.rewards.items()})
+            n_eval += fs.n_evaluations
+            opt_s += fs.optimizer_s
+            warm = warm or fs.warm_started
+            hv += fs.hypervolume
+            if name == "atoms":
+                ctx.atoms = np.asarray(chosen.output["atoms"], dtype=np.float64)
+            out[name] = chosen.output
+        timings["optimizer"] = opt_s
+        self.frames_processed += 1
+        return self._assemble(ctx, out, params, rewards, pareto, n_eval, warm, timings, opt_s,
+                              hv)
+
+    @staticmethod
+    def _assemble(ctx: FrameContext, out: dict, params: dict, rewards: dict, pareto: list,
+                  n_eval: int, warm: bool, timings: dict, opt_s: float, hv: float) -> Analysis:
+        atoms = np.asarray(out["atoms"]["atoms"], dtype=np.float32).reshape(-1, 2)
+        labels = np.full(len(atoms), -1, dtype=np.int16)
+        arrays: dict[str, np.ndarray] = {}
+        walls: list = []
+        if "amorphous" in out:
+            arrays["amorphous_mask"] = np.asarray(out["amorphous"]["amorphous_mask"], bool)
+            arrays["amorphous_labels"] = np.asarray(out["amorphous"]["labels"], np.int16)
+            labels = arrays["amorphous_labels"].copy()
+        if "domains" in out:
+            labels = np.asarray(out["domains"]["labels"], dtype=np.int16)
+            walls = [list(map(float, w)) for w in out["domains"].get("walls", [])]
+        return Analysis(atoms=atoms, labels=labels, walls=walls, params=params,
+                        rewards=rewards, pareto=pareto, n_evaluations=n_eval,
+                        warm_started=warm, arrays=arrays, timings=timings, optimizer_s=opt_s,
+                        hypervolume=hv)
+
+    def state_dict(self) -> dict:
+        """Plain-data optimizer state for checkpoints (no pickle)."""
+        return {"session": self.session, "frames_processed": self.frames_processed,
+                "searches": {name: {"frames": s.frames, "optimizer": s.optimizer.state_dict()}
+                             for name, s in self.searches.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore optimizers from :meth:`state_dict`, so a restarted service starts warm."""
+        self.frames_processed = int(state.get("frames_processed", 0))
+        for name, s in state.get("searches", {}).items():
+            wf = make_workflow(name)
+            search = WorkflowSearch(wf, seed=self._seed)
+            search.optimizer = MultiObjectiveOptimizer.from_state_dict(wf.space, s["optimizer"])
+            search.frames = int(s.get("frames", 0))
+            self.searches[name] = search

@@ -1,0 +1,88 @@
+"""What a workflow is: parameters + search space + steps + rewards, declared in one place.
+
+The LiberTEM UDF idea: a unit of analysis says *what* it computes; the engine decides *when*
+(per frame, warm-started) and *how often* (the optimizer's budget). A workflow never touches
+sockets, files or the optimizer.
+
+A workflow evaluates one parameter set on one frame and returns its rewards (named, with a
+direction) plus the analysis output. Work shared by every candidate on a frame (normalising the
+image, the LoG scale space, patch extraction at fixed atoms) is done once in ``prepare`` and
+kept in the :class:`FrameContext` cache.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class RewardSpec:
+    """An objective a workflow reports: ``direction`` 'min' or 'max', one line of meaning."""
+
+    name: str
+    direction: str
+    meaning: str
+
+
+@dataclass
+class FrameContext:
+    """One frame as every workflow sees it.
+
+    ``image`` float32 normalised to ~[0, 1]; ``atoms`` (N, 2) x, y of the atoms chosen upstream
+    (set by the atoms workflow for the domain and amorphous workflows); ``cache`` holds per-frame
+    work shared between candidates (keys are the owning workflow's business).
+    """
+
+    image: np.ndarray
+    lattice_px: float
+    atoms: np.ndarray | None = None
+    sites: np.ndarray | None = None  # (N,) int8 0 = A (bright), 1 = B, when classified
+    cache: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.image.shape  # type: ignore[return-value]
+
+
+@dataclass
+class Evaluation:
+    """One candidate's outcome: rewards by name, and the analysis it produced."""
+
+    rewards: dict[str, float]
+    output: dict[str, Any]  # keys among: atoms, labels, walls, wall_points, amorphous_mask
+
+
+class Workflow(ABC):
+    """Base class. Subclasses set ``name``, ``space`` (skopt dimensions with names) and
+    ``rewards`` and implement ``evaluate``; ``prepare`` is optional per-frame shared work."""
+
+    name: str = ""
+    space: list = []
+    rewards: tuple[RewardSpec, ...] = ()
+
+    def prepare(self, ctx: FrameContext) -> None:  # noqa: B027 - optional hook
+        """Per-frame work shared by every candidate (called once per frame)."""
+
+    @abstractmethod
+    def evaluate(self, ctx: FrameContext, params: dict[str, Any]) -> Evaluation:
+        """Run the analysis with ``params`` on ``ctx`` and score it."""
+
+    def default_params(self, lattice_px: float) -> dict[str, Any]:
+        """A sensible starting point (the first candidate on a cold frame)."""
+        return {}
+
+    def objective_vector(self, ev: Evaluation) -> np.ndarray:
+        """Rewards as a vector to minimise (max-rewards negated; NaN -> +inf = worst)."""
+        vals = []
+        for spec in self.rewards:
+            v = float(ev.rewards.get(spec.name, np.nan))
+            v = -v if spec.direction == "max" else v
+            vals.append(v if np.isfinite(v) else np.inf)
+        return np.asarray(vals, dtype=float)
+
+    def param_names(self) -> list[str]:
+        return [d.name for d in self.space]

@@ -1,0 +1,231 @@
+"""End to end over real loopback sockets: simulator (as the instrument) -> daemon -> client."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from rewardscope import config, protocol
+from rewardscope.clients import ControlClient, InstrumentClient, ResultsClient
+from rewardscope.daemon import Daemon, InsecureBindError
+from rewardscope.scoring import match_points
+from rewardscope.simulators.perovskite import PerovskiteSimulator, SimConfig
+
+LATTICE = 12.0
+
+
+class Rig:
+    """An instrument client, a running daemon and a results subscriber, all on loopback."""
+
+    def __init__(self, **overrides) -> None:
+        self.instrument = InstrumentClient("tcp://127.0.0.1:*")
+        cfg = config.load(None, {"frames": self.instrument.endpoint,
+                                 "results": "tcp://127.0.0.1:*", "control": "tcp://127.0.0.1:*",
+                                 "metrics_port": 0, "heartbeat_s": 0.2,
+                                 "lattice_px": LATTICE, **overrides})
+        self.daemon = Daemon(cfg)
+        self.daemon.start()
+        self.thread = threading.Thread(target=self.daemon.run, daemon=True)
+        self.thread.start()
+        self.results = ResultsClient(self.daemon.results_endpoint)
+        self.control = ControlClient(self.daemon.control_endpoint)
+        assert self.instrument.wait_for_subscriber(10)
+        # the results subscription is confirmed once a heartbeat arrives
+        assert self.wait_for(lambda m: isinstance(m, tuple) and m[0] == "status", 5)
+
+    def wait_for(self, pred, timeout: float):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            msg = self.results.recv(timeout=0.2)
+            if msg is not None and pred(msg):
+                return msg
+        return None
+
+    def collect(self, n_results: int, timeout: float = 30.0):
+        results, errors = [], []
+        deadline = time.monotonic() + timeout
+        while len(results) < n_results and time.monotonic() < deadline:
+            msg = self.results.recv(timeout=0.2)
+            if isinstance(msg, protocol.Result):
+                results.append(msg)
+            elif isinstance(msg, tuple) and msg[0] == "error":
+                errors.append(msg[1])
+        return results, errors
+
+    def close(self) -> None:
+        self.daemon.stop()
+        self.thread.join(timeout=20)
+        assert not self.thread.is_alive()
+        self.results.close()
+        self.control.close()
+        self.instrument.close()
+
+
+@pytest.fixture
+def rig():
+    r = Rig()
+    yield r
+    r.close()
+
+
+def test_simulated_stream_gives_accurate_atoms(rig):
+    sim = PerovskiteSimulator(SimConfig(shape=(256, 256), lattice_px=LATTICE, seed=3,
+                                        drift_px_per_frame=(0.4, 0.3)))
+    truths = {}
+    rig.instrument.start_session("e2e", lattice_px=LATTICE)
+    for i, sf in enumerate(sim.frames(4)):
+        truths[i] = sf.truth
+        rig.instrument.send_frame(sf.pixels, lattice_px=LATTICE)
+        time.sleep(0.3)  # slower than analysis: nothing is dropped as stale
+    rig.instrument.end_session()
+    results, errors = rig.collect(4)
+    assert not errors
+    assert sorted(r.seq for r in results) == [0, 1, 2, 3]
+    for r in results:
+        assert r.session == "e2e" and r.atoms.dtype == np.float32 and r.labels.dtype == np.int16
+        m = match_points(r.atoms, truths[r.seq].atoms, 0.25 * LATTICE)
+        assert m.f1 >= 0.98, (r.seq, m)
+        assert r.latency_s > 0
+    stats = rig.control.stats()["stats"]
+    assert stats["frames_processed"] == 4
+    assert stats["frames_dropped"]["seq_gap"] == 0
+
+
+def _bad_messages(good: list[bytes]) -> list[tuple[list[bytes], str]]:
+    import msgpack
+
+    h = msgpack.unpackb(good[1])
+
+    def hdr(**kw):
+        d = dict(h)
+        for k, v in kw.items():
+            if v is None:
+                d.pop(k)
+            else:
+                d[k] = v
+        return msgpack.packb(d)
+
+    nan = np.ones((32, 32), "<f4")
+    nan[3, 3] = np.nan
+    return [
+        ([b"frame", os.urandom(40), os.urandom(100)], "bad_header"),
+        ([b"garbage-topic", b"zz"], "bad_topic"),
+        ([good[0], good[1], good[2][:-7]], "buffer_size"),
+        ([good[0], hdr(dtype="<c16"), good[2]], "bad_dtype"),
+        (protocol.encode_frame(nan, session="bad", seq=0), "non_finite"),
+        ([good[0], hdr(shape=[100000, 100000]), good[2]], "oversized"),
+        ([good[0], hdr(v=99), good[2]], "unknown_version"),
+        ([good[0], hdr(seq=None), good[2]], "missing_key"),
+    ]
+
+
+def test_every_malformed_input_is_named_and_the_next_frame_still_served(rig):
+    sim = PerovskiteSimulator(SimConfig(shape=(128, 128), lattice_px=LATTICE, seed=1))
+    px = sim.frame(0).pixels
+    rig.instrument.start_session("faulty")
+    seq = 0
+    for parts, code in _bad_messages(protocol.encode_frame(px, session="faulty", seq=99)):
+        rig.instrument.sock.send_multipart(parts)
+        err = rig.wait_for(lambda m: isinstance(m, tuple) and m[0] == "error", 5)
+        assert err is not None and err[1]["code"] == code, (code, err)
+        rig.instrument.send_frame(px, seq=seq)
+        res = rig.wait_for(lambda m: isinstance(m, protocol.Result), 10)
+        assert res is not None and res.seq == seq, f"no result after {code}"
+        seq += 1
+    # duplicates and gaps are sequence faults
+    rig.instrument.send_frame(px, seq=seq - 1)
+    err = rig.wait_for(lambda m: isinstance(m, tuple) and m[0] == "error", 5)
+    assert err[1]["code"] == "duplicate"
+    rig.instrument.send_frame(px, seq=seq + 3)  # three frames never arrive
+    assert rig.wait_for(lambda m: isinstance(m, protocol.Result), 10).seq == seq + 3
+    stats = rig.control.stats()["stats"]
+    assert stats["frames_dropped"]["seq_gap"] == 3
+    assert stats["frames_dropped"]["duplicate"] == 1
+    assert stats["frames_dropped"]["invalid"] == 8
+    for _, code in _bad_messages(protocol.encode_frame(px, session="x", seq=0)):
+        assert stats["errors"][code] >= 1
+    assert rig.thread.is_alive()
+
+
+def test_slow_analysis_keeps_the_newest_frame_and_counts_stale(rig):
+    sim = PerovskiteSimulator(SimConfig(shape=(512, 512), lattice_px=LATTICE, seed=2))
+    px = sim.frame(0).pixels
+    rig.instrument.start_session("burst")
+    n = 30
+    for _ in range(n):
+        rig.instrument.send_frame(px)  # far faster than 512^2 analysis
+    rig.instrument.end_session()
+    time.sleep(0.5)
+    results, _ = rig.collect(n, timeout=8)
+    stats = rig.control.stats()["stats"]
+    assert stats["frames_accepted"] == n
+    assert stats["frames_processed"] + stats["frames_dropped"]["stale"] == n
+    assert stats["frames_dropped"]["stale"] > 0
+    assert results[-1].seq == n - 1, "the newest frame must be analysed"
+
+
+def test_control_commands(rig):
+    c = rig.control
+    assert c.ping()["pong"] is True
+    assert c.config()["config"]["lattice_px"] == LATTICE
+    assert c.set(lattice_px=10.5, budget=4)["ok"]
+    assert rig.daemon.cfg.lattice_px == 10.5 and rig.daemon.cfg.budget == 4
+    bad = c.set(lattice_px=-1)
+    assert not bad["ok"] and "lattice_px" in bad["error"]
+    assert not c.set(frames="tcp://1.2.3.4:1")["ok"]
+    assert not c.call("launch_missiles")["ok"]
+    assert c.pause()["state"] == "paused"
+    rig.instrument.start_session("p")
+    rig.instrument.send_frame(np.zeros((64, 64), "<u2") + 5)
+    assert rig.wait_for(lambda m: isinstance(m, protocol.Result), 1.0) is None
+    assert c.resume()["state"] == "running"
+    assert rig.wait_for(lambda m: isinstance(m, protocol.Result), 10) is not None
+    # a garbage control request gets an error reply, and the socket keeps working
+    rig.control.sock.send(b"\xc1 not msgpack")
+    reply = protocol.decode_reply(rig.control.sock.recv())
+    assert reply["ok"] is False
+    assert c.ping()["ok"]
+
+
+def test_non_loopback_bind_refused_without_auth():
+    cfg = config.load(None, {"results": "tcp://0.0.0.0:5999", "metrics_port": 0})
+    with pytest.raises(InsecureBindError, match="results"):
+        Daemon(cfg)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_sigterm_drains_and_exits_zero(tmp_path):
+    ports = [_free_port() for _ in range(3)]
+    cmd = [sys.executable, "-m", "rewardscope.cli", "serve",
+           "--frames", f"tcp://127.0.0.1:{ports[0]}", "--results", f"tcp://127.0.0.1:{ports[1]}",
+           "--control", f"tcp://127.0.0.1:{ports[2]}", "--metrics-port", "0"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        ctl = ControlClient(f"tcp://127.0.0.1:{ports[2]}", timeout_s=1.0)
+        for _ in range(60):
+            try:
+                if ctl.ping()["ok"]:
+                    break
+            except TimeoutError:
+                continue
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0, err.decode()[-2000:]
+        assert b"service stopped" in err
+        ctl.close()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
