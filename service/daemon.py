@@ -239,8 +239,8 @@ class Daemon:
         return 0
 
     def _shutdown(self) -> None:
-        self.state = "draining"
-        self.metrics.set_state("draining")
+        self.state = "stopping"
+        self.metrics.set_state("stopping")
         pending = self.slot.close()  # the frame not yet started is dropped; the one in hand ends
         if pending is not None:
             self._drop("stale")
