@@ -11,6 +11,7 @@ each frame's front is the chosen analysis; the whole front is published with it.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -33,8 +34,10 @@ def _plain(v: Any) -> Any:
 class WorkflowSearch:
     """One workflow's optimizer state within a session, plus the per-frame evaluation cache."""
 
-    def __init__(self, workflow: Workflow, seed: int) -> None:
+    def __init__(self, workflow: Workflow, seed: int,
+                 on_evaluation: Callable[[str], None] | None = None) -> None:
         self.workflow = workflow
+        self.on_evaluation = on_evaluation
         self.optimizer = MultiObjectiveOptimizer(workflow.space, len(workflow.rewards),
                                                  seed=seed, n_initial=5)
         self.frames = 0
@@ -49,6 +52,8 @@ class WorkflowSearch:
             params = {n: _plain(v) for n, v in zip(names, x, strict=True)}
             ev = wf.evaluate(ctx, params)
             evaluated[tuple(params[n] for n in names)] = ev
+            if self.on_evaluation is not None:
+                self.on_evaluation(wf.name)
             return wf.objective_vector(ev)
 
         if self.frames == 0:
@@ -77,8 +82,10 @@ class WorkflowSearch:
 class RewardEngine:
     """Per-session engine: workflows x optimizers; see the module docstring."""
 
-    def __init__(self, session: str, settings: ServiceConfig) -> None:
+    def __init__(self, session: str, settings: ServiceConfig,
+                 on_evaluation: Callable[[str], None] | None = None) -> None:
         self.session = session
+        self.on_evaluation = on_evaluation  # e.g. a progress bar tick, called per evaluation
         self.searches: dict[str, WorkflowSearch] = {}
         self.frames_processed = 0
         self._seed = settings.seed
@@ -86,7 +93,8 @@ class RewardEngine:
     def _search_for(self, name: str) -> WorkflowSearch:
         if name not in self.searches:
             self.searches[name] = WorkflowSearch(make_workflow(name),
-                                                 seed=self._seed + len(self.searches))
+                                                 seed=self._seed + len(self.searches),
+                                                 on_evaluation=self.on_evaluation)
         return self.searches[name]
 
     def process(self, frame: Frame, settings: ServiceConfig) -> Analysis:

@@ -1,0 +1,271 @@
+"""Numba kernels against their plain-numpy references and against geometry with known answers."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from skimage.measure import perimeter as skimage_perimeter
+
+from rewardscope import kernels as K
+
+
+def square_lattice(n: int, a: float, origin: float = 0.0) -> np.ndarray:
+    i, j = np.meshgrid(np.arange(n), np.arange(n))
+    return np.c_[i.ravel() * a + origin, j.ravel() * a + origin].astype(np.float64)
+
+
+def circle_points(r: float, n: int, span: float = 2 * np.pi, centre=(50.0, 60.0)) -> np.ndarray:
+    t = np.linspace(0.0, span, n, endpoint=span < 2 * np.pi)
+    return np.c_[centre[0] + r * np.cos(t), centre[1] + r * np.sin(t)]
+
+
+def test_warmup_compiles_everything() -> None:
+    K.warmup()
+
+
+# --- knn ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 3, 4, 5, 6, 50, 400])
+@pytest.mark.parametrize("k", [1, 4, 6])
+def test_knn_matches_reference_on_random_points(n: int, k: int) -> None:
+    xy = np.random.default_rng(n * 10 + k).uniform(0, 100, (n, 2))
+    got = K.knn_distance_sums(xy, k)
+    want = K.knn_distance_sums_reference(xy, k)
+    assert got.shape == (n,) and got.dtype == np.float64
+    np.testing.assert_allclose(got, want, rtol=1e-12)  # inf == inf when N <= k
+
+
+def test_knn_small_n_is_inf_and_k0_is_zero() -> None:
+    xy = np.array([[0.0, 0.0], [3.0, 4.0]])
+    assert np.all(np.isinf(K.knn_distance_sums(xy, 4)))
+    np.testing.assert_array_equal(K.knn_distance_sums(xy, 1), [5.0, 5.0])
+    np.testing.assert_array_equal(K.knn_distance_sums(xy, 0), [0.0, 0.0])
+
+
+@pytest.mark.parametrize(
+    "xy",
+    [
+        np.zeros((7, 2)),  # all coincident: one cell
+        np.c_[np.arange(30.0), np.zeros(30)],  # collinear: zero-height bounding box
+        np.c_[np.arange(30.0) * 100, np.arange(30.0) * 1e-7],  # needle-shaped cloud
+        np.r_[  # two distant clusters: the ring search has to walk far
+            np.random.default_rng(1).uniform(0, 5, (20, 2)),
+            np.random.default_rng(2).uniform(0, 5, (3, 2)) + 1000,
+        ],
+        np.random.default_rng(3).integers(0, 6, (60, 2)).astype(float),  # many duplicates
+        np.r_[square_lattice(8, 10.0), [[0.0, 0.0], [70.0, 70.0], [0.0, 70.0]]],  # border dups
+    ],
+)
+def test_knn_matches_reference_on_degenerate_clouds(xy: np.ndarray) -> None:
+    np.testing.assert_allclose(K.knn_distance_sums(xy, 4), K.knn_distance_sums_reference(xy, 4))
+
+
+def test_knn_large_cloud_matches_reference() -> None:
+    xy = np.random.default_rng(5).uniform(0, 512, (2000, 2))
+    np.testing.assert_allclose(K.knn_distance_sums(xy), K.knn_distance_sums_reference(xy))
+
+
+def test_knn_square_lattice_gives_4a_inside() -> None:
+    a = 7.5
+    xy = square_lattice(12, a, origin=3.0)
+    sums = K.knn_distance_sums(xy, 4)
+    inner = (xy.min(axis=1) > 3.0) & (xy.max(axis=1) < 3.0 + 11 * a)
+    np.testing.assert_allclose(sums[inner], 4 * a, rtol=1e-12)
+    assert np.all(sums[~inner] > 4 * a)  # edges reach past missing neighbours
+
+
+def test_knn_rejects_bad_input() -> None:
+    with pytest.raises(ValueError, match="xy"):
+        K.knn_distance_sums(np.zeros((3, 3)))
+    with pytest.raises(ValueError, match="NaN"):
+        K.knn_distance_sums(np.array([[0.0, np.nan], [1.0, 1.0]]))
+    with pytest.raises(ValueError, match="k"):
+        K.knn_distance_sums(np.zeros((3, 2)), -1)
+
+
+# --- patches --------------------------------------------------------------------------------
+
+
+def test_patches_equal_slicing_for_interior_atoms() -> None:
+    rng = np.random.default_rng(0)
+    image = rng.normal(size=(64, 80)).astype(np.float32)
+    xy = np.c_[rng.uniform(6, 73, 40), rng.uniform(4, 59, 40)]
+    patches = K.extract_patches(image, xy, 3, 5)
+    assert patches.shape == (40, 7, 11) and patches.dtype == np.float32
+    valid = K.patches_valid(xy, image.shape, 3, 5)
+    assert valid.all()
+    for p, (x, y) in zip(patches, xy, strict=True):
+        r, c = int(np.floor(y + 0.5)), int(np.floor(x + 0.5))
+        np.testing.assert_array_equal(p, image[r - 3 : r + 4, c - 5 : c + 6])
+
+
+def test_patches_at_edges_use_numpy_reflect_padding() -> None:
+    rng = np.random.default_rng(1)
+    image = rng.normal(size=(20, 30))
+    xy = np.array([[0.0, 0.0], [29.0, 19.0], [0.4, 19.4], [29.49, 0.2], [15.0, 1.0]])
+    hh, hw = 4, 6
+    padded = np.pad(image, ((hh, hh), (hw, hw)), mode="reflect").astype(np.float32)
+    patches = K.extract_patches(image, xy, hh, hw)
+    for p, (x, y) in zip(patches, xy, strict=True):
+        r, c = int(np.floor(y + 0.5)), int(np.floor(x + 0.5))
+        np.testing.assert_array_equal(p, padded[r : r + 2 * hh + 1, c : c + 2 * hw + 1])
+    assert not K.patches_valid(xy, image.shape, hh, hw).any()
+
+
+def test_patches_match_reference_including_far_outside_and_tiny_frames() -> None:
+    rng = np.random.default_rng(2)
+    for shape in [(1, 1), (1, 5), (3, 2), (17, 23)]:
+        image = rng.normal(size=shape)
+        xy = rng.uniform(-40, 60, (25, 2))
+        got = K.extract_patches(image, xy, 5, 3)
+        np.testing.assert_array_equal(got, K.extract_patches_reference(image, xy, 5, 3))
+
+
+def test_patches_empty_rounding_and_validation() -> None:
+    image = np.arange(25, dtype=np.float32).reshape(5, 5)
+    assert K.extract_patches(image, np.zeros((0, 2)), 1, 2).shape == (0, 3, 5)
+    # 1.5 rounds up to 2, 2.49 down to 2: both centre on pixel (2, 2).
+    np.testing.assert_array_equal(K.extract_patches(image, [[1.5, 2.49]], 0, 0)[:, 0, 0], [12])
+    with pytest.raises(ValueError, match="half_h"):
+        K.extract_patches(image, [[1.0, 1.0]], -1, 1)
+    with pytest.raises(ValueError, match="image"):
+        K.extract_patches(np.zeros(5), [[1.0, 1.0]], 1, 1)
+
+
+# --- polylines ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("angle", [0.0, 0.3, np.pi / 2, 2.5])
+def test_curvature_of_straight_lines_is_zero(angle: float) -> None:
+    s = np.sort(np.random.default_rng(0).uniform(0, 200, 50))  # non-uniform spacing
+    pts = np.c_[10 + s * np.cos(angle), 20 + s * np.sin(angle)]
+    for step, smooth in [(None, 0), (3.0, 0), (5.0, 2)]:
+        assert K.polyline_curvature(pts, step, smooth) < 1e-9
+
+
+@pytest.mark.parametrize("r", [5.0, 20.0, 80.0])
+@pytest.mark.parametrize("span", [np.pi, 2 * np.pi])
+def test_curvature_of_circles_is_one_over_r(r: float, span: float) -> None:
+    pts = circle_points(r, 64, span)
+    assert K.polyline_curvature(pts) == pytest.approx(1 / r, rel=0.05)
+    step = 2 * np.pi * r / 40  # resampled: 40 samples per turn
+    assert K.polyline_curvature(pts, step=step) == pytest.approx(1 / r, rel=0.05)
+
+
+def test_curvature_of_pixel_staircases_with_coarse_step() -> None:
+    s = np.arange(0.0, 200.0)
+    line = np.unique(np.rint(np.c_[s * np.cos(0.35), s * np.sin(0.35)]), axis=0)
+    assert K.polyline_curvature(line) > 0.1  # raw staircase jitter reads as curvature ...
+    assert K.polyline_curvature(line, step=5.0, smooth=1) < 0.01  # ... coarse sampling not
+    t = np.linspace(0, np.pi, 400)
+    arc = K._dedupe(np.rint(np.c_[100 + 40 * np.cos(t), 100 + 40 * np.sin(t)]))
+    assert K.polyline_curvature(arc, step=5.0, smooth=1) == pytest.approx(1 / 40, rel=0.05)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_curvature_profile_matches_reference(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    pts = np.cumsum(rng.normal(size=(rng.integers(3, 60), 2)), axis=0)
+    pts[5:7] = pts[4]  # consecutive duplicates are dropped by both
+    for step, smooth in [(None, 0), (None, 2), (0.7, 0), (2.0, 1), (50.0, 0)]:
+        np.testing.assert_allclose(
+            K.curvature_profile(pts, step, smooth),
+            K.curvature_profile_reference(pts, step, smooth),
+            rtol=1e-9,
+            atol=1e-12,
+        )
+
+
+def test_curvature_degenerate_inputs() -> None:
+    for pts in [np.zeros((0, 2)), np.ones((1, 2)), np.ones((5, 2)), [[0.0, 0.0], [3.0, 1.0]]]:
+        assert K.polyline_curvature(pts) == 0.0
+        assert K.curvature_profile(pts).size == 0
+    hairpin = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 0.0]])  # U-turn: clipped, not inf
+    assert K.polyline_curvature(hairpin) == pytest.approx(2.0)
+    with pytest.raises(ValueError, match="step"):
+        K.polyline_curvature(circle_points(5, 10), step=0)
+
+
+def test_chord_to_arc_ratio() -> None:
+    assert K.chord_to_arc_ratio(np.c_[np.arange(10.0), 2 * np.arange(10.0)]) == pytest.approx(1)
+    semi = circle_points(30, 2000, np.pi)
+    assert K.chord_to_arc_ratio(semi) == pytest.approx(2 / np.pi, rel=1e-4)
+    closed = np.r_[circle_points(30, 100), circle_points(30, 100)[:1]]
+    assert K.chord_to_arc_ratio(closed) == pytest.approx(0.0, abs=1e-12)
+    for pts in [np.zeros((0, 2)), np.ones((1, 2)), np.ones((4, 2))]:
+        assert K.chord_to_arc_ratio(pts) == 1.0
+
+
+def test_segment_lengths() -> None:
+    seg = np.random.default_rng(0).uniform(-50, 50, (30, 4))
+    want = np.hypot(seg[:, 2] - seg[:, 0], seg[:, 3] - seg[:, 1])
+    np.testing.assert_allclose(K.segment_lengths(seg), want)
+    assert K.segment_lengths(np.zeros((0, 4))).shape == (0,)
+    assert K.segment_lengths([]).shape == (0,)
+    with pytest.raises(ValueError, match=r"\(M, 4\)"):
+        K.segment_lengths(np.zeros((3, 2)))
+
+
+def test_polyline_length() -> None:
+    assert K.polyline_length([[0.0, 0.0], [3.0, 4.0], [3.0, 10.0]]) == pytest.approx(11.0)
+    assert K.polyline_length(np.zeros((1, 2))) == 0.0
+
+
+# --- masks ----------------------------------------------------------------------------------
+
+
+def disk(r: float, size: int = 0) -> np.ndarray:
+    size = size or int(2 * r + 11)
+    yy, xx = np.mgrid[:size, :size]
+    c = (size - 1) / 2
+    return (yy - c) ** 2 + (xx - c) ** 2 <= r * r
+
+
+def test_square_perimeter() -> None:
+    mask = np.zeros((40, 50), dtype=bool)
+    mask[5:25, 10:30] = True
+    assert K.mask_perimeter(mask, "edges") == 80.0
+    assert K.mask_perimeter(mask) == pytest.approx(80.0, rel=0.08)  # Crofton: ~7 % short
+    assert K.mask_area(mask) == 400.0
+    full = np.ones((7, 9), dtype=bool)  # the frame border counts as boundary
+    assert K.mask_perimeter(full, "edges") == 2 * (7 + 9)
+
+
+@pytest.mark.parametrize("r", [10.0, 40.0])
+def test_disk_perimeter(r: float) -> None:
+    mask = disk(r)
+    assert K.mask_perimeter(mask) == pytest.approx(2 * np.pi * r, rel=0.05 if r < 20 else 0.015)
+    assert K.mask_perimeter(mask, "edges") == pytest.approx(8 * r, rel=0.05)  # 4/pi too long
+    assert K.mask_perimeter(mask) == pytest.approx(skimage_perimeter(mask), rel=0.15)
+    compactness = 4 * np.pi * K.mask_area(mask) / K.mask_perimeter(mask) ** 2
+    assert compactness == pytest.approx(1.0, abs=0.08 if r < 20 else 0.03)
+
+
+def test_mask_empty_and_errors() -> None:
+    empty = np.zeros((8, 8), dtype=bool)
+    assert K.mask_perimeter(empty) == 0.0 and K.mask_area(empty) == 0.0
+    with pytest.raises(ValueError, match="method"):
+        K.mask_perimeter(empty, "marching")
+    with pytest.raises(ValueError, match="2-D"):
+        K.mask_perimeter(np.zeros(8))
+
+
+@pytest.mark.parametrize("method", ["crofton", "edges"])
+def test_label_perimeters_match_reference_and_single_masks(method: str) -> None:
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 6, (31, 27))
+    got = K.label_perimeters(labels, 5, method)
+    np.testing.assert_allclose(got, K.label_perimeters_reference(labels, 5, method))
+    for lab in range(1, 6):
+        assert got[lab] == pytest.approx(K.mask_perimeter(labels == lab, method))
+    assert K.label_perimeters(labels, method=method).shape == (6,)
+    with pytest.raises(ValueError, match="n_labels"):
+        K.label_perimeters(labels, 2)
+
+
+def test_large_disk_perimeter() -> None:
+    mask = disk(400, 1024)
+    assert K.mask_perimeter(mask) == pytest.approx(2 * math.pi * 400, rel=0.01)
