@@ -1,0 +1,46 @@
+"""Knee of a Pareto front: the single trade-off the live service reports per frame.
+
+Each objective is rescaled to [0, 1] over the non-dominated rows so that rewards with
+different units weigh equally; the knee is the point closest to the ideal (0, ..., 0).
+Chebyshev distance favours balanced trade-offs (no objective left far behind); Euclidean is
+the usual compromise-programming choice.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .pareto import non_dominated_mask
+
+_METHODS = ("euclidean", "chebyshev")
+
+
+def normalise_front(Y) -> np.ndarray:
+    """Per-objective min-max scaling; a constant objective maps to 0 (no zero division)."""
+    Y = np.asarray(Y, dtype=np.float64)
+    lo = Y.min(axis=0)
+    span = Y.max(axis=0) - lo
+    span = np.where(span > 0, span, 1.0)
+    return (Y - lo) / span
+
+
+def knee_index(Y, method: str = "euclidean") -> int:
+    """Row index into `Y` of the knee of its Pareto front (ties -> lowest index).
+
+    Dominated and non-finite rows are ignored, so passing all observations is fine.
+    """
+    if method not in _METHODS:
+        raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
+    Y = np.asarray(Y, dtype=np.float64)
+    if Y.ndim != 2 or Y.shape[0] == 0:
+        raise ValueError(f"expected a non-empty (n_points, n_objectives) array, got {Y.shape}")
+    finite = np.flatnonzero(np.all(np.isfinite(Y), axis=1))
+    if finite.size == 0:
+        raise ValueError("no finite rows to choose a knee from")
+    front = finite[non_dominated_mask(Y[finite])]
+    Z = normalise_front(Y[front])
+    if method == "euclidean":
+        dist = np.sqrt(np.sum(Z * Z, axis=1))
+    else:
+        dist = np.max(Z, axis=1)
+    return int(front[int(np.argmin(dist))])

@@ -1,0 +1,722 @@
+"""Per-frame multi-objective Bayesian optimisation (ParEGO on skopt), warm-started across frames.
+
+Algorithm: ParEGO — J. Knowles, "ParEGO: a hybrid algorithm with on-line landscape
+approximation for expensive multiobjective optimization problems", IEEE Trans. Evol. Comput.
+10(1):50-66, 2006. Every proposal draws a weight vector from the simplex lattice
+(s = 10 for 2 objectives, 4 for 3, 3 beyond), scalarises the objectives — each rescaled to
+[0, 1] over the observations — with the augmented Chebyshev function
+``max_j(w_j f_j) + rho * sum_j(w_j f_j)``, rho = 0.05, fits a GP to the scalar and maximises
+expected improvement. The raw X, Y are kept here, so a new weight vector simply
+re-scalarises all observations.
+
+Why not `skopt.Optimizer` per ask: skopt has no multi-objective mode, and its GP path refits
+the kernel hyperparameters with L-BFGS restarts on every `tell` (measured here at up to 3 s
+per ask). Instead skopt supplies the space (normalisation, one-hot categoricals, LHS) and
+its `GaussianProcessRegressor` fits the hyperparameters of C * Matern-5/2(ARD) + White —
+only every `refit_every` tells, warm-started from the last theta (also across frames), with
+a capped L-BFGS. Between refits the kernel is fixed, so the posterior is computed here in
+numpy: one Cholesky factor and one candidate cross-covariance serve every weight vector of
+a batch (per weight: a triangular solve and a mat-vec), and EI is maximised over
+`n_candidates` points (uniform plus Gaussian perturbations of the current Pareto set,
+snapped to valid integer/categorical values) — skopt's ``acq_optimizer="sampling"`` done
+once per batch. BLAS is pinned to one thread inside ask/tell (tiny matrices; threaded BLAS
+on a busy host measured ~3x slower). Measured: ~4 ms per ask between refits, ~80 ms per
+refit, vs ~1.5 s per ask for skopt's default GP Optimizer (benchmarks/bench_optimizer.py).
+
+Frames (warm start): `new_frame()` hands back the previous Pareto set to re-evaluate first
+and ages all older observations. Forgetting rule: an observation of age a (frames) gets
+noise standard deviation ``NOISE0 * forgetting**a`` in standardised-objective units (added
+on the GP diagonal); once that exceeds 1 — the prior spread, i.e. no information left — it
+is dropped. Jump rule: once the re-evaluations are told, the move
+``median_i max_j |y_new - y_old|_ij / range_j(previous frame)`` is compared with the running
+typical move (EMA over calm frames, starting at 0.1, floored at 0.02). If it exceeds
+``explore_jump`` times that, the scene changed: older frames are dropped, `n_initial` LHS
+points are queued and EI's xi rises from 0.01 to 0.1 for the rest of the frame.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import math
+import time
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.linalg import cho_solve, cholesky, solve_triangular
+from scipy.optimize import minimize
+from scipy.spatial.distance import cdist
+from scipy.special import ndtr
+from skopt.learning import GaussianProcessRegressor
+from skopt.learning.gaussian_process.kernels import ConstantKernel, Matern, WhiteKernel
+from skopt.sampler import Lhs
+from skopt.space import Real, Space
+from skopt.utils import normalize_dimensions
+from threadpoolctl import ThreadpoolController
+
+from .hypervolume import hypervolume as _hypervolume
+from .knee import knee_index, normalise_front
+from .pareto import non_dominated_mask
+
+RHO = 0.05  # augmented Chebyshev term (Knowles 2006)
+NOISE0 = 0.03  # observation noise sd of a current-frame point, standardised units
+XI = 0.01  # EI exploration margin, standardised units
+XI_JUMP = 0.1  # ... after a detected jump
+TYPICAL_MOVE0 = 0.1  # prior frame-to-frame move, fraction of objective range
+TYPICAL_MOVE_FLOOR = 0.02  # a static scene must not make noise look like a jump
+LOCAL_FRACTION = 0.25  # share of EI candidates perturbed around the Pareto set
+LOCAL_SIGMAS = (0.02, 0.05, 0.15)  # perturbation scales in the unit-cube space
+BLAS_THREADS: int | None = 1  # process-wide while inside ask/tell/new_frame; None = leave
+LBFGS_MAXITER = 40  # per hyperparameter refit
+_INT_MAX = np.iinfo(np.int32).max
+
+
+def simplex_lattice(n_objectives: int, s: int | None = None) -> np.ndarray:
+    """All weight vectors with entries in {0, 1/s, ..., 1} summing to 1 (Knowles' set)."""
+    if s is None:
+        s = {1: 1, 2: 10, 3: 4}.get(n_objectives, 3)
+    rows = [c for c in itertools.product(range(s + 1), repeat=n_objectives) if sum(c) == s]
+    return np.array(rows, dtype=np.float64) / s
+
+
+def _native(v):
+    return v.item() if isinstance(v, np.generic) else v
+
+
+def _key(x: Sequence) -> tuple:
+    return tuple(_native(v) for v in x)
+
+
+@dataclass
+class FrameSearch:
+    """What one frame's search produced; `X`, `Y` are this frame's evaluations in order.
+
+    `hypervolume` uses this frame's padded nadir as reference (monitoring only); recompute
+    with a fixed reference to compare frames or runs."""
+
+    X: list[list]
+    Y: np.ndarray
+    pareto_X: list[list]
+    pareto_Y: np.ndarray
+    knee_x: list | None
+    knee_y: np.ndarray | None
+    n_evaluations: int
+    evaluation_s: float
+    optimizer_s: float
+    warm_started: bool
+    hypervolume: float
+
+
+class MultiObjectiveOptimizer:
+    """ParEGO over a skopt space with per-frame warm start; see the module docstring."""
+
+    def __init__(
+        self,
+        space: list,
+        n_objectives: int,
+        *,
+        n_initial: int = 6,
+        seed: int = 0,
+        n_candidates: int = 2000,
+        refit_every: int = 5,
+        forgetting: float = 2.0,
+        explore_jump: float = 3.0,
+        max_reevaluate: int = 8,
+        max_observations: int = 300,
+    ) -> None:
+        if n_objectives < 1:
+            raise ValueError("n_objectives must be >= 1")
+        self.dimensions = copy.deepcopy(list(space))
+        self.space = Space(normalize_dimensions(copy.deepcopy(self.dimensions)))
+        self.names = [d.name for d in self.space.dimensions]
+        self.n_objectives = int(n_objectives)
+        self.n_initial = int(n_initial)
+        self.seed = int(seed)
+        self.n_candidates = int(n_candidates)
+        self.refit_every = max(1, int(refit_every))
+        self.forgetting = float(forgetting)
+        self.explore_jump = float(explore_jump)
+        self.max_reevaluate = int(max_reevaluate)
+        self.max_observations = int(max_observations)
+        self.weights = simplex_lattice(self.n_objectives)
+
+        self._rng = np.random.default_rng(seed)
+        d = self.space.transformed_n_dims
+        self._kernel = ConstantKernel(1.0, (0.01, 1000.0)) * Matern(
+            length_scale=np.ones(d), length_scale_bounds=[(0.01, 100.0)] * d, nu=2.5
+        ) + WhiteKernel(1e-4, (1e-6, 1.0))
+        self._theta: np.ndarray | None = None
+        self._tells_since_fit = 0
+
+        self._X: list[list] = []
+        self._Xt = np.zeros((0, d))
+        self._Y = np.zeros((0, self.n_objectives))
+        self._frame_of = np.zeros(0, dtype=np.int64)
+        self._frame = 0
+        self._init_queue: list[list] = self._initial_design(self.n_initial)
+        self._pending: set[tuple] = set()
+        self._reeval: dict[tuple, np.ndarray] = {}
+        self._reeval_new: dict[tuple, np.ndarray] = {}
+        self._reeval_span = np.ones(self.n_objectives)  # objective ranges of that frame
+        self._typical_move = TYPICAL_MOVE0
+        self._xi = XI
+        self.stats: dict = {
+            "overhead_s": 0.0,
+            "n_asks": 0,
+            "n_ask_calls": 0,
+            "n_tells": 0,
+            "n_hyperfits": 0,
+            "hyperfit_s": 0.0,
+            "last_ask_s": 0.0,
+            "frame": 0,
+            "warm": False,
+            "jump": False,
+            "n_jumps": 0,
+            "last_move": None,
+        }
+
+    # ------------------------------------------------------------------ public API
+
+    def ask(self, n: int = 1) -> list[list]:
+        """`n` distinct points; batch members use distinct ParEGO weights for diversity."""
+        if n < 1:
+            raise ValueError("n must be >= 1")
+        with self._overhead("last_ask_s"):
+            out = self._ask(n)
+        self.stats["n_asks"] += len(out)
+        self.stats["n_ask_calls"] += 1
+        return out
+
+    def _ask(self, n: int) -> list[list]:
+        if self._reeval:
+            self._assess_jump()
+        out: list[list] = []
+        while self._init_queue and len(out) < n:
+            x = self._init_queue.pop(0)
+            if _key(x) not in self._pending:
+                out.append(x)
+        if len(out) < n:
+            if self._model_ready():
+                out.extend(self._propose(n - len(out), exclude=out))
+            else:
+                out.extend(self._random_points(n - len(out), exclude=out))
+        self._pending.update(_key(x) for x in out)
+        return out
+
+    def tell(self, xs: list[list], ys) -> None:
+        """Record evaluations; ys is (n, n_objectives), minimised, non-finite = failed/worst."""
+        xs = [[_native(v) for v in x] for x in xs]
+        if not xs:
+            return
+        with self._overhead():
+            self._tell(xs, ys)
+
+    def _tell(self, xs: list[list], ys) -> None:
+        Y = np.array(ys, dtype=np.float64).reshape(len(xs), -1)
+        if Y.shape[1] != self.n_objectives:
+            raise ValueError(f"expected {self.n_objectives} objectives, got {Y.shape[1]}")
+        Y[~np.all(np.isfinite(Y), axis=1)] = np.nan  # a failed row is worst in every objective
+        self._X.extend(xs)
+        self._Xt = np.vstack([self._Xt, self.space.transform(xs)])
+        self._Y = np.vstack([self._Y, Y])
+        self._frame_of = np.concatenate([self._frame_of, np.full(len(xs), self._frame)])
+        for x, y in zip(xs, Y, strict=True):
+            k = _key(x)
+            self._pending.discard(k)
+            if k in self._reeval:
+                self._reeval_new[k] = y
+        if self._reeval and len(self._reeval_new) == len(self._reeval):
+            self._assess_jump()
+        self._tells_since_fit += len(xs)
+        self.stats["n_tells"] += len(xs)
+
+    def new_frame(self) -> list[list]:
+        """Start a frame; returns the previous Pareto set's X, to be re-evaluated first."""
+        with self._overhead():
+            return self._new_frame()
+
+    def _new_frame(self) -> list[list]:
+        self._pending.clear()
+        self._reeval, self._reeval_new = {}, {}
+        self._xi = XI
+        self.stats["jump"] = False
+        self.stats["last_move"] = None
+        if len(self._X) == 0:  # nothing learnt yet: this frame stays cold
+            self.stats["warm"] = False
+            return []
+        last = int(self._frame_of.max())
+        self._frame += 1
+        self.stats["frame"] = self._frame
+        self.stats["warm"] = True
+        self._init_queue = []
+        out = self._select_reevaluation(np.flatnonzero(self._frame_of == last))
+        for x in out:
+            i = self._last_index_of(x, last)
+            self._reeval[_key(x)] = self._Y[i].copy()
+        prev = self._Y[(self._frame_of == last) & np.all(np.isfinite(self._Y), axis=1)]
+        if prev.shape[0]:
+            span = prev.max(axis=0) - prev.min(axis=0)
+            self._reeval_span = np.where(span > 0, span, 1.0)
+        self._age_out()
+        return out
+
+    def enqueue(self, points: list[list]) -> None:
+        """Evaluate these points next (before LHS/BO proposals), e.g. a workflow's defaults."""
+        self._init_queue[:0] = [[_native(v) for v in x] for x in points]
+
+    def observe_jump(self, jumped: bool = True) -> None:
+        """External scene-change signal (e.g. a new sample area): same response as detection."""
+        self._reeval, self._reeval_new = {}, {}
+        if jumped:
+            self._on_jump()
+
+    def pareto(self) -> tuple[list[list], np.ndarray]:
+        """Non-dominated X, Y among this frame's finite evaluations."""
+        idx = self._current_finite()
+        if idx.size == 0:
+            return [], np.zeros((0, self.n_objectives))
+        front = idx[non_dominated_mask(self._Y[idx])]
+        return [list(self._X[i]) for i in front], self._Y[front].copy()
+
+    def knee(self, method: str = "euclidean") -> tuple[list, np.ndarray]:
+        """Knee of this frame's front (see `knee.knee_index`)."""
+        X, Y = self.pareto()
+        if not X:
+            raise ValueError("no finite evaluations in this frame yet")
+        i = knee_index(Y, method)
+        return X[i], Y[i]
+
+    def hypervolume(self, ref=None) -> float:
+        """HV of this frame's front. Default ref: this frame's nadir padded by 10 % of the
+        range — fine for monitoring, but pass a fixed `ref` to compare runs or frames."""
+        _, Y = self.pareto()
+        if Y.shape[0] == 0:
+            return 0.0
+        if ref is None:
+            Yc = self._Y[self._current_finite()]
+            hi, lo = Yc.max(axis=0), Yc.min(axis=0)
+            span = hi - lo
+            ref = hi + np.where(span > 0, 0.1 * span, 0.1 * np.maximum(np.abs(hi), 1.0))
+        return _hypervolume(Y, ref)
+
+    def state_dict(self) -> dict:
+        """Plain lists/floats/ints (JSON-able; non-finite objectives become None)."""
+        return {
+            "version": 1,
+            "n_objectives": self.n_objectives,
+            "config": {
+                "n_initial": self.n_initial,
+                "seed": self.seed,
+                "n_candidates": self.n_candidates,
+                "refit_every": self.refit_every,
+                "forgetting": self.forgetting,
+                "explore_jump": self.explore_jump,
+                "max_reevaluate": self.max_reevaluate,
+                "max_observations": self.max_observations,
+            },
+            "X": [list(x) for x in self._X],
+            "Y": [[float(v) if np.isfinite(v) else None for v in row] for row in self._Y],
+            "frame_of": [int(f) for f in self._frame_of],
+            "frame": self._frame,
+            "theta": None if self._theta is None else [float(t) for t in self._theta],
+            "tells_since_fit": self._tells_since_fit,
+            "rng": self._rng.bit_generator.state,
+            "init_queue": [list(x) for x in self._init_queue],
+            "pending": [list(k) for k in self._pending],
+            "reeval": [[list(k), [float(v) for v in y]] for k, y in self._reeval.items()],
+            "reeval_new": [[list(k), [float(v) for v in y]] for k, y in self._reeval_new.items()],
+            "reeval_span": [float(v) for v in self._reeval_span],
+            "typical_move": self._typical_move,
+            "xi": self._xi,
+            "stats": dict(self.stats),
+        }
+
+    @classmethod
+    def from_state_dict(cls, space: list, d: dict) -> MultiObjectiveOptimizer:
+        """Inverse of `state_dict`; `space` must be the same search space."""
+        if d.get("version") != 1:
+            raise ValueError(f"unsupported state version {d.get('version')!r}")
+        opt = cls(space, d["n_objectives"], **d["config"])
+        xs = [list(x) for x in d["X"]]
+        opt._X = xs
+        opt._Xt = opt.space.transform(xs) if xs else opt._Xt
+        Y = np.array([[np.nan if v is None else v for v in row] for row in d["Y"]], dtype=float)
+        opt._Y = Y.reshape(len(xs), opt.n_objectives)
+        opt._frame_of = np.array(d["frame_of"], dtype=np.int64)
+        opt._frame = int(d["frame"])
+        opt._theta = None if d["theta"] is None else np.array(d["theta"], dtype=float)
+        opt._tells_since_fit = int(d["tells_since_fit"])
+        opt._rng.bit_generator.state = d["rng"]
+        opt._init_queue = [list(x) for x in d["init_queue"]]
+        opt._pending = {tuple(x) for x in d["pending"]}
+        opt._reeval = {tuple(k): np.array(y, dtype=float) for k, y in d["reeval"]}
+        opt._reeval_new = {tuple(k): np.array(y, dtype=float) for k, y in d["reeval_new"]}
+        opt._reeval_span = np.array(d["reeval_span"], dtype=float)
+        opt._typical_move = float(d["typical_move"])
+        opt._xi = float(d["xi"])
+        opt.stats = dict(d["stats"])
+        return opt
+
+    @contextmanager
+    def _overhead(self, key: str | None = None) -> Iterator[None]:
+        """Time optimizer work into `stats` with BLAS pinned to one thread: our matrices are
+        tiny, and threaded BLAS on a busy host was measured 3x slower (wall) here."""
+        t0 = time.perf_counter()
+        with _blas_limiter():
+            yield
+        dt = time.perf_counter() - t0
+        self.stats["overhead_s"] += dt
+        if key is not None:
+            self.stats[key] = dt
+
+    # ------------------------------------------------------------------ frames
+
+    def _current_finite(self) -> np.ndarray:
+        ok = (self._frame_of == self._frame) & np.all(np.isfinite(self._Y), axis=1)
+        return np.flatnonzero(ok)
+
+    def _last_index_of(self, x: list, frame: int) -> int:
+        k = _key(x)
+        for i in range(len(self._X) - 1, -1, -1):
+            if self._frame_of[i] == frame and _key(self._X[i]) == k:
+                return i
+        raise KeyError(k)
+
+    def _select_reevaluation(self, idx: np.ndarray) -> list[list]:
+        """Previous front, deduplicated; if capped: knee, extremes, then farthest-point fill."""
+        idx = idx[np.all(np.isfinite(self._Y[idx]), axis=1)]
+        if idx.size == 0:
+            return []
+        front = idx[non_dominated_mask(self._Y[idx])]
+        seen: dict[tuple, int] = {}
+        for i in front:
+            seen.setdefault(_key(self._X[i]), int(i))
+        front = np.array(list(seen.values()), dtype=np.int64)
+        if front.size > self.max_reevaluate:
+            Z = normalise_front(self._Y[front])
+            chosen = [knee_index(self._Y[front])]
+            for j in range(self.n_objectives):
+                e = int(np.argmin(Z[:, j]))
+                if e not in chosen:
+                    chosen.append(e)
+            while len(chosen) < self.max_reevaluate:
+                dist = np.min(np.linalg.norm(Z[:, None] - Z[chosen][None], axis=2), axis=1)
+                if dist.max() <= 0.0:  # the rest duplicate chosen objective vectors
+                    break
+                chosen.append(int(np.argmax(dist)))
+            front = front[chosen[: self.max_reevaluate]]
+        return [list(self._X[i]) for i in front]
+
+    def _age_out(self) -> None:
+        """Drop observations the forgetting rule has made uninformative, then cap the count."""
+        keep = np.ones(len(self._X), dtype=bool)
+        if self.forgetting > 1.0:
+            age = self._frame - self._frame_of
+            keep &= NOISE0 * self.forgetting**age <= 1.0
+        if keep.sum() > self.max_observations:  # oldest first
+            order = np.argsort(self._frame_of, kind="stable")
+            drop = order[: int(keep.sum()) - self.max_observations]
+            keep[drop] = False
+        self._subset(keep)
+
+    def _subset(self, keep: np.ndarray) -> None:
+        self._X = [x for x, k in zip(self._X, keep, strict=True) if k]
+        self._Xt, self._Y, self._frame_of = self._Xt[keep], self._Y[keep], self._frame_of[keep]
+
+    def _assess_jump(self) -> None:
+        """Apply the jump rule to the re-evaluated previous front (module docstring)."""
+        keys = [k for k in self._reeval if k in self._reeval_new]
+        old = np.array([self._reeval[k] for k in keys]).reshape(-1, self.n_objectives)
+        new = np.array([self._reeval_new[k] for k in keys]).reshape(-1, self.n_objectives)
+        self._reeval, self._reeval_new = {}, {}
+        if len(keys) == 0:
+            return
+        span = self._reeval_span
+        # a point that now fails moved "infinitely": count it as a full-range move
+        moves = np.where(np.isfinite(new), np.abs(new - old) / span, 1.0).max(axis=1)
+        move = float(np.median(moves))
+        self.stats["last_move"] = move
+        if move > self.explore_jump * self._typical_move:
+            self._on_jump()
+        else:
+            self._typical_move = max(TYPICAL_MOVE_FLOOR, 0.7 * self._typical_move + 0.3 * move)
+
+    def _on_jump(self) -> None:
+        self._subset(self._frame_of == self._frame)
+        self._init_queue = self._initial_design(self.n_initial)
+        self._xi = XI_JUMP
+        self._tells_since_fit = self.refit_every  # refit hyperparameters at the next ask
+        self.stats["jump"] = True
+        self.stats["n_jumps"] += 1
+
+    # ------------------------------------------------------------------ proposals
+
+    def _seed(self) -> int:
+        return int(self._rng.integers(_INT_MAX))
+
+    def _initial_design(self, n: int) -> list[list]:
+        if n <= 0:
+            return []
+        dims = copy.deepcopy(self.dimensions)
+        pts = Lhs(criterion="maximin", iterations=200).generate(dims, n, random_state=self._seed())
+        return [[_native(v) for v in x] for x in pts]
+
+    def _random_points(self, n: int, exclude: list[list]) -> list[list]:
+        taken = {_key(x) for x in exclude} | self._pending
+        out: list[list] = []
+        for _ in range(20 * n):
+            x = [_native(v) for v in self.space.rvs(1, random_state=self._seed())[0]]
+            if _key(x) not in taken:
+                out.append(x)
+                taken.add(_key(x))
+                if len(out) == n:
+                    break
+        return out
+
+    def _model_ready(self) -> bool:
+        return len(self._X) >= 2
+
+    def _scalarise(self, w: np.ndarray) -> np.ndarray:
+        """Augmented Chebyshev of [0,1]-rescaled objectives; failed rows score above all."""
+        Y = self._Y
+        finite = np.all(np.isfinite(Y), axis=1)
+        if not finite.any():
+            return np.zeros(len(Y))
+        F = normalise_front(Y[finite])
+        s = np.full(len(Y), 1.1 * (1.0 + RHO * w.sum()))
+        s[finite] = np.max(w * F, axis=1) + RHO * (F @ w)
+        return s
+
+    def _noise(self) -> np.ndarray:
+        age = self._frame - self._frame_of
+        return (NOISE0 * self.forgetting ** age.astype(float)) ** 2
+
+    def _fit_hyperparameters(self, z: np.ndarray, alpha: np.ndarray) -> None:
+        """Type-II ML fit of (amplitude, length scales, white noise) with skopt's GP.
+
+        Warm-started from the previous theta (one L-BFGS run, capped iterations); only the
+        very first fit pays for restarts.
+        """
+        t0 = time.perf_counter()
+        kernel = self._kernel if self._theta is None else self._kernel.clone_with_theta(self._theta)
+        gp = GaussianProcessRegressor(
+            kernel=kernel,
+            alpha=alpha,
+            optimizer=_lbfgs_capped,
+            normalize_y=False,
+            n_restarts_optimizer=1 if self._theta is None else 0,
+            random_state=self._seed(),
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            gp.fit(self._Xt, z)
+        self._theta = gp.kernel_.theta.copy()
+        self._tells_since_fit = 0
+        self.stats["n_hyperfits"] += 1
+        self.stats["hyperfit_s"] += time.perf_counter() - t0
+
+    def _snap(self, Z: np.ndarray) -> np.ndarray:
+        """Map unit-cube points onto representable transformed points (rounded integers,
+        one-hot categories) column-block-wise — skopt's row-wise transform is ~10x slower."""
+        out = np.clip(Z, 0.0, 1.0)
+        col = 0
+        for dim in self.space.dimensions:
+            size = dim.transformed_size
+            block = out[:, col : col + size]
+            if isinstance(dim, Real):
+                pass
+            elif size > 1:  # one-hot
+                hot = np.argmax(block, axis=1)
+                block[:] = 0.0
+                block[np.arange(len(block)), hot] = 1.0
+            else:
+                snapped = dim.transform(dim.inverse_transform(block[:, 0]))
+                block[:, 0] = np.asarray(snapped, dtype=float).reshape(len(block))
+            col += size
+        return out
+
+    def _candidates(self, exclude_t: np.ndarray) -> np.ndarray:
+        """Transformed EI candidates: uniform + Gaussian perturbations of the current front."""
+        d = self.space.transformed_n_dims
+        cur = self._current_finite()
+        if cur.size:
+            centres = self._Xt[cur[non_dominated_mask(self._Y[cur])]]
+        else:
+            finite = np.flatnonzero(np.all(np.isfinite(self._Y), axis=1))
+            centres = self._Xt[finite[non_dominated_mask(self._Y[finite])]] if finite.size else None
+        n_local = int(LOCAL_FRACTION * self.n_candidates) if centres is not None else 0
+        Z = self._rng.random((self.n_candidates, d))
+        if n_local:
+            pick = self._rng.integers(len(centres), size=n_local)
+            sig = self._rng.choice(LOCAL_SIGMAS, size=(n_local, 1))
+            Z[:n_local] = centres[pick] + sig * self._rng.standard_normal((n_local, d))
+        C = self._snap(Z)
+        if exclude_t.shape[0]:
+            C = C[_min_sq_dist(C, exclude_t) > 1e-12]
+        return C
+
+    def _propose(self, n: int, exclude: list[list]) -> list[list]:
+        """ParEGO batch: one lattice weight per point, shared GP factor and candidate set."""
+        replace = n > len(self.weights)
+        W = self.weights[self._rng.choice(len(self.weights), size=n, replace=replace)]
+        S = np.stack([self._scalarise(w) for w in W], axis=1)  # (n_obs, n)
+        sd = S.std(axis=0)
+        Zy = (S - S.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
+        alpha = self._noise()
+        if self._theta is None or self._tells_since_fit >= self.refit_every:
+            self._fit_hyperparameters(Zy[:, 0], alpha)
+        amp, ls, white = _unpack_theta(self._theta)
+        Xs = self._Xt / ls
+        K = _matern52(Xs, Xs, amp)
+        K[np.diag_indices_from(K)] += white + alpha
+        L = _cholesky(K)
+        A = cho_solve((L, True), Zy)  # (n_obs, n)
+
+        cur = self._frame_of == self._frame
+        exclude_t = self._Xt[cur]
+        pend = [list(k) for k in self._pending] + exclude
+        if pend:
+            exclude_t = np.vstack([exclude_t, self.space.transform(pend)])
+        C = self._candidates(exclude_t)
+        if C.shape[0] == 0:
+            return self._random_points(n, exclude)
+        Ks = _matern52(C / ls, Xs, amp)  # (n_cand, n_obs)
+        V = solve_triangular(L, Ks.T, lower=True, check_finite=False)
+        sd_post = np.sqrt(np.maximum(amp - np.einsum("ij,ij->j", V, V), 1e-12))
+        mean = Ks @ A  # (n_cand, n)
+        if cur.any():
+            best = Zy[cur].min(axis=0)
+        else:  # only aged data: incumbent = best posterior mean at the data
+            best = ((K - np.diag(white + alpha)) @ A).min(axis=0)
+        taken = np.zeros(C.shape[0], dtype=bool)
+        picked = []
+        for j in range(n):
+            imp = best[j] - mean[:, j] - self._xi
+            u = imp / sd_post
+            ei = imp * ndtr(u) + sd_post * np.exp(-0.5 * u * u) / math.sqrt(2 * math.pi)
+            ei[taken] = -np.inf
+            i = int(np.argmax(ei))
+            if not np.isfinite(ei[i]):
+                break
+            picked.append(C[i])
+            taken |= np.all(C == C[i], axis=1)  # duplicates of the pick, too
+        out = [[_native(v) for v in x] for x in self.space.inverse_transform(np.array(picked))]
+        if len(out) < n:
+            out.extend(self._random_points(n - len(out), exclude + out))
+        return out
+
+
+_CONTROLLER: ThreadpoolController | None = None
+
+
+def _blas_limiter():
+    global _CONTROLLER
+    if BLAS_THREADS is None:
+        return nullcontext()
+    if _CONTROLLER is None:  # scanning the loaded libraries costs ~1 ms: do it once
+        _CONTROLLER = ThreadpoolController()
+    return _CONTROLLER.limit(limits=BLAS_THREADS, user_api="blas")
+
+
+def _unpack_theta(theta: np.ndarray) -> tuple[float, np.ndarray, float]:
+    """theta of C * Matern(ls) + White, log-space: [log C, log ls..., log noise]."""
+    t = np.exp(theta)
+    return float(t[0]), t[1:-1], float(t[-1])
+
+
+def _matern52(A: np.ndarray, B: np.ndarray, amp: float) -> np.ndarray:
+    """Matern-5/2 on inputs already divided by the length scales (same as sklearn's)."""
+    r = np.sqrt(5.0) * cdist(A, B)
+    return amp * (1.0 + r + r * r / 3.0) * np.exp(-r)
+
+
+def _min_sq_dist(A: np.ndarray, B: np.ndarray) -> np.ndarray:
+    return cdist(A, B, "sqeuclidean").min(axis=1)
+
+
+def _lbfgs_capped(obj_func, initial_theta, bounds):
+    """sklearn GP optimizer hook: L-BFGS-B with an iteration cap (hyperparameters need not
+    be exact to rank EI candidates, and the cap bounds the worst-case refit time)."""
+    res = minimize(
+        obj_func,
+        initial_theta,
+        method="L-BFGS-B",
+        jac=True,
+        bounds=bounds,
+        options={"maxiter": LBFGS_MAXITER},
+    )
+    return res.x, res.fun
+
+
+def _cholesky(K: np.ndarray) -> np.ndarray:
+    jitter = 0.0
+    for _ in range(6):
+        try:
+            return cholesky(K + jitter * np.eye(len(K)), lower=True, check_finite=False)
+        except np.linalg.LinAlgError:
+            jitter = 1e-8 if jitter == 0.0 else jitter * 10.0
+    raise np.linalg.LinAlgError("GP covariance is not positive definite")
+
+
+def run_frame(
+    objective: Callable[[list], Sequence[float]],
+    opt: MultiObjectiveOptimizer,
+    *,
+    budget: int,
+    deadline_s: float | None = None,
+    batch: int = 1,
+) -> FrameSearch:
+    """One frame: re-evaluate the previous front (counts toward `budget`), then ask/evaluate
+    in batches until `budget` evaluations or `deadline_s` seconds, whichever comes first."""
+    t_start = time.perf_counter()
+    overhead0 = opt.stats["overhead_s"]
+    deadline = None if deadline_s is None else t_start + deadline_s
+    X: list[list] = []
+    Ys: list[np.ndarray] = []
+    eval_s = 0.0
+
+    def evaluate(xs: list[list]) -> int:
+        nonlocal eval_s
+        done = 0
+        for x in xs:
+            if len(X) >= budget or (deadline is not None and time.perf_counter() >= deadline):
+                break
+            t0 = time.perf_counter()
+            y = np.asarray(objective(x), dtype=np.float64).ravel()
+            eval_s += time.perf_counter() - t0
+            X.append(x)
+            Ys.append(y)
+            done += 1
+        if done:
+            opt.tell(X[-done:], np.array(Ys[-done:]))
+        return done
+
+    reeval = opt.new_frame()
+    warm = bool(opt.stats["warm"])
+    evaluate(reeval)
+    while len(X) < budget and (deadline is None or time.perf_counter() < deadline):
+        xs = opt.ask(min(batch, budget - len(X)))
+        if evaluate(xs) < len(xs):
+            break
+    pX, pY = opt.pareto()
+    if pX:
+        kx, ky = opt.knee()
+        hv = opt.hypervolume()
+    else:
+        kx, ky, hv = None, None, 0.0
+    return FrameSearch(
+        X=X,
+        Y=np.array(Ys).reshape(len(X), opt.n_objectives),
+        pareto_X=pX,
+        pareto_Y=pY,
+        knee_x=kx,
+        knee_y=ky,
+        n_evaluations=len(X),
+        evaluation_s=eval_s,
+        optimizer_s=opt.stats["overhead_s"] - overhead0,
+        warm_started=warm,
+        hypervolume=hv,
+    )

@@ -1,0 +1,316 @@
+"""rewardscope.optimize: numba kernels vs numpy references, exact hypervolume, knee, ParEGO."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+from skopt.space import Categorical, Integer, Real
+
+from rewardscope.optimize import (
+    MultiObjectiveOptimizer,
+    hypervolume,
+    knee_index,
+    non_dominated_mask,
+    non_dominated_sort,
+    run_frame,
+)
+from rewardscope.optimize.hypervolume import hypervolume_reference
+from rewardscope.optimize.pareto import (
+    non_dominated_mask_reference,
+    non_dominated_sort_reference,
+)
+
+
+def _random_sets(n_sets: int, max_obj: int, seed: int = 0):
+    """Continuous sets, integer-grid sets (many ties) and sets with duplicated rows."""
+    rng = np.random.default_rng(seed)
+    for t in range(n_sets):
+        n = int(rng.integers(1, 35))
+        m = int(rng.integers(1, max_obj + 1))
+        if t % 3 == 0:
+            Y = rng.random((n, m))
+        elif t % 3 == 1:
+            Y = rng.integers(0, 4, (n, m)).astype(float)
+        else:
+            Y = rng.random((n, m))
+            Y = np.vstack([Y, Y[rng.integers(0, n, size=n // 2 + 1)]])
+        yield Y
+
+
+# ---------------------------------------------------------------- Pareto
+
+
+def test_non_dominated_kernels_match_reference():
+    for Y in _random_sets(150, 4):
+        np.testing.assert_array_equal(non_dominated_mask(Y), non_dominated_mask_reference(Y))
+        np.testing.assert_array_equal(non_dominated_sort(Y), non_dominated_sort_reference(Y))
+
+
+def test_non_dominated_known_case():
+    Y = np.array([[1, 4], [2, 2], [4, 1], [3, 3], [2, 2], [5, 5], [1, 4.5]], dtype=float)
+    np.testing.assert_array_equal(
+        non_dominated_mask(Y), [True, True, True, False, True, False, False]
+    )
+    np.testing.assert_array_equal(non_dominated_sort(Y), [0, 0, 0, 1, 0, 2, 1])
+    assert non_dominated_mask(np.zeros((0, 2))).shape == (0,)
+
+
+# ---------------------------------------------------------------- hypervolume
+
+
+def test_hypervolume_analytic_cases():
+    assert hypervolume([[0.0, 0.0]], [1.0, 2.0]) == pytest.approx(2.0)
+    # staircase: union of [0,3]x[2,3] ∪ [1,3]x[1,3] ∪ [2,3]x[0,3] = 3 + 2 + 1
+    assert hypervolume([[0, 2], [1, 1], [2, 0]], [3, 3]) == pytest.approx(6.0)
+    # dominated, duplicated and out-of-box points add nothing
+    pts = [[0, 2], [1, 1], [2, 0], [1, 1], [2, 2], [5, -1], [np.nan, 0]]
+    assert hypervolume(pts, [3, 3]) == pytest.approx(6.0)
+    assert hypervolume(np.zeros((0, 2)), [1, 1]) == 0.0
+    # 3-D: two boxes, overlap by inclusion-exclusion: 8 + 8 - 4 = 12 (ref 2,2,2)
+    assert hypervolume([[0, 0, 0]], [2, 2, 2]) == pytest.approx(8.0)
+    assert hypervolume([[0, 1, 0], [1, 0, 0]], [3, 3, 1]) == pytest.approx(6 + 6 - 4)
+    assert hypervolume([[1, 0, 0], [0, 1, 0], [0, 0, 1]], [2, 2, 2]) == pytest.approx(
+        3 * 4 - 3 * 2 + 1
+    )
+    assert hypervolume([[0.5]], [2.0]) == pytest.approx(1.5)
+
+
+def test_hypervolume_matches_grid_reference():
+    rng = np.random.default_rng(1)
+    for t in range(120):
+        m = 2 + t % 2
+        n = int(rng.integers(1, 25))
+        Y = rng.integers(0, 5, (n, m)).astype(float) if t % 4 < 2 else rng.random((n, m)) * 4
+        ref = np.full(m, 4.5) if t % 3 else rng.random(m) * 3 + 1.5  # some points outside
+        assert hypervolume(Y, ref) == pytest.approx(hypervolume_reference(Y, ref), rel=1e-12)
+
+
+def test_hypervolume_rejects_many_objectives():
+    with pytest.raises(ValueError, match="1-3 objectives"):
+        hypervolume(np.zeros((3, 4)), np.ones(4))
+    with pytest.raises(ValueError):
+        hypervolume(np.zeros((3, 2)), np.ones(3))
+
+
+# ---------------------------------------------------------------- knee
+
+
+def test_knee_on_known_front():
+    Y = np.array([[0.0, 1.0], [0.05, 0.6], [0.45, 0.45], [1.0, 0.0]])
+    assert knee_index(Y, "euclidean") == 1  # |.|_2: 0.602 < 0.636
+    assert knee_index(Y, "chebyshev") == 2  # |.|_inf: 0.45 < 0.6
+    # dominated / non-finite rows ignored; index refers to the input rows
+    Y2 = np.vstack([[2.0, 2.0], [np.nan, 0.0], Y])
+    assert knee_index(Y2, "chebyshev") == 4
+    # constant objective (zero range) is guarded
+    assert knee_index(np.array([[1.0, 3.0], [1.0, 2.0], [1.0, 5.0]])) == 1
+    with pytest.raises(ValueError):
+        knee_index(Y, "manhattan")
+
+
+# ---------------------------------------------------------------- ParEGO
+
+
+def zdt1(x) -> list[float]:
+    x = np.asarray(x, dtype=float)
+    g = 1.0 + 9.0 * x[1:].mean()
+    return [float(x[0]), float(g * (1.0 - np.sqrt(x[0] / g)))]
+
+
+def sphere_pair(shift: float):
+    a = np.array([0.25, 0.3, 0.35]) + shift
+    b = np.array([0.7, 0.75, 0.6]) + shift
+
+    def f(x) -> list[float]:
+        x = np.asarray(x, dtype=float)
+        return [float(np.sum((x - a) ** 2)), float(np.sum((x - b) ** 2))]
+
+    return f
+
+
+def _unit_dims(n: int) -> list:
+    return [Real(0.0, 1.0, name=f"x{i}") for i in range(n)]
+
+
+def test_mobo_beats_random_search_on_zdt1():
+    ref, budget = [1.1, 10.0], 20
+    dims = _unit_dims(2)
+    hv_bo, hv_rand = [], []
+    for seed in range(3):
+        opt = MultiObjectiveOptimizer(dims, 2, seed=seed, n_candidates=1000)
+        res = run_frame(zdt1, opt, budget=budget)
+        assert res.n_evaluations == budget and not res.warm_started
+        hv_bo.append(hypervolume(res.Y, ref))
+        rng = np.random.default_rng(seed)
+        hv_rand.append(hypervolume([zdt1(rng.random(2)) for _ in range(budget)], ref))
+    # optimum 11 - 1/3 = 10.667; random search sits near 9
+    assert np.median(hv_bo) > 10.3
+    assert np.median(hv_bo) > np.median(hv_rand) + 0.8
+
+
+def test_warm_start_reevaluates_front_and_matches_bigger_cold_run():
+    dims, ref = _unit_dims(3), [1.0, 1.0]
+    warm, cold_big, cold_small = [], [], []
+    for seed in range(3):
+        opt = MultiObjectiveOptimizer(dims, 2, seed=seed)
+        first = run_frame(sphere_pair(0.0), opt, budget=25)
+        second = run_frame(sphere_pair(0.05), opt, budget=8)
+        assert second.warm_started and not opt.stats["jump"]
+        k = min(len(first.pareto_X), opt.max_reevaluate)
+        prev = {tuple(x) for x in first.pareto_X}
+        assert all(tuple(x) in prev for x in second.X[:k])  # re-evaluation comes first
+        warm.append(hypervolume(second.Y, ref))
+        for budget, out in ((32, cold_big), (8, cold_small)):
+            cold = MultiObjectiveOptimizer(dims, 2, seed=seed + 100)
+            out.append(hypervolume(run_frame(sphere_pair(0.05), cold, budget=budget).Y, ref))
+    assert np.median(warm) >= 0.95 * np.median(cold_big)
+    assert np.median(warm) > np.median(cold_small) + 0.1
+
+
+def test_jump_widens_exploration_and_drift_does_not():
+    dims = _unit_dims(3)
+    opt = MultiObjectiveOptimizer(dims, 2, seed=3)
+    run_frame(sphere_pair(0.0), opt, budget=15)
+    run_frame(sphere_pair(0.02), opt, budget=8)
+    assert opt.stats["warm"] and not opt.stats["jump"]
+
+    reeval = opt.new_frame()
+    f = sphere_pair(0.4)
+    opt.tell(reeval, [f(x) for x in reeval])
+    assert opt.stats["jump"] and opt.stats["last_move"] > 3 * 0.02
+    assert (opt._frame_of == opt._frame).all()  # stale frames dropped
+    assert len(opt.ask(opt.n_initial)) == opt.n_initial  # the fresh LHS design
+    assert opt._init_queue == [] and opt._xi > 0.01
+
+    opt.new_frame()
+    assert not opt.stats["jump"]
+    opt.observe_jump()
+    assert opt.stats["jump"] and len(opt._init_queue) == opt.n_initial
+
+
+def test_reevaluation_cap_and_forgetting_rule():
+    Y = [[0, 1], [0.1, 0.6], [0.3, 0.3], [0.6, 0.1], [1, 0], [0.9, 0.9]]
+    X = [[0.0], [0.1], [0.3], [0.6], [1.0], [0.5]]
+    opt = MultiObjectiveOptimizer(_unit_dims(1), 2, max_reevaluate=3)
+    opt.tell(X, Y)
+    assert opt.new_frame() == [[0.3], [0.0], [1.0]]  # knee, then each objective's extreme
+    assert opt._noise()[0] == pytest.approx((0.03 * 2.0) ** 2)  # sd grows forgetting**age
+    for _ in range(4):
+        opt.new_frame()
+    assert len(opt._X) == 6  # age 5: sd 0.03 * 32 < 1, still informative
+    opt.new_frame()
+    assert len(opt._X) == 0  # age 6: sd > 1 = prior spread, dropped
+
+    keep = MultiObjectiveOptimizer(_unit_dims(1), 2, forgetting=1.0, max_observations=4)
+    keep.tell(X, Y)
+    for _ in range(8):
+        keep.new_frame()
+    assert len(keep._X) == 4  # no ageing with forgetting=1, only the size cap
+
+
+def test_categorical_integer_dims_and_batches():
+    dims = [
+        Categorical(["good", "bad", "ugly"], name="kind"),
+        Integer(1, 12, name="n"),
+        Real(1e-3, 1.0, prior="log-uniform", name="t"),
+    ]
+    penalty = {"good": 0.0, "bad": 0.5, "ugly": 1.0}
+
+    def f(x):
+        kind, n, t = x
+        u = np.log10(t) / 3 + 1  # in [0, 1]
+        return [penalty[kind] + (n - 3) ** 2 / 81 + u, penalty[kind] + (n - 9) ** 2 / 81 + 1 - u]
+
+    opt = MultiObjectiveOptimizer(dims, 2, seed=0, n_candidates=1000)
+    res = run_frame(f, opt, budget=24, batch=4)
+    assert res.n_evaluations == 24
+    assert len({tuple(x) for x in res.X}) == 24  # batches are distinct points
+    for x in res.X:
+        assert x[0] in penalty and isinstance(x[1], int) and 1 <= x[1] <= 12
+        assert isinstance(x[2], float)
+    assert res.knee_x[0] == "good"
+    assert {x[0] for x in res.pareto_X} == {"good"}
+
+
+def test_non_finite_objectives_are_worst_and_excluded_from_front():
+    def f(x):
+        return [np.nan, 0.0] if x[0] < 0.3 else [x[0], 1.0 - x[0] + x[1]]
+
+    opt = MultiObjectiveOptimizer(_unit_dims(2), 2, seed=1, n_candidates=500)
+    res = run_frame(f, opt, budget=14)
+    assert np.isnan(res.Y).any()
+    assert np.all(np.isfinite(res.pareto_Y)) and np.all(np.asarray(res.pareto_X)[:, 0] >= 0.3)
+    late = np.asarray(res.X[8:])[:, 0]
+    assert np.mean(late < 0.3) < 0.5  # the model learnt that the failing region is bad
+
+
+def test_three_objectives():
+    def f(x):
+        x = np.asarray(x)
+        return [np.sum((x - c) ** 2) for c in (0.2, 0.5, 0.8)]
+
+    opt = MultiObjectiveOptimizer(_unit_dims(2), 3, seed=0, n_candidates=500)
+    res = run_frame(f, opt, budget=12, batch=3)
+    assert res.pareto_Y.shape[1] == 3 and res.hypervolume > 0
+    assert opt.hypervolume([1, 1, 1]) == pytest.approx(hypervolume(res.pareto_Y, [1, 1, 1]))
+
+
+def test_state_dict_round_trip():
+    dims = [Categorical(["a", "b"], name="c"), Integer(0, 5, name="k"), Real(0, 1, name="r")]
+
+    def f(x):
+        return [x[1] / 5 + x[2] + (x[0] == "b"), 1 - x[2] + (5 - x[1]) / 5]
+
+    opt = MultiObjectiveOptimizer(dims, 2, seed=5, n_candidates=500)
+    run_frame(f, opt, budget=10)
+    run_frame(f, opt, budget=4)
+    pending = opt.ask(2)
+    opt.tell(pending[:1], [f(pending[0])])
+    opt.tell([pending[1]], [[np.inf, 0.0]])
+    d = json.loads(json.dumps(opt.state_dict()))
+    clone = MultiObjectiveOptimizer.from_state_dict(dims, d)
+    assert clone.state_dict() == d
+    assert clone.ask(3) == opt.ask(3)
+    X1, Y1 = opt.pareto()
+    X2, Y2 = clone.pareto()
+    assert X1 == X2 and np.array_equal(Y1, Y2)
+    assert clone.new_frame() == opt.new_frame()
+
+
+def test_overhead_stats_and_deadline():
+    def slow(x):
+        time.sleep(0.01)
+        return sphere_pair(0.0)(x)
+
+    opt = MultiObjectiveOptimizer(_unit_dims(3), 2, seed=2, n_candidates=500)
+    res = run_frame(slow, opt, budget=10)
+    s = opt.stats
+    assert s["n_asks"] == 10 and s["n_tells"] == 10 and s["warm"] is False
+    assert s["overhead_s"] > 0 and s["n_hyperfits"] >= 1
+    assert res.optimizer_s == pytest.approx(s["overhead_s"])
+    assert res.evaluation_s >= 10 * 0.01
+    assert res.knee_y is not None and res.hypervolume > 0
+
+    t0 = time.perf_counter()
+    res2 = run_frame(slow, opt, budget=1000, deadline_s=0.15)
+    assert time.perf_counter() - t0 < 1.0
+    assert 1 <= res2.n_evaluations < 30 and res2.warm_started
+    assert opt.stats["n_tells"] == 10 + res2.n_evaluations
+
+
+def test_candidate_snapping_matches_skopt_round_trip():
+    dims = [
+        Categorical(["a", "b"], name="two"),
+        Categorical(["x", "y", "z", "w"], name="four"),
+        Integer(1, 9, name="k"),
+        Integer(2, 200, prior="log-uniform", name="logk"),
+        Real(1e-3, 10.0, prior="log-uniform", name="t"),
+    ]
+    opt = MultiObjectiveOptimizer(dims, 2, seed=0)
+    Z = np.random.default_rng(0).random((300, opt.space.transformed_n_dims))
+    snapped = opt._snap(Z)
+    np.testing.assert_allclose(snapped, opt.space.transform(opt.space.inverse_transform(snapped)))
+    np.testing.assert_allclose(snapped, opt.space.transform(opt.space.inverse_transform(Z)))
