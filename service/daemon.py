@@ -148,6 +148,11 @@ class Daemon:
         self.dropped: Counter[str] = Counter({r: 0 for r in DROP_REASONS})
         self.errors: Counter[str] = Counter({c: 0 for c in protocol.ERROR_CODES})
         self.engines: OrderedDict[str, SessionEngine] = OrderedDict()
+        self.store = None
+        if cfg.store:
+            from .sessionstore import SessionStore
+
+            self.store = SessionStore(cfg.store)
         self._engines_lock = threading.Lock()
         self._stop = threading.Event()
         self._started_monotonic = time.monotonic()
@@ -254,6 +259,8 @@ class Daemon:
         for s in (self.frames, self.control, self.from_worker, self.results):
             s.close()
         self.metrics.stop()
+        if self.store is not None:
+            self.store.close()
         log.info("service stopped", extra=self.stats_dict())
 
     # ------------------------------------------------------------------ frames in
@@ -273,10 +280,13 @@ class Daemon:
         try:
             msg = self.ingest.accept(parts)
         except ProtocolError as exc:
+            self._store("rejected", None, parts)
             self._reject(exc)
             return
         finally:
             self.metrics.observe_stage("decode", time.perf_counter() - t0)
+        session = msg.marker.session if isinstance(msg, Marker) else msg.frame.session
+        self._store("frames", session, parts)
         if isinstance(msg, Marker):
             self._on_marker(msg)
             return
@@ -306,6 +316,23 @@ class Daemon:
         self.results.send_multipart(protocol.encode_error(exc.code, exc.message,
                                                           session=exc.session, seq=exc.seq))
 
+    def _store(self, kind: str, session: str | None, parts: list[bytes]) -> None:
+        """Record a message durably before acting on it; a full disk costs data, not uptime."""
+        if self.store is None:
+            return
+        t0 = time.perf_counter()
+        try:
+            if kind == "frames":
+                self.store.frame_message(session, parts)
+            elif kind == "results":
+                self.store.result_message(session, parts)
+            else:
+                self.store.rejected_message(parts)
+        except OSError as exc:
+            log.error("session store write failed", extra={"kind": kind, "session": session,
+                                                           "error": repr(exc)})
+        self.metrics.observe_stage("store", time.perf_counter() - t0)
+
     def _drop(self, reason: str, n: int = 1) -> None:
         self.dropped[reason] += n
         self.metrics.frame_dropped(reason, n)
@@ -321,6 +348,8 @@ class Daemon:
     def _close_session(self, session: str, reason: str) -> None:
         with self._engines_lock:
             self.engines.pop(session, None)
+        if self.store is not None:
+            self.store.close_session(session)
         log.info("session closed", extra={"session": session, "reason": reason})
 
     def _engine_for(self, session: str) -> SessionEngine:
@@ -328,12 +357,37 @@ class Daemon:
             eng = self.engines.get(session)
             if eng is None:
                 eng = make_engine(session, self.cfg)
+                self._restore(eng)
                 self.engines[session] = eng
                 while len(self.engines) > self.cfg.max_sessions:
                     old, _ = self.engines.popitem(last=False)
                     log.info("session engine evicted", extra={"session": old})
             self.engines.move_to_end(session)
             return eng
+
+    def _restore(self, eng: SessionEngine) -> None:
+        """Load the session's checkpoint (if any) so a restarted service continues warm."""
+        if self.store is None or not hasattr(eng, "load_state_dict"):
+            return
+        state = self.store.load_checkpoint(eng.session)
+        if state is None:
+            return
+        try:
+            eng.load_state_dict(state)
+            log.info("session restored from checkpoint", extra={"session": eng.session})
+        except Exception as exc:  # a bad checkpoint must not block the session
+            log.error("checkpoint could not be restored", extra={"session": eng.session,
+                                                                 "error": repr(exc)})
+
+    def _checkpoint(self, eng: SessionEngine) -> None:
+        if self.store is None:
+            return
+        t0 = time.perf_counter()
+        try:
+            self.store.checkpoint(eng.session, eng.state_dict())
+        except (OSError, TypeError, ValueError) as exc:
+            log.error("checkpoint failed", extra={"session": eng.session, "error": repr(exc)})
+        self.metrics.observe_stage("store", time.perf_counter() - t0)
 
     # ------------------------------------------------------------------ analysis thread
     def _analysis_loop(self) -> None:
@@ -353,6 +407,7 @@ class Daemon:
         try:
             engine = self._engine_for(frame.session)
             analysis = engine.process(frame, self.cfg)
+            self._checkpoint(engine)
         except Exception as exc:  # a workflow bug must cost one frame, not the service
             log.error("analysis failed", extra={"session": frame.session, "seq": frame.seq,
                                                 "error": repr(exc),
@@ -380,9 +435,10 @@ class Daemon:
             self.metrics.frame_processed()
             try:
                 header = protocol.unpack_map(parts[1], protocol.RESULT_LIMITS)
-                self.metrics.observe_latency(float(header.get("latency_s", 0.0)))
             except ProtocolError:
-                pass
+                header = {}
+            self.metrics.observe_latency(float(header.get("latency_s", 0.0)))
+            self._store("results", str(header.get("session", "")), parts)
         elif topic == protocol.TOPIC_ERROR:
             self.errors["analysis_failed"] += 1
             self.metrics.error("analysis_failed")
