@@ -23,7 +23,7 @@ from collections import OrderedDict
 from pathlib import Path
 
 from .recordlog import RecordWriter
-from .store import session_path
+from .store import init_session_dir, session_path
 
 log = logging.getLogger("rewardscope.store")
 
@@ -46,12 +46,7 @@ class SessionStore:
         self.refused_frames = 0
 
     def _dir(self, session: str) -> Path:
-        path = session_path(self.root, session)
-        if not path.exists():
-            path.mkdir(parents=True, exist_ok=True)
-            (path / "session.json").write_text(json.dumps({"session": session,
-                                                           "created": time.time()}))
-        return path
+        return init_session_dir(self.root, session)
 
     def _writer(self, session: str, kind: str) -> RecordWriter:
         key = (session, kind)
