@@ -12,6 +12,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import urllib.request
 from pathlib import Path
@@ -393,3 +394,60 @@ def test_systemd_unit() -> None:
     problems = [ln for ln in (r.stdout + r.stderr).splitlines()
                 if ln.strip() and "is not executable" not in ln]
     assert not problems, "\n".join(problems)
+
+
+def test_running_daemon_exports_what_it_did(promtool: str) -> None:
+    """A real daemon's /metrics, after real frames and a bad one, counts them and lints clean."""
+    import threading
+    import time
+
+    from rewardscope.clients import InstrumentClient, ResultsClient
+    from rewardscope.daemon import Daemon
+    from rewardscope.simulators.perovskite import PerovskiteSimulator, SimConfig
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    inst = InstrumentClient("tcp://127.0.0.1:*")
+    cfg = config.load(None, {"frames": inst.endpoint, "results": "tcp://127.0.0.1:*",
+                             "control": "tcp://127.0.0.1:*", "metrics_port": port,
+                             "budget": 2, "cold_budget": 3})
+    d = Daemon(cfg)
+    d.start()
+    t = threading.Thread(target=d.run, daemon=True)
+    t.start()
+    res = ResultsClient(d.results_endpoint)
+    try:
+        assert inst.wait_for_subscriber(10)
+        time.sleep(0.3)
+        px = PerovskiteSimulator(SimConfig(shape=(96, 96))).frame(0).pixels
+        inst.start_session("m")
+        for _ in range(2):
+            inst.send_frame(px)
+            assert res.recv_result(timeout=20) is not None
+        inst.sock.send_multipart([b"frame", b"\xc1garbage", b""])
+        time.sleep(0.5)
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+    finally:
+        res.close()
+        inst.close()
+        d.stop()
+        t.join(timeout=20)
+    body = text.decode()
+    families = {f.name: f for f in text_string_to_metric_families(body)}
+
+    def value(name: str, **labels: str) -> float:
+        for fam in families.values():
+            for s in fam.samples:
+                if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                    return s.value
+        raise AssertionError(f"{name} {labels} not exported")
+
+    assert value("rewardscope_frames_processed_total") == 2
+    assert value("rewardscope_errors_total", code="bad_header") == 1
+    assert value("rewardscope_frames_dropped_total", reason="invalid") == 1
+    assert value("rewardscope_optimizer_evaluations_total") >= 3
+    assert value("rewardscope_frame_latency_seconds_count") == 2
+    assert value("rewardscope_reward_value", reward="count_quality") >= 0
+    assert value("rewardscope_state", state="running") == 1
+    run_promtool(promtool, "check", "metrics", stdin=body)
