@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from . import atomfind
+from . import rewards as rewards_mod
 from .analysis import Analysis
 from .config import ServiceConfig
 from .optimize.mobo import MultiObjectiveOptimizer, run_frame
@@ -31,16 +32,61 @@ def _plain(v: Any) -> Any:
     return v.item() if isinstance(v, np.generic) else v
 
 
+def reward_context(ctx: FrameContext, ev: Evaluation) -> dict[str, Any]:
+    """Everything a reward function may ask for by argument name (see rewards.evaluate)."""
+    out = ev.output
+    atoms = out.get("atoms", ctx.atoms)
+    xy = np.zeros((0, 2)) if atoms is None else np.asarray(atoms, dtype=np.float64)
+    walls = out.get("walls", [])
+    return {"xy": xy, "n_found": len(xy), "shape": ctx.shape, "lattice_px": ctx.lattice_px,
+            "image": ctx.image, "labels": out.get("labels"),
+            "segments": np.asarray(walls, dtype=np.float64).reshape(-1, 4),
+            "walls": out.get("wall_points", []), "mask": out.get("amorphous_mask"),
+            **{k: v for k, v in out.items() if k not in ("atoms", "walls")}}
+
+
+def configured_rewards(workflow: Workflow, names: list[str] | None) -> list[rewards_mod.Reward]:
+    """The objectives to optimise: the workflow's own, or those the config names (built-ins or
+    'package.module:function' user rewards)."""
+    if not names:
+        return []
+    return [rewards_mod.get_reward(n) for n in names]
+
+
 class WorkflowSearch:
-    """One workflow's optimizer state within a session, plus the per-frame evaluation cache."""
+    """One workflow's optimizer state within a session, plus the per-frame evaluation cache.
+
+    ``objectives`` (from the config) replace the workflow's declared rewards: a reward the
+    workflow already computed is read from its evaluation, any other is evaluated on the
+    evaluation's outputs by argument name.
+    """
 
     def __init__(self, workflow: Workflow, seed: int,
-                 on_evaluation: Callable[[str], None] | None = None) -> None:
+                 on_evaluation: Callable[[str], None] | None = None,
+                 objectives: list[rewards_mod.Reward] | None = None) -> None:
         self.workflow = workflow
         self.on_evaluation = on_evaluation
-        self.optimizer = MultiObjectiveOptimizer(workflow.space, len(workflow.rewards),
-                                                 seed=seed, n_initial=5)
+        self.objectives = objectives or []
+        n_obj = len(self.objectives) or len(workflow.rewards)
+        self.optimizer = MultiObjectiveOptimizer(workflow.space, n_obj, seed=seed, n_initial=5)
         self.frames = 0
+
+    def _knee_scale(self) -> np.ndarray | None:
+        if self.objectives:
+            return None
+        return np.array([spec.scale for spec in self.workflow.rewards], dtype=float)
+
+    def _vector(self, ctx: FrameContext, ev: Evaluation) -> np.ndarray:
+        if not self.objectives:
+            return self.workflow.objective_vector(ev)
+        context = None
+        vals = []
+        for r in self.objectives:
+            if r.name not in ev.rewards:
+                context = context or reward_context(ctx, ev)
+                ev.rewards[r.name] = float(rewards_mod.evaluate(r, context))
+            vals.append(rewards_mod.to_minimisation(r, ev.rewards[r.name]))
+        return np.asarray(vals, dtype=float)
 
     def search(self, ctx: FrameContext, budget: int, deadline_s: float, knee: str
                ) -> tuple[Evaluation, dict, list[dict], Any]:
@@ -54,13 +100,11 @@ class WorkflowSearch:
             evaluated[tuple(params[n] for n in names)] = ev
             if self.on_evaluation is not None:
                 self.on_evaluation(wf.name)
-            return wf.objective_vector(ev)
+            return self._vector(ctx, ev)
 
-        if self.frames == 0:
-            default = wf.default_params(ctx.lattice_px)
-            if default:
-                self.optimizer.enqueue([[default[n] for n in names]])
         wf.prepare(ctx)
+        if self.frames == 0:
+            self.optimizer.enqueue([[p[n] for n in names] for p in wf.initial_points(ctx)])
         fs = run_frame(objective, self.optimizer, budget=budget, deadline_s=deadline_s)
         self.frames += 1
         pareto = []
@@ -72,7 +116,8 @@ class WorkflowSearch:
                                "rewards": ev.rewards})
         if fs.knee_x is None:
             raise RuntimeError(f"workflow '{wf.name}' produced no finite evaluation")
-        key = tuple(_plain(v) for v in fs.knee_x)
+        knee_x = self.optimizer.knee(knee, self._knee_scale())[0]
+        key = tuple(_plain(v) for v in knee_x)
         chosen = evaluated.get(key)
         if chosen is None:  # the knee is from this frame, so this is only a safety net
             chosen = wf.evaluate(ctx, dict(zip(names, key, strict=True)))
@@ -89,12 +134,16 @@ class RewardEngine:
         self.searches: dict[str, WorkflowSearch] = {}
         self.frames_processed = 0
         self._seed = settings.seed
+        self._reward_names: dict[str, list[str]] = dict(settings.rewards or {})
+        for wf_name, names in self._reward_names.items():  # fail at session start, not mid-frame
+            configured_rewards(make_workflow(wf_name), names)
 
     def _search_for(self, name: str) -> WorkflowSearch:
         if name not in self.searches:
-            self.searches[name] = WorkflowSearch(make_workflow(name),
-                                                 seed=self._seed + len(self.searches),
-                                                 on_evaluation=self.on_evaluation)
+            wf = make_workflow(name)
+            self.searches[name] = WorkflowSearch(
+                wf, seed=self._seed + len(self.searches), on_evaluation=self.on_evaluation,
+                objectives=configured_rewards(wf, self._reward_names.get(name)))
         return self.searches[name]
 
     def process(self, frame: Frame, settings: ServiceConfig) -> Analysis:
@@ -169,7 +218,9 @@ class RewardEngine:
         self.frames_processed = int(state.get("frames_processed", 0))
         for name, s in state.get("searches", {}).items():
             wf = make_workflow(name)
-            search = WorkflowSearch(wf, seed=self._seed)
+            search = WorkflowSearch(wf, seed=self._seed, on_evaluation=self.on_evaluation,
+                                    objectives=configured_rewards(
+                                        wf, self._reward_names.get(name)))
             search.optimizer = MultiObjectiveOptimizer.from_state_dict(wf.space, s["optimizer"])
             search.frames = int(s.get("frames", 0))
             self.searches[name] = search

@@ -281,12 +281,12 @@ class MultiObjectiveOptimizer:
         front = idx[non_dominated_mask(self._Y[idx])]
         return [list(self._X[i]) for i in front], self._Y[front].copy()
 
-    def knee(self, method: str = "euclidean") -> tuple[list, np.ndarray]:
+    def knee(self, method: str = "euclidean", scale=None) -> tuple[list, np.ndarray]:
         """Knee of this frame's front (see `knee.knee_index`)."""
         X, Y = self.pareto()
         if not X:
             raise ValueError("no finite evaluations in this frame yet")
-        i = knee_index(Y, method)
+        i = knee_index(Y, method, scale)
         return X[i], Y[i]
 
     def hypervolume(self, ref=None) -> float:

@@ -21,11 +21,14 @@ import numpy as np
 
 @dataclass(frozen=True)
 class RewardSpec:
-    """An objective a workflow reports: ``direction`` 'min' or 'max', one line of meaning."""
+    """An objective a workflow reports: ``direction`` 'min' or 'max', one line of meaning, and
+    ``scale``: a fixed physical unit for the knee's normalisation where one exists (see
+    optimize.knee; 0 = min-max over the front)."""
 
     name: str
     direction: str
     meaning: str
+    scale: float = 0.0
 
 
 @dataclass
@@ -74,6 +77,12 @@ class Workflow(ABC):
     def default_params(self, lattice_px: float) -> dict[str, Any]:
         """A sensible starting point (the first candidate on a cold frame)."""
         return {}
+
+    def initial_points(self, ctx: FrameContext) -> list[dict[str, Any]]:
+        """Candidates a cold search evaluates first (domain knowledge before BO's random start);
+        by default just :meth:`default_params`."""
+        p = self.default_params(ctx.lattice_px)
+        return [p] if p else []
 
     def objective_vector(self, ev: Evaluation) -> np.ndarray:
         """Rewards as a vector to minimise (max-rewards negated; NaN -> +inf = worst)."""

@@ -1,0 +1,31 @@
+"""``rewardscope bench [NAME ...]``: the benchmarks in the checkout's ``benchmarks/`` folder.
+
+Benchmarks are not installed with the package (they compare against baselines such as
+skimage's blob_log and skopt's default optimizer); this command finds the folder beside the
+source tree of an editable install and runs ``python -m benchmarks`` there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+
+def checkout_root() -> Path | None:
+    root = Path(__file__).resolve().parent.parent
+    return root if (root / "benchmarks" / "__main__.py").exists() else None
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("names", nargs="*", help="benchmark names (default: all), e.g. log optimizer")
+
+
+def run(args: argparse.Namespace) -> int:
+    root = checkout_root()
+    if root is None:
+        print("benchmarks/ not found: run from a source checkout (pip install -e .)",
+              file=sys.stderr)
+        return 2
+    return subprocess.call([sys.executable, "-m", "benchmarks", *args.names], cwd=root)

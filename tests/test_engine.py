@@ -1,0 +1,144 @@
+"""The reward-driven engine against the simulator's ground truth: quality, warm start, config."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+
+import numpy as np
+import pytest
+
+from rewardscope import config
+from rewardscope.reward_engine import RewardEngine
+from rewardscope.scoring import match_points
+from rewardscope.simulators.perovskite import PerovskiteSimulator, SimConfig
+
+LATTICE = 12.0
+
+
+def _settings(**kw) -> config.ServiceConfig:
+    base = {"lattice_px": LATTICE, "workflow": "atoms", "deadline_s": 30.0}
+    return config.load(None, {**base, **kw})
+
+
+def _f1(analysis, truth) -> float:
+    return match_points(analysis.atoms, truth.atoms, 0.25 * LATTICE).f1
+
+
+@pytest.mark.parametrize("noise,target", [(0.0, 0.98), (0.35, 0.95)])
+def test_atoms_f1_against_truth(noise, target):
+    sim = PerovskiteSimulator(SimConfig(shape=(384, 384), noise_sigma=noise, seed=11))
+    eng = RewardEngine("t", _settings())
+    f1s = [_f1(eng.analyse(sf.pixels, LATTICE, _settings()), sf.truth) for sf in sim.frames(3)]
+    assert min(f1s) >= target, f1s
+
+
+def test_warm_frames_match_a_cold_run_with_five_times_the_budget():
+    """After the first frame, a warm budget of 6 is as good as a cold search of 30."""
+    sim = PerovskiteSimulator(SimConfig(shape=(384, 384), noise_sigma=0.3, seed=4,
+                                        drift_px_per_frame=(0.7, -0.4)))
+    warm_cfg = _settings(budget=6, cold_budget=16)
+    warm = RewardEngine("warm", warm_cfg)
+    warm_f1, cold_f1 = [], []
+    for sf in sim.frames(5):
+        a = warm.analyse(sf.pixels, LATTICE, warm_cfg)
+        if sf.index == 0:
+            assert not a.warm_started and a.n_evaluations == 16
+            continue
+        assert a.warm_started and a.n_evaluations <= 6
+        warm_f1.append(_f1(a, sf.truth))
+        cold_cfg = _settings(cold_budget=30, seed=sf.index)
+        cold_f1.append(_f1(RewardEngine("cold", cold_cfg).analyse(sf.pixels, LATTICE, cold_cfg),
+                           sf.truth))
+    assert np.mean(warm_f1) >= np.mean(cold_f1) - 0.01, (warm_f1, cold_f1)
+    assert min(warm_f1) >= 0.95
+
+
+def test_knee_method_and_pareto_are_reported():
+    sf = PerovskiteSimulator(SimConfig(shape=(256, 256), noise_sigma=0.2, seed=1)).frame(0)
+    for knee in ("euclidean", "chebyshev"):
+        cfg = _settings(knee=knee, cold_budget=12)
+        a = RewardEngine("k", cfg).analyse(sf.pixels, LATTICE, cfg)
+        assert a.pareto and all(p["workflow"] == "atoms" for p in a.pareto)
+        assert a.params["atoms"] in [p["params"] for p in a.pareto]
+        assert set(a.rewards) == {"count_quality", "implausible_neighbours"}
+        assert a.optimizer_s > 0 and a.timings["atoms"] > 0 and a.hypervolume >= 0
+
+
+def test_user_reward_by_dotted_path_from_toml(tmp_path, monkeypatch):
+    (tmp_path / "myrewards.py").write_text(textwrap.dedent('''
+        import numpy as np
+
+        def spacing_error(xy, lattice_px):
+            """mean |nearest-neighbour distance - a/sqrt(2)| in lattice units"""
+            if len(xy) < 2:
+                return 1.0
+            d = np.sqrt(((xy[:, None, :] - xy[None, :, :]) ** 2).sum(-1))
+            np.fill_diagonal(d, np.inf)
+            return float(np.abs(d.min(1) - lattice_px / np.sqrt(2)).mean() / lattice_px)
+
+        spacing_error.direction = "min"
+    '''))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    toml = tmp_path / "rs.toml"
+    toml.write_text('[analysis]\nworkflow = "atoms"\ncold_budget = 8\n'
+                    '[workflows.atoms]\nrewards = ["count_quality", "myrewards:spacing_error"]\n')
+    cfg = config.load(toml, {"lattice_px": LATTICE})
+    sf = PerovskiteSimulator(SimConfig(shape=(128, 128), seed=2)).frame(0)
+    a = RewardEngine("u", cfg).analyse(sf.pixels, LATTICE, cfg)
+    assert set(a.rewards) >= {"count_quality", "myrewards:spacing_error"}
+    assert a.rewards["myrewards:spacing_error"] < 0.2
+    assert _f1(a, sf.truth) >= 0.98
+
+
+def test_bad_user_reward_is_refused_at_session_start():
+    cfg = _settings(rewards={"atoms": ["no_such_module_xyz:thing"]})
+    with pytest.raises(LookupError, match="no_such_module_xyz"):
+        RewardEngine("bad", cfg)
+
+
+def test_state_dict_round_trip_keeps_the_session_warm():
+    cfg = _settings(budget=4, cold_budget=8)
+    sim = PerovskiteSimulator(SimConfig(shape=(128, 128), seed=3))
+    eng = RewardEngine("s", cfg)
+    eng.analyse(sim.frame(0).pixels, LATTICE, cfg)
+    state = json.loads(json.dumps(eng.state_dict()))
+    again = RewardEngine("s", cfg)
+    again.load_state_dict(state)
+    a = again.analyse(sim.frame(1).pixels, LATTICE, cfg)
+    assert a.warm_started and a.n_evaluations <= 4
+
+
+def test_analyze_command_writes_result_overlay_and_pareto(tmp_path):
+    from rewardscope import cli
+
+    sf = PerovskiteSimulator(SimConfig(shape=(192, 192), seed=6, noise_sigma=0.1)).frame(0)
+    img = tmp_path / "frame.npy"
+    np.save(img, sf.pixels)
+    out = tmp_path / "out"
+    rc = cli.main(["analyze", str(img), "--lattice-px", str(LATTICE), "--workflow", "atoms",
+                   "--budget", "10", "--out", str(out), "--no-progress"])
+    assert rc == 0
+    doc = json.loads((out / "result.json").read_text())
+    for key in ("atoms", "labels", "walls", "amorphous_mask", "params", "rewards", "pareto",
+                "n_evaluations", "elapsed_s"):
+        assert key in doc, key
+    assert doc["n_evaluations"] == 10
+    assert match_points(np.array(doc["atoms"]), sf.truth.atoms, 0.25 * LATTICE).f1 >= 0.98
+    for png in ("overlay.png", "pareto.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cli_help_lists_every_subcommand(capsys):
+    from rewardscope import cli
+
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    for name in cli.SUBCOMMANDS:
+        assert name in out
+    for name in cli.SUBCOMMANDS:
+        with pytest.raises(SystemExit) as e:
+            cli.main([name, "--help"])
+        assert e.value.code == 0, name
