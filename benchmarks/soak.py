@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from rewardscope import config
+from rewardscope import config, logs
 from rewardscope.clients import InstrumentClient
 from rewardscope.daemon import Daemon
 from rewardscope.simulators.perovskite import PerovskiteSimulator, SimConfig
@@ -38,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workflow", default="atoms")
     p.add_argument("--max-growth-mb", type=float, default=100.0)
     args = p.parse_args(argv)
+    logs.setup("ERROR", "text")  # the expected rejections would drown the table
 
     sim = PerovskiteSimulator(SimConfig(shape=(args.size, args.size), noise_sigma=0.1,
                                         drift_px_per_frame=(0.2, 0.1)))
@@ -45,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     inst = InstrumentClient("tcp://127.0.0.1:*")
     cfg = config.load(None, {"frames": inst.endpoint, "results": "tcp://127.0.0.1:*",
                              "control": "tcp://127.0.0.1:*", "metrics_port": 0,
-                             "workflow": args.workflow, "log_level": "WARNING"})
+                             "workflow": args.workflow})
     daemon = Daemon(cfg)
     daemon.start()
     thread = threading.Thread(target=daemon.run, daemon=True)
