@@ -1,6 +1,7 @@
 """A small client for acquisition software: send frames, receive results, steer the service.
 
-Depends on :mod:`rewardscope.protocol` only. Three classes, one per socket role::
+Depends on :mod:`rewardscope.protocol` (and :mod:`rewardscope.security` for CURVE) only.
+Three classes, one per socket role::
 
     from rewardscope.clients import InstrumentClient, ResultsClient, ControlClient
 
@@ -12,6 +13,12 @@ Depends on :mod:`rewardscope.protocol` only. Three classes, one per socket role:
         result = res.recv_result(timeout=10)   # protocol.Result with numpy atoms/labels
         inst.end_session()
     ControlClient("tcp://127.0.0.1:5557").set(budget=12)
+
+CURVE (when the service runs with ``curve_secret``/``curve_allow``): pass your own secret
+certificate and the service's public one, ``curve_secret="alice.key_secret",
+curve_server_public="server.key"``; your ``alice.key`` must be in the service's allow folder.
+An InstrumentClient that *binds* is the CURVE server instead: ``curve_secret`` is then its own
+server certificate and ``curve_allow`` the folder of subscribers it lets in.
 """
 
 from __future__ import annotations
@@ -22,7 +29,17 @@ from types import TracebackType
 import numpy as np
 import zmq
 
-from rewardscope import protocol
+from rewardscope import protocol, security
+
+
+def _client_keys(curve_secret: str | None,
+                 curve_server_public: str | None) -> security.ClientKeys | None:
+    """Both files or neither: half a CURVE configuration is a mistake, not plain text."""
+    if curve_secret is None and curve_server_public is None:
+        return None
+    if not (curve_secret and curve_server_public):
+        raise ValueError("CURVE needs both curve_secret and curve_server_public")
+    return security.load_client_keys(curve_secret, curve_server_public)
 
 
 class _Socketed:
@@ -43,20 +60,58 @@ class InstrumentClient(_Socketed):
 
     PUB uses an XPUB socket so :meth:`wait_for_subscriber` can block until the service has
     subscribed; without that, the first frames of a session are lost to ZeroMQ's slow joiner.
+
+    CURVE: connecting (``bind=False``, the service runs with ``frames_bind``) takes
+    ``curve_secret`` + ``curve_server_public`` like the other clients; binding takes
+    ``curve_secret`` (this side's server certificate) + ``curve_allow`` and runs a ZAP handler
+    on ``context`` until :meth:`close`, so give it a context of its own.
     """
 
     def __init__(self, url: str = protocol.DEFAULT_FRAMES_URL, *, mode: str = "pub",
-                 bind: bool = True, context: zmq.Context | None = None) -> None:
+                 bind: bool = True, context: zmq.Context | None = None,
+                 curve_secret: str | None = None, curve_server_public: str | None = None,
+                 curve_allow: str | None = None) -> None:
         if mode not in ("pub", "push"):
             raise ValueError(f"mode must be 'pub' or 'push', got {mode!r}")
         ctx = context or zmq.Context.instance()
         self.mode = mode
+        self._curve: security.CurveServer | None = None
         self.sock = ctx.socket(zmq.XPUB if mode == "pub" else zmq.PUSH)
         self.sock.setsockopt(zmq.SNDHWM, 1000)
-        (self.sock.bind if bind else self.sock.connect)(url)
+        try:
+            self._secure(ctx, bind, curve_secret, curve_server_public, curve_allow)
+            (self.sock.bind if bind else self.sock.connect)(url)
+        except BaseException:
+            self.close()
+            raise
         self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT) if bind else url
         self.session: str | None = None
         self.seq = 0
+
+    def _secure(self, ctx: zmq.Context, bind: bool, curve_secret: str | None,
+                curve_server_public: str | None, curve_allow: str | None) -> None:
+        if not bind:
+            if curve_allow is not None:
+                raise ValueError("curve_allow applies only when the instrument binds")
+            keys = _client_keys(curve_secret, curve_server_public)
+            if keys is not None:
+                keys.apply(self.sock)
+            return
+        if curve_server_public is not None:
+            raise ValueError("a binding instrument is the CURVE server: pass curve_secret and "
+                             "curve_allow, not curve_server_public")
+        if curve_secret is None and curve_allow is None:
+            return
+        if not (curve_secret and curve_allow):
+            raise ValueError("a binding instrument needs both curve_secret and curve_allow")
+        self._curve = security.CurveServer(curve_secret, curve_allow, ctx).start()
+        self._curve.apply(self.sock)
+
+    def close(self) -> None:
+        super().close()
+        if self._curve is not None:  # after the socket: a bound CURVE socket needs its ZAP
+            self._curve.stop()
+            self._curve = None
 
     def wait_for_subscriber(self, timeout_s: float = 5.0) -> bool:
         """Block until a subscriber subscribed to frames (PUB) — True if one did in time."""
@@ -101,11 +156,15 @@ class ResultsClient(_Socketed):
 
     def __init__(self, url: str = protocol.DEFAULT_RESULTS_URL, *,
                  topics: tuple[bytes, ...] = protocol.RESULT_TOPICS,
-                 context: zmq.Context | None = None) -> None:
+                 context: zmq.Context | None = None, curve_secret: str | None = None,
+                 curve_server_public: str | None = None) -> None:
+        keys = _client_keys(curve_secret, curve_server_public)
         ctx = context or zmq.Context.instance()
         self.sock = ctx.socket(zmq.SUB)
         for t in topics:
             self.sock.setsockopt(zmq.SUBSCRIBE, t)
+        if keys is not None:
+            keys.apply(self.sock)
         self.sock.connect(url)
 
     def recv(self, timeout: float | None = None
@@ -134,24 +193,36 @@ class ControlClient:
     """REQ client for the control socket, with the 'lazy pirate' reconnect on timeout."""
 
     def __init__(self, url: str = protocol.DEFAULT_CONTROL_URL, *, timeout_s: float = 5.0,
-                 context: zmq.Context | None = None) -> None:
+                 context: zmq.Context | None = None, curve_secret: str | None = None,
+                 curve_server_public: str | None = None) -> None:
         self.url, self.timeout_s = url, timeout_s
+        self.keys = _client_keys(curve_secret, curve_server_public)
         self.ctx = context or zmq.Context.instance()
         self.sock = self._connect()
 
     def _connect(self) -> zmq.Socket:
         s = self.ctx.socket(zmq.REQ)
         s.setsockopt(zmq.LINGER, 0)
+        # A REQ send blocks while no connection exists (e.g. a refused CURVE handshake).
+        s.setsockopt(zmq.SNDTIMEO, max(1, int(self.timeout_s * 1000)))
+        if self.keys is not None:
+            self.keys.apply(s)
         s.connect(self.url)
         return s
 
+    def _timeout(self, what: str) -> TimeoutError:
+        self.sock.close()
+        self.sock = self._connect()  # a REQ socket is stuck after a lost request or reply
+        return TimeoutError(f"{what} {self.url} in {self.timeout_s} s")
+
     def call(self, cmd: str, **args) -> dict:
         """Send a command, return the reply map; raise TimeoutError if the service is silent."""
-        self.sock.send(protocol.encode_request(cmd, **args))
+        try:
+            self.sock.send(protocol.encode_request(cmd, **args))
+        except zmq.Again:
+            raise self._timeout(f"could not send '{cmd}' to") from None
         if not self.sock.poll(int(self.timeout_s * 1000)):
-            self.sock.close()
-            self.sock = self._connect()  # a REQ socket is stuck after a lost reply
-            raise TimeoutError(f"no reply to '{cmd}' from {self.url} in {self.timeout_s} s")
+            raise self._timeout(f"no reply to '{cmd}' from")
         return protocol.decode_reply(self.sock.recv())
 
     def ping(self) -> dict:

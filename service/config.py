@@ -59,6 +59,7 @@ class ServiceConfig:
     allow_insecure_bind: bool = False
     curve_secret: str = ""
     curve_allow: str = ""
+    curve_instrument_public: str = ""  # the instrument's public cert, for a connected frames socket
 
     def limits(self) -> protocol.Limits:
         return protocol.Limits(max_message_bytes=self.max_message_bytes, max_dim=self.max_dim,

@@ -28,7 +28,7 @@ from urllib.parse import urlparse
 
 import zmq
 
-from . import __version__, protocol
+from . import __version__, protocol, security
 from .config import ConfigError, ServiceConfig
 from .engine import SessionEngine, make_engine
 from .engine import warmup as engine_warmup
@@ -43,6 +43,7 @@ DROP_REASONS = ("seq_gap", "stale", "invalid", "duplicate")
 SETTABLE = ("lattice_px", "budget", "cold_budget", "deadline_s", "workflow", "knee", "seed",
             "heartbeat_s", "session_gap_timeout_s")
 _INPROC = "inproc://rewardscope-results-{}"
+CURVE_WIRED = True  # Daemon.start applies rewardscope.security to its sockets
 
 
 class InsecureBindError(ConfigError):
@@ -162,34 +163,20 @@ class Daemon:
         self.results_endpoint = ""
         self.control_endpoint = ""
         self.frames_endpoint = ""
+        self.curve: security.CurveServer | None = None
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
         """Bind/connect sockets, start metrics and the analysis thread; compile kernels."""
         cfg = self.cfg
-        self.frames = self.ctx.socket(zmq.SUB if cfg.frames_mode == "sub" else zmq.PULL)
-        if cfg.frames_mode == "sub":
-            for topic in protocol.INSTRUMENT_TOPICS:
-                self.frames.setsockopt(zmq.SUBSCRIBE, topic)
-        self.frames.setsockopt(zmq.RCVHWM, 64)
-        self.frames.setsockopt(zmq.MAXMSGSIZE, cfg.max_message_bytes + 65536)
-        self.frames.setsockopt(zmq.LINGER, 0)
-        if cfg.frames_bind:
-            self.frames.bind(cfg.frames)
-            self.frames_endpoint = self.frames.getsockopt_string(zmq.LAST_ENDPOINT)
-        else:
-            self.frames.connect(cfg.frames)
-            self.frames_endpoint = cfg.frames
-        self.results = self.ctx.socket(zmq.PUB)
-        self.results.setsockopt(zmq.LINGER, 500)
-        self.results.bind(cfg.results)
-        self.results_endpoint = self.results.getsockopt_string(zmq.LAST_ENDPOINT)
-        self.control = self.ctx.socket(zmq.REP)
-        self.control.setsockopt(zmq.LINGER, 0)
-        self.control.bind(cfg.control)
-        self.control_endpoint = self.control.getsockopt_string(zmq.LAST_ENDPOINT)
-        self.from_worker = self.ctx.socket(zmq.PAIR)
-        self.from_worker.bind(self._inproc)
+        # the ZAP handler must run before any bind and stop only after the sockets close
+        self.curve = security.CurveServer.from_config(cfg, self.ctx)  # None: CURVE off
+        try:
+            self._open_sockets(cfg)
+        except Exception:
+            if self.curve is not None:
+                self.curve.stop()
+            raise
         if cfg.metrics_port:
             self.metrics.serve(cfg.metrics_port, cfg.metrics_addr)
         engine_warmup()
@@ -204,7 +191,36 @@ class Daemon:
                                            "results": self.results_endpoint,
                                            "control": self.control_endpoint,
                                            "metrics_port": cfg.metrics_port,
+                                           "curve": self.curve is not None,
                                            "version": __version__})
+
+    def _open_sockets(self, cfg: ServiceConfig) -> None:
+        self.frames = self.ctx.socket(zmq.SUB if cfg.frames_mode == "sub" else zmq.PULL)
+        if cfg.frames_mode == "sub":
+            for topic in protocol.INSTRUMENT_TOPICS:
+                self.frames.setsockopt(zmq.SUBSCRIBE, topic)
+        self.frames.setsockopt(zmq.RCVHWM, 64)
+        self.frames.setsockopt(zmq.MAXMSGSIZE, cfg.max_message_bytes + 65536)
+        self.frames.setsockopt(zmq.LINGER, 0)
+        security.secure(self.curve, self.frames, bind=cfg.frames_bind, url=cfg.frames)
+        if cfg.frames_bind:
+            self.frames.bind(cfg.frames)
+            self.frames_endpoint = self.frames.getsockopt_string(zmq.LAST_ENDPOINT)
+        else:
+            self.frames.connect(cfg.frames)
+            self.frames_endpoint = cfg.frames
+        self.results = self.ctx.socket(zmq.PUB)
+        self.results.setsockopt(zmq.LINGER, 500)
+        security.secure(self.curve, self.results, bind=True, url=cfg.results)
+        self.results.bind(cfg.results)
+        self.results_endpoint = self.results.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.control = self.ctx.socket(zmq.REP)
+        self.control.setsockopt(zmq.LINGER, 0)
+        security.secure(self.curve, self.control, bind=True, url=cfg.control)
+        self.control.bind(cfg.control)
+        self.control_endpoint = self.control.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.from_worker = self.ctx.socket(zmq.PAIR)
+        self.from_worker.bind(self._inproc)
 
     def stop(self) -> None:
         self._stop.set()
@@ -258,6 +274,8 @@ class Daemon:
         self.metrics.set_connected(False)
         for s in (self.frames, self.control, self.from_worker, self.results):
             s.close()
+        if self.curve is not None:  # only after the sockets: a CURVE socket without ZAP admits all
+            self.curve.stop()
         self.metrics.stop()
         if self.store is not None:
             self.store.close()

@@ -16,6 +16,7 @@ FLAGS = {
     "control": "control", "metrics_port": "metrics_port", "metrics_addr": "metrics_addr",
     "lattice_px": "lattice_px", "store": "store", "workflow": "workflow", "budget": "budget",
     "deadline_s": "deadline_s", "curve_secret": "curve_secret", "curve_allow": "curve_allow",
+    "curve_instrument_public": "curve_instrument_public",
     "log_format": "log_format", "log_level": "log_level",
 }
 
@@ -35,6 +36,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--deadline-s", type=float, help="wall-clock cap per frame search")
     p.add_argument("--curve-secret", help="server secret certificate (enables CURVE)")
     p.add_argument("--curve-allow", help="folder of authorised client public certificates")
+    p.add_argument("--curve-instrument-public",
+                   help="instrument's public certificate (CURVE on a connected frames socket)")
     p.add_argument("--allow-insecure-bind", action="store_true", default=None,
                    help="permit binding beyond loopback without CURVE")
     p.add_argument("--log-format", choices=("json", "text"))
