@@ -51,7 +51,8 @@ class ServiceConfig:
     workflow: str = "atoms"  # atoms | domains | amorphous | all
     budget: int = 8  # optimizer evaluations per warm frame
     cold_budget: int = 16  # evaluations on a session's first frame
-    deadline_s: float = 0.9  # wall-clock cap on the search per frame
+    deadline_s: float = 0.9  # wall-clock cap on a warm frame's search (all workflows)
+    cold_deadline_s: float = 15.0  # ... on a session's first frame, which has no prior
     seed: int = 0
     knee: str = "euclidean"  # or "chebyshev"
     rewards: dict = field(default_factory=dict)  # per-workflow reward lists (dotted paths ok)
@@ -89,7 +90,8 @@ class ServiceConfig:
                               f"'{self.workflow}'")
         if self.knee not in ("euclidean", "chebyshev"):
             raise ConfigError(f"knee must be 'euclidean' or 'chebyshev', got '{self.knee}'")
-        for key in ("lattice_px", "heartbeat_s", "deadline_s", "session_gap_timeout_s"):
+        for key in ("lattice_px", "heartbeat_s", "deadline_s", "cold_deadline_s",
+                    "session_gap_timeout_s"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{key} must be positive, got {getattr(self, key)}")
         for key in ("budget", "cold_budget", "max_sessions", "max_dim", "max_pixels"):

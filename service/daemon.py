@@ -40,8 +40,8 @@ from .publish import result_message
 log = logging.getLogger("rewardscope.daemon")
 
 DROP_REASONS = ("seq_gap", "stale", "invalid", "duplicate")
-SETTABLE = ("lattice_px", "budget", "cold_budget", "deadline_s", "workflow", "knee", "seed",
-            "heartbeat_s", "session_gap_timeout_s")
+SETTABLE = ("lattice_px", "budget", "cold_budget", "deadline_s", "cold_deadline_s", "workflow",
+            "knee", "seed", "heartbeat_s", "session_gap_timeout_s")
 _INPROC = "inproc://rewardscope-results-{}"
 CURVE_WIRED = True  # Daemon.start applies rewardscope.security to its sockets
 
@@ -266,7 +266,7 @@ class Daemon:
         if pending is not None:
             self._drop("stale")
         if self._worker is not None:
-            self._worker.join(timeout=max(5.0, 3 * self.cfg.deadline_s + 5))
+            self._worker.join(timeout=max(5.0, 2 * self.cfg.cold_deadline_s + 5))
         while self.from_worker.poll(0):
             self._forward_from_worker()
         self._heartbeat()

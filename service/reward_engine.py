@@ -162,10 +162,12 @@ class RewardEngine:
         pareto: list[dict] = []
         out: dict[str, Any] = {}
         n_eval, opt_s, warm, hv = 0, 0.0, False, 0.0
+        cold = any(self._search_for(name).frames == 0 for name in chain)
+        frame_deadline = settings.cold_deadline_s if cold else settings.deadline_s
         for i, name in enumerate(chain):
             search = self._search_for(name)
             budget = settings.cold_budget if search.frames == 0 else settings.budget
-            left = settings.deadline_s - (time.perf_counter() - t_start)
+            left = frame_deadline - (time.perf_counter() - t_start)
             deadline = max(0.05, left / (len(chain) - i))
             t0 = time.perf_counter()
             chosen, p, front, fs = search.search(ctx, budget, deadline, settings.knee)
@@ -179,7 +181,8 @@ class RewardEngine:
             n_eval += fs.n_evaluations
             opt_s += fs.optimizer_s
             warm = warm or fs.warm_started
-            hv += fs.hypervolume
+            if np.isfinite(fs.hypervolume):
+                hv += fs.hypervolume
             if name == "atoms":
                 ctx.atoms = np.asarray(chosen.output["atoms"], dtype=np.float64)
             out[name] = chosen.output

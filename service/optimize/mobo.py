@@ -704,7 +704,8 @@ def run_frame(
     pX, pY = opt.pareto()
     if pX:
         kx, ky = opt.knee()
-        hv = opt.hypervolume()
+        # exact hypervolume exists here for <= 3 objectives; beyond that it is not reported
+        hv = opt.hypervolume() if opt.n_objectives <= 3 else float("nan")
     else:
         kx, ky, hv = None, None, 0.0
     return FrameSearch(
