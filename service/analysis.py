@@ -29,3 +29,4 @@ class Analysis:
     timings: dict = field(default_factory=dict)
     optimizer_s: float = 0.0
     hypervolume: float | None = None
+    model: str | None = None  # learned model in use (latent workflow), for model-swap metrics

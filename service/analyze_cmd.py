@@ -14,12 +14,15 @@ from pathlib import Path
 
 import numpy as np
 
+from .workflows import WORKFLOW_CHAINS
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("image", help=".npy, .tif, .png, .dm3/.dm4/.emd")
     p.add_argument("--lattice-px", type=float, required=True,
                    help="expected lattice spacing in pixels")
-    p.add_argument("--workflow", default="all", choices=("atoms", "domains", "amorphous", "all"))
+    p.add_argument("--workflow", default="all",
+                   choices=tuple(WORKFLOW_CHAINS))
     p.add_argument("--budget", type=int, default=24, help="evaluations per workflow")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="output folder")

@@ -48,7 +48,7 @@ class ServiceConfig:
     max_message_bytes: int = 256 * 1024 * 1024
     # [analysis] what each frame gets
     lattice_px: float = 12.0  # expected lattice spacing when the frame header has none
-    workflow: str = "atoms"  # atoms | domains | amorphous | all
+    workflow: str = "atoms"  # atoms | domains | amorphous | all | latent
     budget: int = 8  # optimizer evaluations per warm frame
     cold_budget: int = 16  # evaluations on a session's first frame
     deadline_s: float = 0.9  # wall-clock cap on a warm frame's search (all workflows)
@@ -85,8 +85,10 @@ class ServiceConfig:
     def validate(self) -> None:
         if self.frames_mode not in ("sub", "pull"):
             raise ConfigError(f"frames_mode must be 'sub' or 'pull', got '{self.frames_mode}'")
-        if self.workflow not in ("atoms", "domains", "amorphous", "all"):
-            raise ConfigError(f"workflow must be atoms|domains|amorphous|all, got "
+        from .workflows import WORKFLOW_CHAINS
+
+        if self.workflow not in WORKFLOW_CHAINS:
+            raise ConfigError(f"workflow must be one of {'|'.join(WORKFLOW_CHAINS)}, got "
                               f"'{self.workflow}'")
         if self.knee not in ("euclidean", "chebyshev"):
             raise ConfigError(f"knee must be 'euclidean' or 'chebyshev', got '{self.knee}'")

@@ -164,6 +164,7 @@ class Daemon:
         self.control_endpoint = ""
         self.frames_endpoint = ""
         self.curve: security.CurveServer | None = None
+        self._model: str | None = None
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -432,8 +433,11 @@ class Daemon:
                                                 "trace": traceback.format_exc(limit=5)})
             return protocol.encode_error("analysis_failed", f"{type(exc).__name__}: {exc}",
                                          session=frame.session, seq=frame.seq)
-        for stage, seconds in analysis.timings.items():
-            self.metrics.observe_stage(stage, seconds)
+        self.metrics.observe_stages(analysis.timings)
+        if analysis.model and analysis.model != self._model:
+            self._model = analysis.model
+            self.metrics.model_swap(analysis.model)
+        self.metrics.set_warm(analysis.warm_started)
         self.metrics.evaluations(analysis.n_evaluations)
         if analysis.rewards:
             self.metrics.set_rewards(analysis.rewards)

@@ -14,6 +14,7 @@ import time
 
 from . import config, logs
 from .scoring import match_points
+from .workflows import WORKFLOW_CHAINS
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -22,7 +23,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", type=int, default=384, help="frame side in pixels (default 384)")
     p.add_argument("--lattice-px", type=float, default=12.0)
     p.add_argument("--noise", type=float, default=0.1, help="noise sigma / A-column peak")
-    p.add_argument("--workflow", default="atoms", choices=("atoms", "domains", "amorphous", "all"))
+    p.add_argument("--workflow", default="atoms",
+                   choices=tuple(WORKFLOW_CHAINS))
     p.add_argument("--budget", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--metrics-port", type=int, default=0, help="0 = no metrics endpoint")

@@ -16,6 +16,8 @@ def result_message(frame: Frame, analysis: Analysis, received_monotonic: float) 
              "timings": {k: round(float(v), 6) for k, v in analysis.timings.items()},
              "optimizer_s": round(float(analysis.optimizer_s), 6),
              "frame_t": frame.header.t}
+    if analysis.model:
+        extra["model"] = analysis.model
     if analysis.hypervolume is not None:
         extra["hypervolume"] = float(analysis.hypervolume)
     result = protocol.Result(

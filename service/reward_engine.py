@@ -25,7 +25,7 @@ from .protocol import Frame
 from .workflows import WORKFLOW_CHAINS, make_workflow
 from .workflows.base import Evaluation, FrameContext, Workflow
 
-STAGE_OF = {"atoms": "atoms", "domains": "cluster", "amorphous": "cluster"}
+STAGE_OF = {"atoms": "atoms", "domains": "cluster", "amorphous": "cluster", "latent": "cluster"}
 
 
 def _plain(v: Any) -> Any:
@@ -202,13 +202,18 @@ class RewardEngine:
             arrays["amorphous_mask"] = np.asarray(out["amorphous"]["amorphous_mask"], bool)
             arrays["amorphous_labels"] = np.asarray(out["amorphous"]["labels"], np.int16)
             labels = arrays["amorphous_labels"].copy()
+        model = None
+        if "latent" in out:
+            labels = np.asarray(out["latent"]["labels"], dtype=np.int16)
+            arrays["latent"] = np.asarray(out["latent"]["latent"], dtype=np.float32)
+            model = str(out["latent"].get("model") or "") or None
         if "domains" in out:
             labels = np.asarray(out["domains"]["labels"], dtype=np.int16)
             walls = [list(map(float, w)) for w in out["domains"].get("walls", [])]
         return Analysis(atoms=atoms, labels=labels, walls=walls, params=params,
                         rewards=rewards, pareto=pareto, n_evaluations=n_eval,
                         warm_started=warm, arrays=arrays, timings=timings, optimizer_s=opt_s,
-                        hypervolume=hv)
+                        hypervolume=hv, model=model)
 
     def state_dict(self) -> dict:
         """Plain-data optimizer state for checkpoints (no pickle)."""

@@ -9,6 +9,7 @@ import logging
 import sys
 
 from . import config, logs
+from .workflows import WORKFLOW_CHAINS
 
 # flag -> config key
 FLAGS = {
@@ -31,7 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--metrics-addr", help="Prometheus bind address (default 127.0.0.1)")
     p.add_argument("--lattice-px", type=float, help="expected lattice spacing in pixels")
     p.add_argument("--store", help="session store directory (record logs, checkpoints)")
-    p.add_argument("--workflow", choices=("atoms", "domains", "amorphous", "all"))
+    p.add_argument("--workflow", choices=tuple(WORKFLOW_CHAINS))
     p.add_argument("--budget", type=int, help="optimizer evaluations per warm frame")
     p.add_argument("--deadline-s", type=float, help="wall-clock cap per frame search")
     p.add_argument("--curve-secret", help="server secret certificate (enables CURVE)")

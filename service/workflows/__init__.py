@@ -11,6 +11,7 @@ WORKFLOWS = {
     "atoms": "rewardscope.workflows.atoms:AtomsWorkflow",
     "domains": "rewardscope.workflows.domains:DomainsWorkflow",
     "amorphous": "rewardscope.workflows.amorphous:AmorphousWorkflow",
+    "latent": "rewardscope.workflows.latent:LatentWorkflow",
 }
 # what each configured `workflow` runs, in order (atoms first: the others read its atoms)
 WORKFLOW_CHAINS = {
@@ -18,6 +19,7 @@ WORKFLOW_CHAINS = {
     "domains": ("atoms", "domains"),
     "amorphous": ("atoms", "amorphous"),
     "all": ("atoms", "domains", "amorphous"),
+    "latent": ("atoms", "latent"),  # rotation-invariant VAE (pyroved iVAE) + GMM on the latent
 }
 
 
