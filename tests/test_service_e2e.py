@@ -231,3 +231,14 @@ def test_sigterm_drains_and_exits_zero(tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_demo_command_streams_and_exits_zero():
+    """`make demo`'s command, shortened: simulator -> service -> watcher, one line per frame."""
+    out = subprocess.run([sys.executable, "-m", "rewardscope.cli", "demo", "--frames", "4",
+                          "--rate", "2", "--size", "192"], capture_output=True, text=True,
+                         timeout=180)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = [ln for ln in out.stdout.splitlines() if ln.strip()[:1].isdigit()]
+    assert len(lines) >= 3
+    assert "done:" in out.stdout
