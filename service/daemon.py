@@ -365,8 +365,8 @@ class Daemon:
             self._close_session(session, reason="gap_timeout")
 
     def _close_session(self, session: str, reason: str) -> None:
-        with self._engines_lock:
-            self.engines.pop(session, None)
+        # The engine stays (LRU-bounded by max_sessions): a frame of this session may still be
+        # waiting in the mailbox, and a session that resumes under the same name stays warm.
         if self.store is not None:
             self.store.close_session(session)
         log.info("session closed", extra={"session": session, "reason": reason})

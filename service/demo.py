@@ -78,7 +78,8 @@ def run(args: argparse.Namespace) -> int:
     while got < args.frames and time.monotonic() < deadline:
         r = results.recv_result(timeout=1.0)
         if r is None:
-            if not sender.is_alive() and daemon.stats.frames_processed >= args.frames:
+            done = daemon.stats.frames_processed + sum(daemon.dropped.values())
+            if not sender.is_alive() and done >= args.frames and daemon.slot.depth() == 0:
                 break
             continue
         got += 1
