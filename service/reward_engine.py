@@ -70,6 +70,7 @@ class WorkflowSearch:
         n_obj = len(self.objectives) or len(workflow.rewards)
         self.optimizer = MultiObjectiveOptimizer(workflow.space, n_obj, seed=seed, n_initial=5)
         self.frames = 0
+        self.lattice_px = float(getattr(workflow, "lattice_px", 0.0) or 0.0)
 
     def _knee_scale(self) -> np.ndarray | None:
         if self.objectives:
@@ -115,7 +116,12 @@ class WorkflowSearch:
                 pareto.append({"workflow": wf.name, "params": dict(zip(names, key, strict=True)),
                                "rewards": ev.rewards})
         if fs.knee_x is None:
-            raise RuntimeError(f"workflow '{wf.name}' produced no finite evaluation")
+            # No candidate scored finitely (e.g. no amorphous region anywhere: every mask is
+            # empty): that is an answer, not a failure. Report the first candidate's output.
+            if not evaluated:
+                raise RuntimeError(f"workflow '{wf.name}' evaluated nothing in its deadline")
+            key, chosen = next(iter(evaluated.items()))
+            return chosen, dict(zip(names, key, strict=True)), [], fs
         knee_x = self.optimizer.knee(knee, self._knee_scale())[0]
         key = tuple(_plain(v) for v in knee_x)
         chosen = evaluated.get(key)
@@ -136,11 +142,11 @@ class RewardEngine:
         self._seed = settings.seed
         self._reward_names: dict[str, list[str]] = dict(settings.rewards or {})
         for wf_name, names in self._reward_names.items():  # fail at session start, not mid-frame
-            configured_rewards(make_workflow(wf_name), names)
+            configured_rewards(make_workflow(wf_name, settings.lattice_px), names)
 
-    def _search_for(self, name: str) -> WorkflowSearch:
+    def _search_for(self, name: str, lattice_px: float) -> WorkflowSearch:
         if name not in self.searches:
-            wf = make_workflow(name)
+            wf = make_workflow(name, lattice_px)
             self.searches[name] = WorkflowSearch(
                 wf, seed=self._seed + len(self.searches), on_evaluation=self.on_evaluation,
                 objectives=configured_rewards(wf, self._reward_names.get(name)))
@@ -162,10 +168,10 @@ class RewardEngine:
         pareto: list[dict] = []
         out: dict[str, Any] = {}
         n_eval, opt_s, warm, hv = 0, 0.0, False, 0.0
-        cold = any(self._search_for(name).frames == 0 for name in chain)
+        cold = any(self._search_for(name, lattice_px).frames == 0 for name in chain)
         frame_deadline = settings.cold_deadline_s if cold else settings.deadline_s
         for i, name in enumerate(chain):
-            search = self._search_for(name)
+            search = self._search_for(name, lattice_px)
             budget = settings.cold_budget if search.frames == 0 else settings.budget
             left = frame_deadline - (time.perf_counter() - t_start)
             deadline = max(0.05, left / (len(chain) - i))
@@ -218,14 +224,15 @@ class RewardEngine:
     def state_dict(self) -> dict:
         """Plain-data optimizer state for checkpoints (no pickle)."""
         return {"session": self.session, "frames_processed": self.frames_processed,
-                "searches": {name: {"frames": s.frames, "optimizer": s.optimizer.state_dict()}
+                "searches": {name: {"frames": s.frames, "lattice_px": s.lattice_px,
+                                    "optimizer": s.optimizer.state_dict()}
                              for name, s in self.searches.items()}}
 
     def load_state_dict(self, state: dict) -> None:
         """Restore optimizers from :meth:`state_dict`, so a restarted service starts warm."""
         self.frames_processed = int(state.get("frames_processed", 0))
         for name, s in state.get("searches", {}).items():
-            wf = make_workflow(name)
+            wf = make_workflow(name, float(s.get("lattice_px", 12.0)))
             search = WorkflowSearch(wf, seed=self._seed, on_evaluation=self.on_evaluation,
                                     objectives=configured_rewards(
                                         wf, self._reward_names.get(name)))

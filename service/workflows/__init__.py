@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 
 from .base import Evaluation, FrameContext, RewardSpec, Workflow
 
@@ -23,13 +24,19 @@ WORKFLOW_CHAINS = {
 }
 
 
-def make_workflow(name: str) -> Workflow:
-    """Instantiate a built-in workflow by name."""
+def make_workflow(name: str, lattice_px: float | None = None) -> Workflow:
+    """Instantiate a built-in workflow by name; workflows whose search space is set in pixels
+    (a ``lattice_px`` constructor argument) get the session's lattice spacing."""
     try:
-        module, _, cls = WORKFLOWS[name].partition(":")
+        module, _, cls_name = WORKFLOWS[name].partition(":")
     except KeyError:
         raise ValueError(f"unknown workflow '{name}'; known: {', '.join(WORKFLOWS)}") from None
-    return getattr(importlib.import_module(module), cls)()
+    cls = getattr(importlib.import_module(module), cls_name)
+    if lattice_px and "lattice_px" in inspect.signature(cls).parameters:
+        wf = cls(lattice_px=float(lattice_px))
+        wf.lattice_px = float(lattice_px)
+        return wf
+    return cls()
 
 
 __all__ = ["WORKFLOWS", "WORKFLOW_CHAINS", "Evaluation", "FrameContext", "RewardSpec",

@@ -1,0 +1,341 @@
+"""Per-atom descriptors for the domain workflow, and the A/B sublattice split.
+
+Two families the optimizer chooses between, both on patches centred *exactly* (bilinear
+resampling, :func:`subpixel_patches`) on the given centres, normally the sites' cage centres
+(:func:`cage_centres`):
+
+* ``"patch"``: image patches of half size (w1 rows, w2 columns) px, optionally
+  Gaussian-blurred, each patch z-scored on its own (so dose, mistilt gradients and thickness
+  changes do not become "domains"), then reduced by PCA. Raw patches have ~1000 dimensions;
+  a full-covariance GMM on them costs seconds, on 16 PCA scores it costs milliseconds, so the
+  PCA is not optional.
+* ``"fft"``: log |FFT| of a Hann-windowed patch, low frequencies only, then PCA. Insensitive
+  to where exactly the window sits, sensitive to 90 degree variants and to phases. It is
+  (nearly) blind to 180 degree variant pairs: the undisplaced perovskite lattice is
+  centrosymmetric about every site, so the patches of +d and -d displacements are point
+  reflections of each other, and point reflection leaves |FFT| unchanged; what remains comes
+  from the window being slightly off the inversion centre. The rewards have to reject it on
+  such samples, which is part of what the optimizer is for.
+
+Work is cached in a caller-owned dict (``FrameContext.cache``): the expensive part (patches +
+SVD) is keyed by everything that changes it, and stores ``MAX_PCA_DIMS`` scores, so candidates
+that only change ``pca_dims`` or the GMM settings reuse it.
+
+Coordinates: ``xy[:, 0]`` = x = column, ``xy[:, 1]`` = y = row, in pixels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+from scipy.spatial import cKDTree
+from sklearn.utils.extmath import randomized_svd
+
+from rewardscope import kernels
+
+__all__ = [
+    "BLUR_QUANTUM",
+    "FAMILIES",
+    "MAX_PCA_DIMS",
+    "DescriptorSet",
+    "cage_centres",
+    "classify_sublattices",
+    "column_intensity",
+    "compute_descriptors",
+    "fft_features",
+    "patch_features",
+    "pca_scores",
+    "split_two_means",
+    "subpixel_patches",
+]
+
+FAMILIES = ("patch", "fft")
+MAX_PCA_DIMS = 16
+"""Scores kept per cached descriptor set; ``pca_dims`` above this is clipped."""
+BLUR_QUANTUM = 0.25
+"""Blur sigmas are rounded to this (px) so that near-identical candidates share a cache entry."""
+CAGE_RADIUS = 0.9
+"""Cage neighbours (other sublattice, nominally at a / sqrt(2) = 0.71 a) lie within this * a."""
+FFT_MAX_FREQ = 2.5
+"""Low-frequency crop of the FFT family, in cycles per lattice spacing (keeps the (1,0), (1,1),
+(2,0) and (2,1) reflections of the A+B lattice; finer detail is mostly noise)."""
+
+
+@dataclass(frozen=True)
+class DescriptorSet:
+    """PCA scores of one descriptor family on one set of centres.
+
+    ``scores`` (N, k) float64, in descending variance, scaled so the first column has unit
+    variance (keeps GMM regularisation meaningful); ``valid`` (N,) True where the window lies
+    wholly inside the frame (only those were used to fit the PCA); ``explained`` (k,) variance
+    ratios.
+    """
+
+    scores: np.ndarray
+    valid: np.ndarray
+    explained: np.ndarray
+
+    def take(self, dims: int) -> np.ndarray:
+        """The first ``dims`` score columns (at least 1, at most what was kept)."""
+        return self.scores[:, : max(1, min(int(dims), self.scores.shape[1]))]
+
+
+# --------------------------------------------------------------------------------------------
+# sublattices
+# --------------------------------------------------------------------------------------------
+
+
+def column_intensity(image: np.ndarray, xy: np.ndarray, half: int = 1) -> np.ndarray:
+    """(N,) mean intensity in a (2*half+1)^2 window at each (rounded) atom position.
+
+    A small mean instead of the single pixel: robust to shot noise and to atoms found a pixel
+    off the column maximum.
+    """
+    pts = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
+    if pts.shape[0] == 0:
+        return np.zeros(0)
+    patches = kernels.extract_patches(image, pts, half, half)
+    return patches.reshape(pts.shape[0], -1).mean(axis=1).astype(np.float64)
+
+
+def split_two_means(values: np.ndarray) -> float:
+    """Threshold of the exact 1-D 2-means split (Otsu without histogram binning).
+
+    Sorts once and scores every split by the between-class variance from cumulative sums, so
+    it is O(N log N) and deterministic. Returns the midpoint between the two classes' nearest
+    members; fewer than 2 distinct values -> +inf (everything in the low class).
+    """
+    v = np.sort(np.asarray(values, dtype=np.float64).ravel())
+    n = v.size
+    if n < 2 or v[0] == v[-1]:
+        return np.inf
+    csum = np.cumsum(v)
+    k = np.arange(1, n)  # low class = v[:k]
+    mu_lo = csum[:-1] / k
+    mu_hi = (csum[-1] - csum[:-1]) / (n - k)
+    between = k * (n - k) * (mu_hi - mu_lo) ** 2
+    between[v[1:] == v[:-1]] = -1.0  # never split between equal values
+    i = int(np.argmax(between))
+    return 0.5 * (v[i] + v[i + 1])
+
+
+def classify_sublattices(image: np.ndarray, atoms_xy: np.ndarray, half: int = 1) -> np.ndarray:
+    """(N,) int8 site per atom: 0 = A (bright column), 1 = B (dim), by 2-means on intensity.
+
+    HAADF contrast grows with Z, so in ABO3 the A columns (e.g. Bi, Sm) are brighter than the
+    B-O columns; the split is on :func:`column_intensity`. No atoms -> empty; a single
+    intensity level (one sublattice visible) -> all A.
+    """
+    inten = column_intensity(image, atoms_xy, half)
+    if inten.size == 0:
+        return np.zeros(0, dtype=np.int8)
+    thr = split_two_means(inten)
+    return (inten < thr).astype(np.int8) if np.isfinite(thr) else np.zeros(inten.size, np.int8)
+
+
+def _quadrant_vectors(r: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Quadrant (0..3) of each cage-to-site vector, and the mean vector of each quadrant.
+
+    The four quadrants are centred on the lattice's diagonal directions, found as the 4-fold
+    circular mean of the vectors' angles, so any lattice rotation works.
+    """
+    ang = np.arctan2(r[:, 1], r[:, 0])
+    phi0 = np.angle(np.mean(np.exp(4j * ang))) / 4.0
+    quad = np.mod(np.round((ang - phi0) / (np.pi / 2)), 4).astype(np.int64)
+    h = np.zeros((4, 2))
+    for k in range(4):
+        if np.any(quad == k):
+            h[k] = r[quad == k].mean(axis=0)
+    return quad, h
+
+
+def cage_centres(sites_xy: np.ndarray, cage_xy: np.ndarray, lattice_px: float) -> np.ndarray:
+    """(n, 2) lattice position of each site, from the columns of the other sublattice around it.
+
+    In a [001] perovskite every B column sits at the centre of a square of four A columns
+    (and vice versa), at a / sqrt(2) from each. Each cage neighbour j within CAGE_RADIUS * a
+    predicts the site at A_j + h_k, where h_k is the frame-average vector of that neighbour's
+    quadrant (four lattice-oriented quadrants, orientation from the 4-fold mean angle), and
+    the predictions are averaged; sites without a cage neighbour keep their own position.
+    Why: the polarization *is* the offset of a column from its cage centre, so patches centred
+    on the cage centre show it in full, independently of how well the (dim, noisy) column
+    itself was located: on a noisy frame found B positions scatter by 0.6 px, the A cage
+    centre by ~0.1 px. The frame-average h_k contains the mean displacement, a constant shift
+    of every patch that clustering does not notice.
+    """
+    pts = np.asarray(sites_xy, dtype=np.float64).reshape(-1, 2)
+    cage = np.asarray(cage_xy, dtype=np.float64).reshape(-1, 2)
+    if pts.shape[0] == 0 or cage.shape[0] == 0:
+        return pts.copy()
+    dist, idx = cKDTree(cage).query(pts, k=min(4, cage.shape[0]),
+                                    distance_upper_bound=CAGE_RADIUS * lattice_px)
+    dist, idx = dist.reshape(pts.shape[0], -1), idx.reshape(pts.shape[0], -1)
+    site_i, slot = np.nonzero(np.isfinite(dist))
+    if site_i.size == 0:
+        return pts.copy()
+    quad, h = _quadrant_vectors(pts[site_i] - cage[idx[site_i, slot]])
+    pred = cage[idx[site_i, slot]] + h[quad]
+    n = np.bincount(site_i, minlength=pts.shape[0]).astype(np.float64)
+    out = pts.copy()
+    has = n > 0
+    for d in range(2):
+        out[has, d] = np.bincount(site_i, weights=pred[:, d], minlength=pts.shape[0])[has] / n[has]
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# raw features
+# --------------------------------------------------------------------------------------------
+
+
+def _zscore_rows(x: np.ndarray) -> np.ndarray:
+    """Each row to zero mean, unit std (constant rows -> zeros)."""
+    x = x - x.mean(axis=1, keepdims=True)
+    sd = x.std(axis=1, keepdims=True)
+    return x / np.where(sd > 0, sd, 1.0)
+
+
+def patch_features(
+    image: np.ndarray, xy: np.ndarray, w1: int, w2: int, blur: float = 0.0
+) -> np.ndarray:
+    """(N, (2*w1+1)*(2*w2+1)) float32 z-scored, optionally blurred patches (w1 rows, w2 cols).
+
+    Blur (Gaussian sigma in px, 0 = none) trades position detail for noise rejection.
+    """
+    img = np.asarray(image, dtype=np.float32)
+    if blur > 0:
+        img = ndimage.gaussian_filter(img, float(blur), mode="reflect")
+    patches = subpixel_patches(img, xy, int(w1), int(w2))
+    return _zscore_rows(patches.reshape(patches.shape[0], -1))
+
+
+def subpixel_patches(image: np.ndarray, xy: np.ndarray, w1: int, w2: int) -> np.ndarray:
+    """(N, 2*w1+1, 2*w2+1) float32 patches centred exactly on ``xy`` (bilinear resampling).
+
+    :func:`rewardscope.kernels.extract_patches` centres on the rounded position; the rounding
+    error (up to 0.5 px, varying smoothly across a rotated lattice) moves the bright columns
+    in every patch and would dominate the PCA. Patches one pixel larger are extracted and
+    shifted by the fractional offset (separable linear interpolation).
+    """
+    pts = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
+    big = kernels.extract_patches(image, pts, w1 + 1, w2 + 1)
+    frac = pts - np.floor(pts + 0.5)  # in [-0.5, 0.5): offset of the true centre
+    fx = frac[:, 0].astype(np.float32)[:, None, None]
+    fy = frac[:, 1].astype(np.float32)[:, None, None]
+    # Sample at integer offsets + frac: weight toward the +1 or -1 neighbour by |frac|.
+    gx = np.where(fx >= 0, big[:, :, 2:] * fx + big[:, :, 1:-1] * (1 - fx),
+                  big[:, :, :-2] * -fx + big[:, :, 1:-1] * (1 + fx))
+    gy = np.where(fy >= 0, gx[:, 2:, :] * fy + gx[:, 1:-1, :] * (1 - fy),
+                  gx[:, :-2, :] * -fy + gx[:, 1:-1, :] * (1 + fy))
+    return gy.astype(np.float32)
+
+
+def _fft_crop_mask(shape: tuple[int, int], lattice_px: float) -> np.ndarray:
+    """Boolean mask over the rfft2 grid of frequencies within FFT_MAX_FREQ / lattice_px."""
+    fy = np.fft.fftfreq(shape[0])[:, None]
+    fx = np.fft.rfftfreq(shape[1])[None, :]
+    fmax = FFT_MAX_FREQ / float(lattice_px)
+    return (np.abs(fy) <= fmax) & (np.abs(fx) <= fmax)
+
+
+def fft_features(
+    image: np.ndarray, xy: np.ndarray, w1: int, w2: int, lattice_px: float, blur: float = 0.0
+) -> np.ndarray:
+    """(N, F) log(1 + |FFT|) of Hann-windowed patches, low-frequency crop, rows z-scored.
+
+    The Hann window suppresses the edge discontinuity that would otherwise smear every
+    reflection along the axes; the crop keeps frequencies up to FFT_MAX_FREQ per lattice
+    spacing on the half plane (|FFT| of a real patch is symmetric, the other half is redundant).
+    """
+    img = np.asarray(image, dtype=np.float32)
+    if blur > 0:
+        img = ndimage.gaussian_filter(img, float(blur), mode="reflect")
+    patches = subpixel_patches(img, xy, int(w1), int(w2))
+    n, ph, pw = patches.shape
+    win = np.outer(np.hanning(ph + 2)[1:-1], np.hanning(pw + 2)[1:-1]).astype(np.float32)
+    centred = patches - patches.mean(axis=(1, 2), keepdims=True)
+    mag = np.abs(np.fft.rfft2(centred * win, axes=(1, 2)))
+    feats = np.log1p(mag[:, _fft_crop_mask((ph, pw), lattice_px)])
+    return _zscore_rows(feats.astype(np.float32))
+
+
+# --------------------------------------------------------------------------------------------
+# PCA
+# --------------------------------------------------------------------------------------------
+
+
+def pca_scores(
+    features: np.ndarray, fit_rows: np.ndarray | None = None, k: int = MAX_PCA_DIMS, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """(scores (N, k'), explained ratios (k',)) by randomized SVD fitted on ``fit_rows``.
+
+    Randomized SVD (Halko et al.) of a ~500 x 1000 matrix for 16 components takes a few ms,
+    where a full SVD takes tens. Fitting on interior patches only keeps mirror-padded edge
+    patches from defining the axes; every row is projected. The scores are divided by the
+    first component's standard deviation, so they are O(1) whatever the feature scale.
+    """
+    x = np.asarray(features, dtype=np.float32)
+    n = x.shape[0]
+    rows = np.ones(n, bool) if fit_rows is None else np.asarray(fit_rows, bool)
+    if rows.sum() < 3:
+        rows = np.ones(n, bool)
+    fit = x[rows]
+    k = int(max(1, min(k, fit.shape[0] - 1, x.shape[1])))
+    mean = fit.mean(axis=0)
+    _, s, vt = randomized_svd(fit - mean, k, n_iter=4, random_state=seed)
+    scores = (x - mean) @ vt.T
+    total = float(((fit - mean) ** 2).sum())
+    explained = (s**2) / total if total > 0 else np.zeros_like(s)
+    sd0 = s[0] / np.sqrt(max(fit.shape[0] - 1, 1))
+    scale = 1.0 / sd0 if sd0 > 0 else 1.0
+    return (scores * scale).astype(np.float64), explained.astype(np.float64)
+
+
+# --------------------------------------------------------------------------------------------
+# cached entry point
+# --------------------------------------------------------------------------------------------
+
+
+def quantise_blur(blur: float) -> float:
+    """Blur sigma rounded to BLUR_QUANTUM (and >= 0): the value actually applied."""
+    return max(0.0, round(float(blur) / BLUR_QUANTUM) * BLUR_QUANTUM)
+
+
+def compute_descriptors(
+    image: np.ndarray,
+    xy: np.ndarray,
+    family: str,
+    w1: int,
+    w2: int,
+    blur: float,
+    lattice_px: float,
+    cache: dict | None = None,
+    cache_tag: object = None,
+) -> DescriptorSet:
+    """PCA-reduced descriptors of ``family`` at ``xy``, cached in ``cache``.
+
+    The cache key is (``cache_tag``, family, w1, w2, quantised blur); ``cache_tag`` must
+    identify the centres (e.g. which sublattice of which atom set), the caller's business.
+    """
+    if family not in FAMILIES:
+        raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
+    w1, w2, blur = int(w1), int(w2), quantise_blur(blur)
+    key = ("descriptors", cache_tag, family, w1, w2, blur)
+    if cache is not None and key in cache:
+        return cache[key]
+    pts = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
+    if family == "patch":
+        feats = patch_features(image, pts, w1, w2, blur)
+    else:
+        feats = fft_features(image, pts, w1, w2, lattice_px, blur)
+    valid = kernels.patches_valid(pts, np.shape(image), w1, w2)
+    if pts.shape[0] < 2:
+        scores, explained = np.zeros((pts.shape[0], 1)), np.zeros(1)
+    else:
+        scores, explained = pca_scores(feats, valid)
+    out = DescriptorSet(scores=scores, valid=valid, explained=explained)
+    if cache is not None:
+        cache[key] = out
+    return out
