@@ -135,3 +135,66 @@ def _match(pred: np.ndarray, true: np.ndarray, tol: float):
             out_j.append(rj)
             out_d.append(rd)
     return np.concatenate(out_i), np.concatenate(out_j), np.concatenate(out_d)
+
+
+# ------------------------------------------------------------------------------------------
+# domains, walls and regions against ground truth
+# ------------------------------------------------------------------------------------------
+
+
+def labelled_ari(pred_xy: np.ndarray, pred_labels: np.ndarray, true_xy: np.ndarray,
+                 true_labels: np.ndarray, tol: float) -> float:
+    """Adjusted Rand index of predicted vs true labels on the labelled atoms (label >= 0)
+    that match a true atom within ``tol`` px; 0 when fewer than two match."""
+    from sklearn.metrics import adjusted_rand_score
+
+    pred_labels = np.asarray(pred_labels)
+    key = pred_labels >= 0
+    if key.sum() < 2:
+        return 0.0
+    m = match_points(np.asarray(pred_xy)[key], true_xy, tol)
+    if len(m.pairs) < 2:
+        return 0.0
+    return float(adjusted_rand_score(np.asarray(true_labels)[m.pairs[:, 1]],
+                                     pred_labels[key][m.pairs[:, 0]]))
+
+
+def mask_iou(pred: np.ndarray | None, true: np.ndarray) -> float:
+    """Intersection over union of two boolean masks (1.0 when both are empty)."""
+    if pred is None:
+        return 0.0
+    pred, true = np.asarray(pred, bool), np.asarray(true, bool)
+    union = np.logical_or(pred, true).sum()
+    return float(np.logical_and(pred, true).sum() / union) if union else 1.0
+
+
+def _sample_segments(segments: np.ndarray, step: float) -> np.ndarray:
+    pts = []
+    for x0, y0, x1, y1 in np.asarray(segments, float).reshape(-1, 4):
+        n = max(2, int(np.ceil(np.hypot(x1 - x0, y1 - y0) / step)) + 1)
+        t = np.linspace(0.0, 1.0, n)[:, None]
+        pts.append(np.hstack([x0 + t * (x1 - x0), y0 + t * (y1 - y0)]))
+    return np.vstack(pts) if pts else np.zeros((0, 2))
+
+
+def _point_segment_distance(p: np.ndarray, segments: np.ndarray) -> np.ndarray:
+    s = np.asarray(segments, float).reshape(-1, 4)
+    a, b = s[:, :2][None], s[:, 2:][None]
+    ab = b - a
+    t = np.clip(((p[:, None] - a) * ab).sum(-1) / np.maximum((ab * ab).sum(-1), 1e-12), 0, 1)
+    closest = a + t[..., None] * ab
+    return np.sqrt(((p[:, None] - closest) ** 2).sum(-1)).min(axis=1)
+
+
+def wall_distance_medians(detected: np.ndarray, true: np.ndarray, step: float = 1.0
+                          ) -> tuple[float, float]:
+    """Median distance (px) from points every ``step`` px along the detected segments to the
+    nearest true wall, and from the true walls to the nearest detected one (inf if a side is
+    empty). Both small means no wall missed and none invented."""
+    det = np.asarray(detected, float).reshape(-1, 4)
+    tru = np.asarray(true, float).reshape(-1, 4)
+    if len(det) == 0 or len(tru) == 0:
+        return float("inf"), float("inf")
+    d1 = _point_segment_distance(_sample_segments(det, step), tru)
+    d2 = _point_segment_distance(_sample_segments(tru, step), det)
+    return float(np.median(d1)), float(np.median(d2))

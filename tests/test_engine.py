@@ -142,3 +142,26 @@ def test_cli_help_lists_every_subcommand(capsys):
         with pytest.raises(SystemExit) as e:
             cli.main([name, "--help"])
         assert e.value.code == 0, name
+
+
+def test_all_workflows_against_ground_truth():
+    """Atoms, domains + walls and amorphous regions from one warm-started session: the knee
+    of each frame's front meets the ground-truth thresholds on a cold and two warm frames."""
+    from rewardscope.scoring import labelled_ari, mask_iou, wall_distance_medians
+
+    sim = PerovskiteSimulator(SimConfig(shape=(384, 384), amorphous_regions=1, noise_sigma=0.1,
+                                        drift_px_per_frame=(0.4, 0.2), seed=3))
+    cfg = _settings(workflow="all", budget=8, cold_budget=16, deadline_s=20.0)
+    eng = RewardEngine("all", cfg)
+    for sf in sim.frames(3):
+        a = eng.analyse(sf.pixels, LATTICE, cfg)
+        t = sf.truth
+        assert _f1(a, t) >= 0.97
+        ari = labelled_ari(a.atoms, a.labels, t.atoms, t.domain, 0.25 * LATTICE)
+        assert ari >= 0.9, (sf.index, ari)
+        d_det, d_true = wall_distance_medians(np.array(a.walls), np.array(t.walls))
+        assert d_det <= LATTICE and d_true <= LATTICE, (sf.index, d_det, d_true)
+        iou = mask_iou(a.arrays["amorphous_mask"], t.amorphous_mask)
+        assert iou >= 0.6, (sf.index, iou)
+        assert a.warm_started is (sf.index > 0)
+        assert {"wall_curvature", "region_compactness", "count_quality"} <= set(a.rewards)
