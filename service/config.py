@@ -51,8 +51,8 @@ class ServiceConfig:
     workflow: str = "atoms"  # atoms | domains | amorphous | all | latent
     budget: int = 8  # optimizer evaluations per warm frame
     cold_budget: int = 16  # evaluations on a session's first frame
-    deadline_s: float = 0.9  # wall-clock cap on a warm frame's search (all workflows)
-    cold_deadline_s: float = 15.0  # ... on a session's first frame, which has no prior
+    deadline_s: float = 0.7  # wall-clock cap on a warm frame's search (all workflows)
+    cold_deadline_s: float = 6.0  # ... on a session's first frame, which has no prior
     seed: int = 0
     knee: str = "euclidean"  # or "chebyshev"
     rewards: dict = field(default_factory=dict)  # per-workflow reward lists (dotted paths ok)
