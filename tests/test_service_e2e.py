@@ -240,5 +240,6 @@ def test_demo_command_streams_and_exits_zero():
                          timeout=180)
     assert out.returncode == 0, out.stderr[-2000:]
     lines = [ln for ln in out.stdout.splitlines() if ln.strip()[:1].isdigit()]
-    assert len(lines) >= 3
+    assert len(lines) >= 2  # frames arriving during the cold first frame are dropped as stale
+    assert lines[-1].split()[0] == "3", "the newest frame is always analysed"
     assert "done:" in out.stdout
