@@ -123,13 +123,3 @@ def run(args: argparse.Namespace) -> int:
     print(f"recorded {n} messages to {args.out} in {time.monotonic() - t0:.1f} s")
     return 0
 
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="rewardscope record", description=__doc__)
-    add_arguments(parser)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -218,13 +218,3 @@ def run(args: argparse.Namespace) -> int:
     print(f"replayed {n} messages on {args.publish} in {time.monotonic() - t0:.1f} s")
     return 0
 
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="rewardscope replay", description=__doc__)
-    add_arguments(parser)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

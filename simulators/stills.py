@@ -351,13 +351,3 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {n - 2} frames ({n} messages) to {args.out}")
     return 0
 
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="rewardscope import", description=__doc__)
-    add_arguments(parser)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -222,7 +222,7 @@ def test_record_cli_stops_cleanly_on_signal(tmp_path: Path, sig: int) -> None:
     pub.bind(ANY_PORT)
     ep = pub.getsockopt_string(zmq.LAST_ENDPOINT)
     msgs = make_messages(n_frames=2)
-    proc = subprocess.Popen([sys.executable, "-m", "rewardscope.clients.recorder",
+    proc = subprocess.Popen([sys.executable, "-m", "rewardscope.cli", "record",
                              "--frames", ep, "--out", str(out)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
