@@ -216,20 +216,18 @@ def subpixel_patches(image: np.ndarray, xy: np.ndarray, w1: int, w2: int) -> np.
 
     :func:`rewardscope.kernels.extract_patches` centres on the rounded position; the rounding
     error (up to 0.5 px, varying smoothly across a rotated lattice) moves the bright columns
-    in every patch and would dominate the PCA. Patches one pixel larger are extracted and
-    shifted by the fractional offset (separable linear interpolation).
+    in every patch and would dominate the PCA. Patches one pixel larger are extracted at the
+    integer corner below ``xy`` and shifted by the fractional offset (separable linear
+    interpolation).
     """
     pts = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
-    big = kernels.extract_patches(image, pts, w1 + 1, w2 + 1)
-    frac = pts - np.floor(pts + 0.5)  # in [-0.5, 0.5): offset of the true centre
-    fx = frac[:, 0].astype(np.float32)[:, None, None]
-    fy = frac[:, 1].astype(np.float32)[:, None, None]
-    # Sample at integer offsets + frac: weight toward the +1 or -1 neighbour by |frac|.
-    gx = np.where(fx >= 0, big[:, :, 2:] * fx + big[:, :, 1:-1] * (1 - fx),
-                  big[:, :, :-2] * -fx + big[:, :, 1:-1] * (1 + fx))
-    gy = np.where(fy >= 0, gx[:, 2:, :] * fy + gx[:, 1:-1, :] * (1 - fy),
-                  gx[:, :-2, :] * -fy + gx[:, 1:-1, :] * (1 + fy))
-    return gy.astype(np.float32)
+    base = np.floor(pts)  # integer corner: extract_patches centres on it exactly
+    big = kernels.extract_patches(image, base, w1 + 1, w2 + 1)[:, 1:, 1:]
+    frac = (pts - base).astype(np.float32)  # in [0, 1): weight of the +1 neighbour
+    fx = frac[:, 0, None, None]
+    fy = frac[:, 1, None, None]
+    gx = big[:, :, :-1] * (1 - fx) + big[:, :, 1:] * fx
+    return (gx[:, :-1, :] * (1 - fy) + gx[:, 1:, :] * fy).astype(np.float32)
 
 
 def _fft_crop_mask(shape: tuple[int, int], lattice_px: float) -> np.ndarray:
@@ -284,7 +282,7 @@ def pca_scores(
     fit = x[rows]
     k = int(max(1, min(k, fit.shape[0] - 1, x.shape[1])))
     mean = fit.mean(axis=0)
-    _, s, vt = randomized_svd(fit - mean, k, n_iter=4, random_state=seed)
+    _, s, vt = randomized_svd(fit - mean, k, n_iter=2, random_state=seed)
     scores = (x - mean) @ vt.T
     total = float(((fit - mean) ** 2).sum())
     explained = (s**2) / total if total > 0 else np.zeros_like(s)

@@ -1,0 +1,364 @@
+"""Domains workflow and descriptors against simulator ground truth.
+
+Frames: 384 x 384, lattice 12 px, two walls (SimConfig defaults), plus a "110" wall case and
+a noisy case (noise_sigma=0.2). Atoms come either from the truth or from the LoG atom finder
+on the frame (end to end). Quality bars: ARI of labels vs truth.domain on the labelled
+sublattice >= 0.9; median distance detected-wall -> true wall and true wall -> detected wall
+<= one lattice spacing; the same for the knee of ~25 random candidates plus the default.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+from scipy import ndimage
+from sklearn.metrics import adjusted_rand_score
+from skopt.space import Space
+
+from rewardscope import atomfind, descriptors, kernels, rewards
+from rewardscope.scoring import match_points
+from rewardscope.simulators.perovskite import PerovskiteSimulator, SimConfig
+from rewardscope.workflows.base import Evaluation, FrameContext
+from rewardscope.workflows.domains import (
+    DomainsWorkflow,
+    domain_interior,
+    frame_chords,
+    hough_segments,
+    polarization_silhouette,
+    rasterise_tree,
+    wall_chains,
+    wall_span,
+)
+
+try:
+    from rewardscope.optimize.knee import knee_index
+except ImportError:  # pragma: no cover - fallback while the optimizer package is in flux
+
+    def knee_index(Y) -> int:
+        """Non-dominated row closest to the ideal point after min-max scaling."""
+        Y = np.asarray(Y, dtype=float)
+        ok = np.flatnonzero(np.all(np.isfinite(Y), axis=1))
+        Z = Y[ok]
+        dom = [any(np.all(o <= z) and np.any(o < z) for o in Z) for z in Z]
+        front = ok[~np.asarray(dom)]
+        F = Y[front]
+        span = np.where(np.ptp(F, axis=0) > 0, np.ptp(F, axis=0), 1.0)
+        return int(front[np.argmin(np.linalg.norm((F - F.min(axis=0)) / span, axis=1))])
+
+
+CASES = {"100": {}, "110": {"wall_direction": "110"}, "noisy": {"noise_sigma": 0.2}}
+FIND_THRESHOLD = {"100": 0.15, "110": 0.15, "noisy": 0.1}  # LoG threshold per case
+B = 1  # the sublattice the workflow labels by default
+
+
+@dataclass
+class Frame:
+    image: np.ndarray
+    truth: object
+    lattice_px: float
+    found: np.ndarray  # atoms from the LoG finder
+
+
+@pytest.fixture(scope="module")
+def frames() -> dict[str, Frame]:
+    kernels.warmup()
+    out = {}
+    for name, kw in CASES.items():
+        f = PerovskiteSimulator(SimConfig(**kw)).frame(0)
+        img = atomfind.normalize_frame(f.pixels)
+        a = f.truth.lattice_px
+        blobs = atomfind.find_atoms(img, min_sigma=0.1 * a, max_sigma=0.2 * a, num_sigma=5,
+                                    threshold=FIND_THRESHOLD[name])
+        out[name] = Frame(img, f.truth, a, atomfind.atoms_xy(blobs).astype(np.float64))
+    return out
+
+
+def _ctx(fr: Frame, source: str) -> FrameContext:
+    atoms = fr.truth.atoms.copy() if source == "truth" else fr.found.copy()
+    return FrameContext(image=fr.image, lattice_px=fr.lattice_px, atoms=atoms)
+
+
+# --------------------------------------------------------------------------------------------
+# scoring helpers
+# --------------------------------------------------------------------------------------------
+
+
+def _sample_segments(segments, step: float = 1.0) -> np.ndarray:
+    pts = []
+    for x0, y0, x1, y1 in segments:
+        n = max(int(np.ceil(np.hypot(x1 - x0, y1 - y0) / step)), 1) + 1
+        t = np.linspace(0.0, 1.0, n)[:, None]
+        pts.append(np.hstack([x0 + t * (x1 - x0), y0 + t * (y1 - y0)]))
+    return np.vstack(pts) if pts else np.zeros((0, 2))
+
+
+def _distance_to_segments(points: np.ndarray, segments) -> np.ndarray:
+    seg = np.asarray(segments, dtype=float).reshape(-1, 4)
+    if len(seg) == 0:
+        return np.full(len(points), np.inf)
+    p0, d = seg[:, :2], seg[:, 2:] - seg[:, :2]
+    rel = points[:, None, :] - p0[None]
+    t = np.clip((rel * d).sum(-1) / np.maximum((d * d).sum(-1), 1e-12), 0.0, 1.0)
+    return np.linalg.norm(rel - t[..., None] * d, axis=-1).min(axis=1)
+
+
+def wall_distances(detected, true) -> tuple[float, float]:
+    """Medians of detected -> true and true -> detected distances, sampling every ~1 px."""
+    det, tru = _sample_segments(detected), _sample_segments(true)
+    d1 = float(np.median(_distance_to_segments(det, true))) if len(det) else np.inf
+    d2 = float(np.median(_distance_to_segments(tru, detected))) if len(tru) else np.inf
+    return d1, d2
+
+
+def labelled_ari(ev: Evaluation, fr: Frame, source: str) -> tuple[float, float]:
+    """(ARI on labelled true-B atoms, fraction of matched true-B atoms that got a label)."""
+    truth = fr.truth
+    if source == "truth":
+        pred_i = true_i = np.arange(len(truth.atoms))
+    else:
+        m = match_points(fr.found, truth.atoms, tol=0.25 * fr.lattice_px)
+        pred_i, true_i = m.pairs[:, 0], m.pairs[:, 1]
+    lab = ev.output["labels"][pred_i]
+    is_b = truth.site[true_i] == B
+    sel = is_b & (lab >= 0)
+    return (float(adjusted_rand_score(truth.domain[true_i][sel], lab[sel])),
+            float(sel.sum() / max(is_b.sum(), 1)))
+
+
+def _check_quality(ev: Evaluation, fr: Frame, source: str, what: str) -> None:
+    ari, coverage = labelled_ari(ev, fr, source)
+    d1, d2 = wall_distances(ev.output["walls"], fr.truth.walls)
+    print(f"{what}: ARI {ari:.3f} (coverage {coverage:.3f}), wall medians det->true {d1:.1f} px, "
+          f"true->det {d2:.1f} px, rewards {ev.rewards}")
+    assert ari >= 0.9
+    assert coverage >= 0.9
+    assert d1 <= fr.lattice_px and d2 <= fr.lattice_px
+
+
+# --------------------------------------------------------------------------------------------
+# descriptors
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", ["100", "noisy"])
+def test_classify_sublattices_matches_truth(frames, case):
+    fr = frames[case]
+    site = descriptors.classify_sublattices(fr.image, fr.truth.atoms)
+    assert site.dtype == np.int8
+    assert np.mean(site == fr.truth.site) >= 0.99
+
+
+def test_split_two_means_and_degenerate_input():
+    thr = descriptors.split_two_means([0.1, 0.12, 0.11, 0.9, 0.95])
+    assert 0.12 < thr < 0.9
+    assert descriptors.split_two_means([0.5, 0.5]) == np.inf
+    img = np.ones((20, 20), np.float32)
+    assert descriptors.classify_sublattices(img, np.zeros((0, 2))).shape == (0,)
+    assert not descriptors.classify_sublattices(img, [[5.0, 5.0], [10.0, 12.0]]).any()
+
+
+def test_subpixel_patches_equal_bilinear_sampling():
+    rng = np.random.default_rng(1)
+    img = rng.normal(size=(40, 50)).astype(np.float32)
+    xy = rng.uniform(8.0, 32.0, size=(25, 2))
+    got = descriptors.subpixel_patches(img, xy, 3, 4)
+    dy, dx = np.mgrid[-3:4, -4:5]
+    ref = np.stack([ndimage.map_coordinates(img, [y + dy, x + dx], order=1) for x, y in xy])
+    np.testing.assert_allclose(got, ref, atol=1e-5)
+
+
+def test_cage_centres_recover_the_polarization(frames):
+    truth = frames["110"].truth
+    sim = PerovskiteSimulator(SimConfig(wall_direction="110"))
+    b = truth.site == B
+    centres = descriptors.cage_centres(truth.atoms[b], truth.atoms[~b], truth.lattice_px)
+    offset = truth.atoms[b] - centres
+    expected = sim.config.displacement_frac * truth.lattice_px * sim.polarization[truth.domain[b]]
+    resid = offset - expected
+    # Exact up to one constant shift (the frame-average displacement).
+    assert np.abs(resid - resid.mean(axis=0)).max() < 0.05
+
+
+def test_descriptors_are_cached_and_pca_reduced(frames):
+    fr = frames["100"]
+    xy = fr.truth.atoms[fr.truth.site == B]
+    cache: dict = {}
+    first = descriptors.compute_descriptors(fr.image, xy, "patch", 9, 9, 0.6, 12.0, cache, "t")
+    again = descriptors.compute_descriptors(fr.image, xy, "patch", 9, 9, 0.5, 12.0, cache, "t")
+    assert again is first  # blur 0.6 and 0.5 both quantise to 0.5: one cache entry
+    assert first.scores.shape == (len(xy), descriptors.MAX_PCA_DIMS)
+    assert first.take(5).shape == (len(xy), 5)
+    assert np.all(np.diff(first.explained) <= 1e-9)
+    fft = descriptors.compute_descriptors(fr.image, xy, "fft", 9, 9, 0.0, 12.0, cache, "t")
+    assert fft.scores.shape[0] == len(xy) and len(cache) == 2
+
+
+def test_fft_features_ignore_point_reflection():
+    """Why "fft" cannot tell 180 degree variants apart: |FFT| is blind to point reflection."""
+    rng = np.random.default_rng(2)
+    img = ndimage.gaussian_filter(rng.normal(size=(41, 41)), 1.5).astype(np.float32)
+    centre = np.array([[20.0, 20.0]])
+    a = descriptors.fft_features(img, centre, 8, 8, 12.0)
+    b = descriptors.fft_features(img[::-1, ::-1].copy(), centre, 8, 8, 12.0)
+    np.testing.assert_allclose(a, b, atol=1e-4)
+
+
+# --------------------------------------------------------------------------------------------
+# rewards and wall geometry
+# --------------------------------------------------------------------------------------------
+
+
+def _square_sites(n: int = 12, a: float = 10.0) -> tuple[np.ndarray, np.ndarray]:
+    """Square lattice sites and their pairs within 1.5 a (the wall-site neighbourhood)."""
+    g = np.arange(n) * a + 5.0
+    xy = np.stack(np.meshgrid(g, g), axis=-1).reshape(-1, 2)
+    from scipy.spatial import cKDTree
+
+    return xy, cKDTree(xy).query_pairs(1.5 * a, output_type="ndarray")
+
+
+def test_domain_interior_rejects_fake_clusters():
+    xy, pairs = _square_sites()
+    stripes = (xy[:, 0] > 60).astype(int)  # two domains, 6 columns each
+    assert domain_interior(stripes, pairs) == 1.0
+    fake = stripes.copy()
+    fake[np.isclose(xy[:, 0], 65.0)] = 2  # one column along the wall: no interior
+    assert domain_interior(fake, pairs) == 0.0
+    assert rewards.get_reward("domain_interior").direction == "max"
+
+
+def test_polarization_silhouette_prefers_one_label_per_variant():
+    rng = np.random.default_rng(3)
+    pol = np.array([[1.0, 1.0], [-1.0, -1.0], [-1.0, 1.0]])
+    truth = np.repeat([0, 1, 2], 200)
+    offsets = pol[truth] + rng.normal(0.0, 0.2, (600, 2))
+    best = polarization_silhouette(truth, offsets)
+    merged = np.where(truth == 2, 0, truth)  # A|B|A: the walls would be identical
+    split = np.where((truth == 0) & (np.arange(600) % 2 == 0), 3, truth)  # a noise split
+    shifted = truth.copy()
+    shifted[190:200] = 1  # a displaced wall: one row of sites on the wrong side
+    assert best > polarization_silhouette(merged, offsets) + 0.1
+    assert best > polarization_silhouette(split, offsets) + 0.1
+    assert best > polarization_silhouette(shifted, offsets)
+    assert np.isnan(polarization_silhouette(np.zeros(5, int), offsets[:5]))
+    assert rewards.cluster_separation(np.nan) == -1.0
+
+
+def test_wall_span_ignores_where_a_wall_crosses_the_frame():
+    shape = (100, 200)
+    full = np.array([[-0.5, 10.0, 199.5, 10.0], [50.0, -0.5, 50.0, 99.5]])
+    np.testing.assert_allclose(frame_chords(full, shape), [200.0, 100.0])
+    corner = np.array([[-0.5, 9.5, 9.5, -0.5]])  # a short diagonal across a corner
+    assert wall_span(corner, shape) == pytest.approx(1.0)
+    assert wall_span(np.array([[0.0, 10.0, 50.0, 10.0]]), shape) == pytest.approx(0.25)
+    assert wall_span(np.zeros((0, 4)), shape) == 0.0
+    assert rewards.get_reward("wall_span").direction == "max"
+
+
+def test_straight_wall_gives_one_long_segment_and_zero_curvature():
+    a = 12.0
+    y = np.arange(30) * a + 10.0
+    points = np.stack([np.full(y.size, 200.0), y], axis=1)  # one vertical wall
+    chains, tree = wall_chains(points, 1.5 * a)
+    assert len(chains) == 1 and len(chains[0]) == y.size
+    assert rewards.wall_curvature(chains, step=a) == pytest.approx(0.0, abs=1e-9)
+    segs = hough_segments(rasterise_tree(points, tree, (384, 384)), a)
+    assert len(segs) == 1
+    assert kernels.segment_lengths(segs)[0] == pytest.approx(y[-1] - y[0], abs=2.0)
+
+
+# --------------------------------------------------------------------------------------------
+# the workflow against ground truth
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("source", ["truth", "found"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_default_params_find_domains_and_walls(frames, case, source):
+    fr = frames[case]
+    wf = DomainsWorkflow()
+    ev = wf.evaluate(_ctx(fr, source), wf.default_params(fr.lattice_px))
+    _check_quality(ev, fr, source, f"default {case}/{source}")
+
+
+def test_output_schema(frames):
+    fr = frames["100"]
+    wf = DomainsWorkflow()
+    ctx = _ctx(fr, "truth")
+    wf.prepare(ctx)
+    ev = wf.evaluate(ctx, wf.default_params(fr.lattice_px))
+    out = ev.output
+    n = len(fr.truth.atoms)
+    assert out["labels"].dtype == np.int16 and out["labels"].shape == (n,)
+    assert np.all(out["labels"][fr.truth.site == 0] == -1)  # A columns are not key points
+    assert np.all(out["labels"][fr.truth.site == B] >= 0)
+    assert out["labels_nearest"].shape == (n,) and np.all(out["labels_nearest"] >= 0)
+    assert all(len(w) == 4 for w in out["walls"]) and len(out["walls"]) >= 2
+    assert all(p.ndim == 2 and p.shape[1] == 2 for p in out["wall_points"])
+    assert out["sublattice"]["labelled"] == "B"
+    np.testing.assert_array_equal(out["sublattice"]["site"], fr.truth.site)
+    assert {spec.name for spec in wf.rewards} <= set(ev.rewards)
+    assert np.all(np.isfinite(wf.objective_vector(ev)))
+    assert ctx.sites is not None  # classification is shared with later workflows
+
+
+def test_space_and_default_params_agree():
+    wf = DomainsWorkflow()
+    default = wf.default_params(12.0)
+    assert wf.param_names() == list(default)
+    assert [default[n] for n in wf.param_names()] in Space(wf.space)
+    for spec in wf.rewards:
+        assert rewards.get_reward(spec.name).direction == spec.direction
+
+
+def test_degenerate_atom_sets_score_worst(frames):
+    fr = frames["100"]
+    wf = DomainsWorkflow()
+    for atoms in (np.zeros((0, 2)), fr.truth.atoms[:3]):
+        ctx = FrameContext(image=fr.image, lattice_px=fr.lattice_px, atoms=atoms)
+        ev = wf.evaluate(ctx, wf.default_params(fr.lattice_px))
+        assert ev.output["labels"].shape == (len(atoms),)
+        assert ev.output["walls"] == []
+        assert np.all(np.isinf(wf.objective_vector(ev)) | (wf.objective_vector(ev) >= 0))
+    with pytest.raises(ValueError, match="ctx.atoms"):
+        wf.evaluate(FrameContext(image=fr.image, lattice_px=12.0), wf.default_params(12.0))
+
+
+@pytest.mark.parametrize(("case", "source"), [("100", "found"), ("noisy", "truth")])
+def test_knee_of_random_candidates_is_a_good_analysis(frames, case, source):
+    """Reward-driven choice: the knee of 25 random candidates + the default must be good."""
+    fr = frames[case]
+    wf = DomainsWorkflow()
+    names = wf.param_names()
+    ctx = _ctx(fr, source)
+    wf.prepare(ctx)
+    candidates = [wf.default_params(fr.lattice_px)]
+    candidates += [dict(zip(names, x, strict=True))
+                   for x in Space(wf.space).rvs(25, random_state=7)]
+    evals = [wf.evaluate(ctx, p) for p in candidates]
+    Y = np.array([wf.objective_vector(e) for e in evals])
+    k = knee_index(Y)
+    print(f"knee {case}/{source}: candidate {k}, params {candidates[k]}")
+    _check_quality(evals[k], fr, source, f"knee {case}/{source}")
+
+
+def test_one_evaluation_is_fast(frames):
+    fr = frames["100"]
+    wf = DomainsWorkflow()
+    params = wf.default_params(fr.lattice_px)
+    warm = _ctx(fr, "found")
+    wf.evaluate(warm, params)  # warm-up: numba, sklearn imports, BLAS
+    ctx = _ctx(fr, "found")
+    t0 = time.perf_counter()
+    wf.prepare(ctx)
+    t1 = time.perf_counter()
+    wf.evaluate(ctx, params)  # new descriptors: patches + SVD + GMM + walls
+    t2 = time.perf_counter()
+    wf.evaluate(ctx, dict(params, n_components=3, covariance_type="tied"))  # cached descriptors
+    t3 = time.perf_counter()
+    print(f"{len(ctx.atoms)} atoms on {fr.image.shape}: prepare {1e3 * (t1 - t0):.0f} ms, "
+          f"evaluation {1e3 * (t2 - t1):.0f} ms, with cached descriptors {1e3 * (t3 - t2):.0f} ms")
+    assert t2 - t1 < 1.0 and t3 - t2 < 1.0
