@@ -17,6 +17,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from threadpoolctl import ThreadpoolController
+
+_THREADPOOLS: list[ThreadpoolController] = []
+
+
+def single_thread():
+    """Context limiting BLAS/OpenMP to one thread (controller built once: it costs ~5 ms).
+
+    Workflow matrices are ~1000 x 16: threads only add start-up and, on a busy host,
+    contention (measured 20 ms -> 300+ ms per GMM fit with 2 cores shared by other work).
+    """
+    if not _THREADPOOLS:
+        _THREADPOOLS.append(ThreadpoolController())
+    return _THREADPOOLS[0].limit(limits=1)
 
 
 @dataclass(frozen=True)

@@ -67,11 +67,16 @@ import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import GaussianMixture
 from skopt.space import Categorical, Integer
-from threadpoolctl import ThreadpoolController
 
 from rewardscope import descriptors, kernels, rewards
 from rewardscope.latent import LatentModel
-from rewardscope.workflows.base import Evaluation, FrameContext, RewardSpec, Workflow
+from rewardscope.workflows.base import (
+    Evaluation,
+    FrameContext,
+    RewardSpec,
+    Workflow,
+    single_thread,
+)
 
 __all__ = ["LatentWorkflow", "latent_bic", "latent_reconstruction", "latent_variance"]
 
@@ -81,7 +86,6 @@ GMM_REG_COVAR = 1e-4  # latent variance floor for the mixture (latent stds are ~
 GMM_SEED = 0
 VARIANCE_FLOOR = 1e-12  # keeps log10 finite for an exactly collapsed latent
 MIN_SITES = 8
-_THREADPOOLS: list[ThreadpoolController] = []
 
 
 # --------------------------------------------------------------------------------------------
@@ -123,14 +127,6 @@ def latent_reconstruction(error: float) -> float:
 # --------------------------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------------------------
-
-
-def _single_thread():
-    """Context limiting BLAS/OpenMP to one thread for the small GMM fits (controller cached:
-    building it costs milliseconds; threads only add contention on a shared 2-core host)."""
-    if not _THREADPOOLS:
-        _THREADPOOLS.append(ThreadpoolController())
-    return _THREADPOOLS[0].limit(limits=1)
 
 
 def _fingerprint(atoms: np.ndarray) -> tuple:
@@ -343,7 +339,7 @@ class LatentWorkflow(Workflow):
         enc, model = self._encoded(ctx, index, half, int(params["latent_dim"]))
         t_vae = time.perf_counter() - t0
         try:
-            with _single_thread():
+            with single_thread():
                 sub, bic, icl = fit_mixture(enc.latent, enc.valid, k,
                                             str(params["covariance_type"]))
         except (ValueError, np.linalg.LinAlgError):  # degenerate latent: worst case
