@@ -24,6 +24,7 @@ from rewardscope.simulators.perovskite import PerovskiteSimulator, SimConfig
 from rewardscope.workflows.base import Evaluation, FrameContext
 from rewardscope.workflows.domains import (
     DomainsWorkflow,
+    _absorb_wall_clusters,
     domain_interior,
     frame_chords,
     hough_segments,
@@ -228,6 +229,19 @@ def test_domain_interior_rejects_fake_clusters():
     fake[np.isclose(xy[:, 0], 65.0)] = 2  # one column along the wall: no interior
     assert domain_interior(fake, pairs) == 0.0
     assert rewards.get_reward("domain_interior").direction == "max"
+
+
+def test_clusters_without_interior_are_absorbed():
+    xy, pairs = _square_sites()
+    stripes = (xy[:, 0] > 60).astype(np.int16)
+    fake = stripes.copy()
+    column = np.isclose(xy[:, 0], 65.0)
+    fake[column] = 2  # the column along the wall, as its own cluster
+    absorbed = _absorb_wall_clusters(fake, xy, pairs)
+    assert set(np.unique(absorbed)) == {0, 1}  # the column joins a side (a tie here)
+    np.testing.assert_array_equal(absorbed[~column], stripes[~column])
+    noise = np.random.default_rng(4).integers(0, 2, len(xy)).astype(np.int16)
+    np.testing.assert_array_equal(_absorb_wall_clusters(noise, xy, pairs), noise)
 
 
 def test_polarization_silhouette_prefers_one_label_per_variant():
