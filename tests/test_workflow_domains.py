@@ -28,6 +28,7 @@ from rewardscope.workflows.domains import (
     domain_interior,
     frame_chords,
     hough_segments,
+    merge_collinear,
     polarization_silhouette,
     rasterise_tree,
     wall_chains,
@@ -38,7 +39,7 @@ try:
     from rewardscope.optimize.knee import knee_index
 except ImportError:  # pragma: no cover - fallback while the optimizer package is in flux
 
-    def knee_index(Y) -> int:
+    def knee_index(Y, scale=None) -> int:
         """Non-dominated row closest to the ideal point after min-max scaling."""
         Y = np.asarray(Y, dtype=float)
         ok = np.flatnonzero(np.all(np.isfinite(Y), axis=1))
@@ -284,6 +285,17 @@ def test_straight_wall_gives_one_long_segment_and_zero_curvature():
     assert kernels.segment_lengths(segs)[0] == pytest.approx(y[-1] - y[0], abs=2.0)
 
 
+def test_merge_collinear_joins_pieces_of_one_wall():
+    pieces = np.array([[114, 379, 114, 205], [115, 175, 115, 31],  # one wall, 1 px step, gap
+                       [246, 187, 246, 7], [246, 307, 246, 216], [246, 379, 246, 338],
+                       [0, 0, 50, 50]], dtype=float)
+    merged = merge_collinear(pieces, 12.0)
+    assert len(merged) == 3
+    spans = sorted(kernels.segment_lengths(merged).round())
+    assert spans == [71.0, 348.0, 372.0]
+    assert len(merge_collinear(np.array([[0, 0, 10, 0], [0, 50, 10, 50]], float), 12.0)) == 2
+
+
 # --------------------------------------------------------------------------------------------
 # the workflow against ground truth
 # --------------------------------------------------------------------------------------------
@@ -341,9 +353,12 @@ def test_degenerate_atom_sets_score_worst(frames):
         wf.evaluate(FrameContext(image=fr.image, lattice_px=12.0), wf.default_params(12.0))
 
 
-@pytest.mark.parametrize(("case", "source"), [("100", "found"), ("noisy", "truth")])
+@pytest.mark.parametrize(
+    ("case", "source"), [("100", "found"), ("110", "truth"), ("noisy", "truth"), ("noisy", "found")]
+)
 def test_knee_of_random_candidates_is_a_good_analysis(frames, case, source):
-    """Reward-driven choice: the knee of 25 random candidates + the default must be good."""
+    """Reward-driven choice: the knee of 25 random candidates + the default must be good, and
+    so must the knee of the 25 random ones alone (the rewards, not the default, choose)."""
     fr = frames[case]
     wf = DomainsWorkflow()
     names = wf.param_names()
@@ -354,9 +369,12 @@ def test_knee_of_random_candidates_is_a_good_analysis(frames, case, source):
                    for x in Space(wf.space).rvs(25, random_state=7)]
     evals = [wf.evaluate(ctx, p) for p in candidates]
     Y = np.array([wf.objective_vector(e) for e in evals])
-    k = knee_index(Y)
-    print(f"knee {case}/{source}: candidate {k}, params {candidates[k]}")
-    _check_quality(evals[k], fr, source, f"knee {case}/{source}")
+    scale = [getattr(spec, "scale", 0.0) for spec in wf.rewards]
+    for first in (0, 1):
+        k = first + knee_index(Y[first:], scale=scale)
+        what = f"knee {case}/{source}{' (no default)' if first else ''}"
+        print(f"{what}: candidate {k}, params {candidates[k]}")
+        _check_quality(evals[k], fr, source, what)
 
 
 def test_one_evaluation_is_fast(frames):
