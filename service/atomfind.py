@@ -29,6 +29,7 @@ chains or ties the two agree exactly.
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Hashable
@@ -159,8 +160,9 @@ class LoGScaleSpace:
     ``cache_bytes``. ``max_sigma`` only sizes the initial padding: a larger sigma later
     re-pads (one more forward FFT) and keeps the cache, since responses do not depend on the
     pad. Counters ``n_forward_fft`` / ``n_inverse_fft`` record the FFT work done and
-    ``n_maxima_scans`` the cube scans (see :meth:`maxima`). Not thread-safe: use one per
-    frame per worker.
+    ``n_maxima_scans`` the cube scans (see :meth:`maxima`). Thread-safe: several optimizer
+    candidates of one frame may read it at once (responses are computed under a lock, the
+    cube scans outside it).
     """
 
     def __init__(
@@ -190,6 +192,7 @@ class LoGScaleSpace:
         self._cache: OrderedDict[Hashable, np.ndarray] = OrderedDict()
         self._extrema: dict[Hashable, tuple[float, float]] = {}
         self._peaks: OrderedDict[Hashable, tuple] = OrderedDict()
+        self._lock = threading.RLock()
         self._pad = -1
         self._spec: np.ndarray | None = None
         self._padded_shape = (0, 0)
@@ -220,26 +223,28 @@ class LoGScaleSpace:
         """Read-only (H, W) scale-normalised LoG response at ``quantize(sigma)``."""
         _check_positive("sigma", sigma)
         key = self._key(sigma)
-        hit = self._cache.get(key)
-        if hit is not None:
-            self._cache.move_to_end(key)
-            return hit
-        resp = self._compute(self._sigma_of(key))
-        self._cache[key] = resp
-        while len(self._cache) > self._max_entries:
-            old, _ = self._cache.popitem(last=False)
-            self._extrema.pop(old, None)
-        return resp
+        with self._lock:  # the FFT is multi-threaded already: nothing lost by serialising it
+            hit = self._cache.get(key)
+            if hit is not None:
+                self._cache.move_to_end(key)
+                return hit
+            resp = self._compute(self._sigma_of(key))
+            self._cache[key] = resp
+            while len(self._cache) > self._max_entries:
+                old, _ = self._cache.popitem(last=False)
+                self._extrema.pop(old, None)
+            return resp
 
     def extrema(self, sigma: float) -> tuple[float, float]:
         """(min, max) of ``response(sigma)``, cached; for threshold=None / threshold_rel."""
         key = self._key(sigma)
-        ext = self._extrema.get(key)
-        if ext is None:
-            r = self.response(sigma)
-            ext = (float(r.min()), float(r.max()))
-            self._extrema[key] = ext
-        return ext
+        with self._lock:
+            ext = self._extrema.get(key)
+            if ext is None:
+                r = self.response(sigma)
+                ext = (float(r.min()), float(r.max()))
+                self._extrema[key] = ext
+            return ext
 
     def maxima(
         self, sigmas: np.ndarray, threshold: float, border: tuple[int, int] = (0, 0)
@@ -253,25 +258,31 @@ class LoGScaleSpace:
         """
         thr = self.dtype.type(threshold)
         key = (tuple(self._key(s) for s in sigmas), tuple(border))
-        hit = self._peaks.get(key)
+        with self._lock:
+            hit = self._peaks.get(key)
+            if hit is not None and hit[0] <= thr:
+                self._peaks.move_to_end(key)
         if hit is None or hit[0] > thr:
             peaks = _cube_maxima([self.response(s) for s in sigmas], thr, *border)
-            self.n_maxima_scans += 1
             hit = (thr, peaks, -peaks[3])
-            self._peaks[key] = hit
-            while len(self._peaks) > MAX_CACHED_LADDERS:
-                self._peaks.popitem(last=False)
-        else:
-            self._peaks.move_to_end(key)
+            with self._lock:
+                self.n_maxima_scans += 1
+                old = self._peaks.get(key)
+                if old is None or old[0] > thr:  # another thread may have scanned lower
+                    self._peaks[key] = hit
+                    self._peaks.move_to_end(key)
+                while len(self._peaks) > MAX_CACHED_LADDERS:
+                    self._peaks.popitem(last=False)
         _, peaks, neg = hit
         n = int(np.searchsorted(neg, -thr, side="left"))  # count of value > thr
         return tuple(a[:n] for a in peaks)
 
     def clear_cache(self) -> None:
         """Drop cached responses and maxima (keeps the forward spectrum)."""
-        self._cache.clear()
-        self._extrema.clear()
-        self._peaks.clear()
+        with self._lock:
+            self._cache.clear()
+            self._extrema.clear()
+            self._peaks.clear()
 
     # -- internals ----------------------------------------------------------------------------
 

@@ -19,6 +19,8 @@ from numba import njit
 __all__ = [
     "chord_to_arc_ratio",
     "curvature_profile",
+    "collinear_pairs",
+    "draw_segments",
     "extract_patches",
     "knn_distance_sums",
     "label_perimeters",
@@ -28,6 +30,7 @@ __all__ = [
     "polyline_curvature",
     "polyline_length",
     "segment_lengths",
+    "subpixel_patches",
     "warmup",
 ]
 
@@ -245,6 +248,153 @@ def patches_valid(xy: np.ndarray, shape: tuple[int, int], half_h: int, half_w: i
     height, width = int(shape[0]), int(shape[1])
     rows, cols = _rounded_centres(xy)
     return (rows - hh >= 0) & (rows + hh < height) & (cols - hw >= 0) & (cols + hw < width)
+
+
+@njit(cache=True, nogil=True)
+def _subpixel_kernel(image, xs, ys, hh, hw):
+    n = xs.shape[0]
+    height, width = image.shape
+    ph = 2 * hh + 1
+    pw = 2 * hw + 1
+    out = np.empty((n, ph, pw), dtype=np.float32)
+    row = np.empty(pw + 1, dtype=np.int64)
+    for a in range(n):
+        bx = math.floor(xs[a])
+        by = math.floor(ys[a])
+        fx = np.float32(xs[a] - bx)
+        fy = np.float32(ys[a] - by)
+        gx = np.float32(1.0) - fx
+        gy = np.float32(1.0) - fy
+        for v in range(pw + 1):
+            row[v] = _reflect_index(bx + v - hw, width)
+        for u in range(ph):
+            r0 = _reflect_index(by + u - hh, height)
+            r1 = _reflect_index(by + u - hh + 1, height)
+            for v in range(pw):
+                top = image[r0, row[v]] * gx + image[r0, row[v + 1]] * fx
+                bot = image[r1, row[v]] * gx + image[r1, row[v + 1]] * fx
+                out[a, u, v] = top * gy + bot * fy
+    return out
+
+
+def subpixel_patches(image: np.ndarray, xy: np.ndarray, half_h: int, half_w: int) -> np.ndarray:
+    """(N, 2*half_h+1, 2*half_w+1) float32 patches centred exactly on ``xy`` (bilinear).
+
+    :func:`extract_patches` centres on the rounded position; the rounding error (up to
+    0.5 px, varying smoothly across a rotated lattice) moves every column in the patch. Here
+    each pixel is interpolated from its four neighbours at the centre's fractional offset,
+    mirror-reflected beyond the frame like :func:`extract_patches`. Validity: the patch reads
+    one pixel beyond the half sizes (``patches_valid(xy, shape, half_h + 1, half_w + 1)``).
+    """
+    img = np.asarray(image)
+    if img.ndim != 2 or img.size == 0:
+        raise ValueError(f"image must be a non-empty 2-D array, got shape {img.shape}")
+    hh, hw = _check_half(half_h, half_w)
+    pts = _as_points(xy, "xy")
+    img = np.ascontiguousarray(img, dtype=np.float32)
+    return _subpixel_kernel(img, np.ascontiguousarray(pts[:, 0]), np.ascontiguousarray(pts[:, 1]),
+                            hh, hw)
+
+
+# --------------------------------------------------------------------------------------------
+# wall rasters and segment merging
+# --------------------------------------------------------------------------------------------
+
+
+@njit(cache=True, nogil=True)
+def _draw_kernel(img, r0, c0, r1, c1):
+    for k in range(r0.shape[0]):
+        r, c = r0[k], c0[k]
+        dr, dc = abs(r1[k] - r), abs(c1[k] - c)
+        sr = 1 if r1[k] > r else -1
+        sc = 1 if c1[k] > c else -1
+        if dc >= dr:  # step along columns
+            err = dc // 2
+            for _ in range(dc + 1):
+                img[r, c] = True
+                err -= dr
+                if err < 0:
+                    r += sr
+                    err += dc
+                c += sc
+        else:
+            err = dr // 2
+            for _ in range(dr + 1):
+                img[r, c] = True
+                err -= dc
+                if err < 0:
+                    c += sc
+                    err += dr
+                r += sr
+
+
+def draw_segments(shape: tuple[int, int], p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """(H, W) bool raster with an 8-connected 1-px line from each ``p[i]`` to ``q[i]``.
+
+    Points are (x, y) pixel coordinates, rounded half up and clipped to the frame. Bresenham
+    lines: the same pixels as ``skimage.draw.line`` up to how ties are broken.
+    """
+    h, w = int(shape[0]), int(shape[1])
+    img = np.zeros((h, w), dtype=np.bool_)
+    a, b = _as_points(p, "p"), _as_points(q, "q")
+    if a.shape[0] != b.shape[0]:
+        raise ValueError(f"p and q must have the same length, got {a.shape[0]} and {b.shape[0]}")
+    if a.shape[0] == 0:
+        return img
+    hi = np.array([w - 1, h - 1])
+    ia = np.clip(np.floor(a + 0.5).astype(np.int64), 0, hi)
+    ib = np.clip(np.floor(b + 0.5).astype(np.int64), 0, hi)
+    _draw_kernel(img, ia[:, 1].copy(), ia[:, 0].copy(), ib[:, 1].copy(), ib[:, 0].copy())
+    return img
+
+
+@njit(cache=True, nogil=True)
+def _collinear_kernel(seg, cos_max, max_offset, max_gap):
+    n = seg.shape[0]
+    out_i = np.empty(n * 4, dtype=np.int64)
+    out_j = np.empty(n * 4, dtype=np.int64)
+    m = 0
+    ux = np.empty(n)
+    uy = np.empty(n)
+    ln = np.empty(n)
+    for i in range(n):
+        dx, dy = seg[i, 2] - seg[i, 0], seg[i, 3] - seg[i, 1]
+        length = max(math.hypot(dx, dy), 1e-12)
+        ux[i], uy[i], ln[i] = dx / length, dy / length, length
+    for i in range(n):
+        for j in range(n):
+            if abs(ux[i] * ux[j] + uy[i] * uy[j]) < cos_max:
+                continue
+            ax, ay = seg[j, 0] - seg[i, 0], seg[j, 1] - seg[i, 1]
+            bx, by = seg[j, 2] - seg[i, 0], seg[j, 3] - seg[i, 1]
+            off = max(abs(-uy[i] * ax + ux[i] * ay), abs(-uy[i] * bx + ux[i] * by))
+            if off > max_offset:
+                continue
+            t0 = ax * ux[i] + ay * uy[i]
+            t1 = bx * ux[i] + by * uy[i]
+            if min(t0, t1) - ln[i] <= max_gap and -max(t0, t1) <= max_gap:
+                if m == out_i.shape[0]:
+                    out_i = np.concatenate((out_i, np.empty(m, dtype=np.int64)))
+                    out_j = np.concatenate((out_j, np.empty(m, dtype=np.int64)))
+                out_i[m] = i
+                out_j[m] = j
+                m += 1
+    return out_i[:m], out_j[:m]
+
+
+def collinear_pairs(segments: np.ndarray, max_angle: float, max_offset: float,
+                    max_gap: float) -> np.ndarray:
+    """(m, 2) pairs (i, j) where segment j continues segment i (i == j included).
+
+    Same direction within ``max_angle`` rad (either orientation), both of j's ends within
+    ``max_offset`` px of i's line, and j's extent along i's line at most ``max_gap`` px
+    beyond either end of i. O(S^2) compiled loop without (S, S) temporaries.
+    """
+    seg = _as_segments(segments)
+    if seg.shape[0] == 0:
+        return np.zeros((0, 2), dtype=np.int64)
+    i, j = _collinear_kernel(seg, math.cos(max_angle), float(max_offset), float(max_gap))
+    return np.stack([i, j], axis=1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -531,6 +681,9 @@ def warmup() -> None:
     xy = rng.uniform(0.0, 8.0, size=(9, 2))
     knn_distance_sums(xy, 4)
     extract_patches(np.zeros((8, 8), dtype=np.float32), xy, 2, 2)
+    subpixel_patches(np.zeros((8, 8), dtype=np.float32), xy, 2, 2)
+    draw_segments((8, 8), xy, xy[::-1])
+    collinear_pairs(np.array([[0.0, 0.0, 4.0, 0.0], [5.0, 0.0, 9.0, 0.0]]), 0.1, 1.0, 2.0)
     t = np.linspace(0.0, 1.0, 8)
     curve = np.stack([np.cos(t), np.sin(t)], axis=1)
     polyline_curvature(curve)
@@ -632,3 +785,50 @@ def label_perimeters_reference(
             counts[:, d] += np.bincount(side, minlength=n_labels + 1)[: n_labels + 1]
     counts[0] = 0
     return _perimeters_from_counts(counts, method)
+
+
+def subpixel_patches_reference(image: np.ndarray, xy: np.ndarray, half_h: int,
+                               half_w: int) -> np.ndarray:
+    """Numpy twin of :func:`subpixel_patches`: integer-centred patches one pixel larger,
+    shifted by the fractional offset with separable linear interpolation."""
+    pts = _as_points(xy, "xy")
+    base = np.floor(pts)
+    big = extract_patches_reference(image, base, half_h + 1, half_w + 1)[:, 1:, 1:]
+    frac = (pts - base).astype(np.float32)
+    fx = frac[:, 0, None, None]
+    fy = frac[:, 1, None, None]
+    gx = big[:, :, :-1] * (1 - fx) + big[:, :, 1:] * fx
+    return (gx[:, :-1, :] * (1 - fy) + gx[:, 1:, :] * fy).astype(np.float32)
+
+
+def draw_segments_reference(shape: tuple[int, int], p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """``skimage.draw.line`` twin of :func:`draw_segments` (ties may break differently)."""
+    from skimage.draw import line
+
+    h, w = int(shape[0]), int(shape[1])
+    img = np.zeros((h, w), dtype=bool)
+    hi = np.array([w - 1, h - 1])
+    ia = np.clip(np.floor(_as_points(p, "p") + 0.5).astype(np.int64), 0, hi)
+    ib = np.clip(np.floor(_as_points(q, "q") + 0.5).astype(np.int64), 0, hi)
+    for a, b in zip(ia, ib, strict=True):
+        rr, cc = line(a[1], a[0], b[1], b[0])
+        img[rr, cc] = True
+    return img
+
+
+def collinear_pairs_reference(segments: np.ndarray, max_angle: float, max_offset: float,
+                              max_gap: float) -> np.ndarray:
+    """(S, S) broadcast twin of :func:`collinear_pairs`."""
+    seg = _as_segments(segments)
+    p0, d = seg[:, :2], seg[:, 2:] - seg[:, :2]
+    length = np.maximum(np.hypot(d[:, 0], d[:, 1]), 1e-12)
+    u = d / length[:, None]
+    n = np.stack([-u[:, 1], u[:, 0]], axis=1)
+    r0 = seg[None, :, :2] - p0[:, None, :]
+    r1 = seg[None, :, 2:] - p0[:, None, :]
+    same_dir = np.abs(u @ u.T) >= math.cos(max_angle)
+    off = np.maximum(np.abs(np.einsum("ijk,ik->ij", r0, n)),
+                     np.abs(np.einsum("ijk,ik->ij", r1, n)))
+    t0, t1 = np.einsum("ijk,ik->ij", r0, u), np.einsum("ijk,ik->ij", r1, u)
+    near = (np.minimum(t0, t1) - length[:, None] <= max_gap) & (-np.maximum(t0, t1) <= max_gap)
+    return np.argwhere(same_dir & (off <= max_offset) & near).astype(np.int64)

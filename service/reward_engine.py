@@ -89,8 +89,8 @@ class WorkflowSearch:
             vals.append(rewards_mod.to_minimisation(r, ev.rewards[r.name]))
         return np.asarray(vals, dtype=float)
 
-    def search(self, ctx: FrameContext, budget: int, deadline_s: float, knee: str
-               ) -> tuple[Evaluation, dict, list[dict], Any]:
+    def search(self, ctx: FrameContext, budget: int, deadline_s: float, knee: str,
+               workers: int = 1) -> tuple[Evaluation, dict, list[dict], Any]:
         wf = self.workflow
         names = wf.param_names()
         evaluated: dict[tuple, Evaluation] = {}
@@ -106,7 +106,8 @@ class WorkflowSearch:
         wf.prepare(ctx)
         if self.frames == 0:
             self.optimizer.enqueue([[p[n] for n in names] for p in wf.initial_points(ctx)])
-        fs = run_frame(objective, self.optimizer, budget=budget, deadline_s=deadline_s)
+        fs = run_frame(objective, self.optimizer, budget=budget, deadline_s=deadline_s,
+                       workers=workers if wf.thread_safe else 1)
         self.frames += 1
         pareto = []
         for x in fs.pareto_X:
@@ -176,7 +177,8 @@ class RewardEngine:
             left = frame_deadline - (time.perf_counter() - t_start)
             deadline = max(0.05, left / (len(chain) - i))
             t0 = time.perf_counter()
-            chosen, p, front, fs = search.search(ctx, budget, deadline, settings.knee)
+            chosen, p, front, fs = search.search(ctx, budget, deadline, settings.knee,
+                                                 settings.workers())
             stage = STAGE_OF.get(name, name)
             timings[stage] = timings.get(stage, 0.0) + (time.perf_counter() - t0
                                                          - fs.optimizer_s)

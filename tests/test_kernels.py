@@ -135,6 +135,51 @@ def test_patches_empty_rounding_and_validation() -> None:
         K.extract_patches(np.zeros(5), [[1.0, 1.0]], 1, 1)
 
 
+def test_subpixel_patches_match_reference_inside_and_beyond_edges() -> None:
+    rng = np.random.default_rng(3)
+    for shape in [(2, 3), (17, 23), (64, 48)]:
+        image = rng.normal(size=shape).astype(np.float32)
+        xy = rng.uniform(-10, 70, (40, 2))
+        got = K.subpixel_patches(image, xy, 4, 6)
+        np.testing.assert_allclose(got, K.subpixel_patches_reference(image, xy, 4, 6),
+                                   atol=1e-5)
+    # integer centres: plain slicing
+    image = rng.normal(size=(30, 30)).astype(np.float32)
+    np.testing.assert_array_equal(K.subpixel_patches(image, [[10.0, 12.0]], 2, 3)[0],
+                                  image[10:15, 7:14])
+    assert K.subpixel_patches(image, np.zeros((0, 2)), 2, 2).shape == (0, 5, 5)
+
+
+# --- wall rasters and segment merging --------------------------------------------------------
+
+
+def test_draw_segments_matches_skimage_lines() -> None:
+    rng = np.random.default_rng(4)
+    p = rng.uniform(-5, 70, (60, 2))
+    q = rng.uniform(-5, 70, (60, 2))
+    got = K.draw_segments((64, 64), p, q)
+    ref = K.draw_segments_reference((64, 64), p, q)
+    # Same endpoints, same pixel count per line; ties on exact half steps may differ.
+    assert abs(int(got.sum()) - int(ref.sum())) <= 0.02 * ref.sum()
+    assert (got & ref).sum() >= 0.95 * ref.sum()
+    axis = K.draw_segments((10, 10), [[1.0, 2.0], [3.0, 0.0]], [[8.0, 2.0], [3.0, 9.0]])
+    assert axis[2, 1:9].all() and axis[0:10, 3].all() and axis.sum() == 8 + 10 - 1
+    with pytest.raises(ValueError, match="same length"):
+        K.draw_segments((5, 5), [[0.0, 0.0]], np.zeros((0, 2)))
+
+
+def test_collinear_pairs_match_reference() -> None:
+    rng = np.random.default_rng(5)
+    seg = rng.uniform(0, 100, (80, 4))
+    # plus a chain of pieces along one line (these must link)
+    seg = np.vstack([seg, [[0, 50, 20, 50], [24, 50.5, 40, 50], [41, 49.8, 70, 50.2]]])
+    got = K.collinear_pairs(seg, math.radians(5), 3.0, 10.0)
+    ref = K.collinear_pairs_reference(seg, math.radians(5), 3.0, 10.0)
+    assert {tuple(x) for x in got} == {tuple(x) for x in ref}
+    assert {(80, 81), (81, 82)} <= {tuple(x) for x in got}
+    assert K.collinear_pairs(np.zeros((0, 4)), 0.1, 1.0, 1.0).shape == (0, 2)
+
+
 # --- polylines ------------------------------------------------------------------------------
 
 

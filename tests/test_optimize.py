@@ -301,6 +301,62 @@ def test_overhead_stats_and_deadline():
     assert opt.stats["n_tells"] == 10 + res2.n_evaluations
 
 
+def test_workers_evaluate_candidates_concurrently_and_in_order():
+    import threading
+
+    active, peak, lock = [0], [0], threading.Lock()
+
+    def slow(x):
+        with lock:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+        time.sleep(0.03)
+        with lock:
+            active[0] -= 1
+        return sphere_pair(0.0)(x)
+
+    opt = MultiObjectiveOptimizer(_unit_dims(3), 2, seed=3, n_candidates=300)
+    res = run_frame(slow, opt, budget=8, workers=2)
+    assert peak[0] == 2 and res.n_evaluations == 8 and opt.stats["n_tells"] == 8
+    # every told observation is the evaluation of its own x (order kept through the pool)
+    for x, y in zip(res.X, res.Y, strict=True):
+        np.testing.assert_allclose(y, sphere_pair(0.0)(x))
+    assert res.evaluation_s < 8 * 0.03  # wall time, not the sum of the evaluations
+    res2 = run_frame(slow, opt, budget=20, deadline_s=0.1, workers=2)
+    assert 2 <= res2.n_evaluations < 20
+
+
+def test_single_thread_limit_is_shared_between_threads():
+    import threading
+
+    from threadpoolctl import threadpool_info
+
+    from rewardscope.workflows.base import single_thread
+
+    def blas():  # BLAS limits are process-wide (OpenMP's are per calling thread)
+        return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+
+    before = blas()
+    entered, release = threading.Barrier(3, timeout=10), threading.Event()
+
+    def worker():
+        with single_thread():
+            entered.wait()
+            release.wait(10)
+
+    threads = [threading.Thread(target=worker) for _ in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        entered.wait()
+        assert all(n == 1 for n in blas())
+    finally:
+        release.set()
+        for t in threads:
+            t.join()
+    assert blas() == before
+
+
 def test_candidate_snapping_matches_skopt_round_trip():
     dims = [
         Categorical(["a", "b"], name="two"),

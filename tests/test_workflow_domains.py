@@ -195,7 +195,34 @@ def test_descriptors_are_cached_and_pca_reduced(frames):
     assert first.take(5).shape == (len(xy), 5)
     assert np.all(np.diff(first.explained) <= 1e-9)
     fft = descriptors.compute_descriptors(fr.image, xy, "fft", 9, 9, 0.0, 12.0, cache, "t")
-    assert fft.scores.shape[0] == len(xy) and len(cache) == 2
+    assert fft.scores.shape[0] == len(xy)
+    assert sum(k[0] == "descriptors" for k in cache) == 2
+    assert sum(k[0] == "blurred" for k in cache) == 2  # blur 0.5 and 0: each computed once
+
+
+def test_fft_features_equal_full_fft_crop():
+    """The low-frequency DFT by matrix products is the full FFT, cropped."""
+    rng = np.random.default_rng(6)
+    img = rng.normal(size=(60, 70)).astype(np.float32)
+    xy = rng.uniform(15.0, 45.0, size=(30, 2))
+    got = descriptors.fft_features(img, xy, 7, 9, 12.0)
+    p = descriptors.subpixel_patches(img, xy, 7, 9)
+    win = np.outer(np.hanning(17)[1:-1], np.hanning(21)[1:-1]).astype(np.float32)
+    mag = np.abs(np.fft.rfft2((p - p.mean(axis=(1, 2), keepdims=True)) * win, axes=(1, 2)))
+    crop = descriptors._fft_crop_mask((15, 19), 12.0)
+    ref = np.log1p(mag[:, crop])
+    ref = (ref - ref.mean(axis=1, keepdims=True)) / ref.std(axis=1, keepdims=True)
+    np.testing.assert_allclose(got, ref, atol=1e-4)
+
+
+def test_fit_sample_is_fixed_and_bounded():
+    rows = np.zeros(10_000, bool)
+    rows[::2] = True
+    a = descriptors.fit_sample(rows, 1000, seed=0)
+    assert len(a) == 1000 and rows[a].all() and np.all(np.diff(a) > 0)
+    np.testing.assert_array_equal(a, descriptors.fit_sample(rows, 1000, seed=0))
+    np.testing.assert_array_equal(descriptors.fit_sample(rows[:100], 1000),
+                                  np.flatnonzero(rows[:100]))
 
 
 def test_fft_features_ignore_point_reflection():

@@ -42,6 +42,7 @@ import math
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
@@ -668,39 +669,58 @@ def run_frame(
     budget: int,
     deadline_s: float | None = None,
     batch: int = 1,
+    workers: int = 1,
 ) -> FrameSearch:
     """One frame: re-evaluate the previous front (counts toward `budget`), then ask/evaluate
-    in batches until `budget` evaluations or `deadline_s` seconds, whichever comes first."""
+    in batches until `budget` evaluations or `deadline_s` seconds, whichever comes first.
+
+    ``workers`` > 1 evaluates up to that many candidates at once in threads (the objective
+    must be thread-safe; numpy, numba ``nogil`` kernels and BLAS release the GIL), asking at
+    least ``workers`` candidates per batch: ParEGO gives each batch member its own weight
+    vector, so a batch explores as well as the same number of sequential asks between
+    GP refits. The deadline is checked before each group of concurrent evaluations.
+    """
     t_start = time.perf_counter()
     overhead0 = opt.stats["overhead_s"]
     deadline = None if deadline_s is None else t_start + deadline_s
+    workers = max(1, int(workers))
+    batch = max(int(batch), workers)
     X: list[list] = []
     Ys: list[np.ndarray] = []
     eval_s = 0.0
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="eval") if workers > 1 else None
 
     def evaluate(xs: list[list]) -> int:
         nonlocal eval_s
         done = 0
-        for x in xs:
+        while done < len(xs):
             if len(X) >= budget or (deadline is not None and time.perf_counter() >= deadline):
                 break
+            group = xs[done: done + min(workers, budget - len(X))]
             t0 = time.perf_counter()
-            y = np.asarray(objective(x), dtype=np.float64).ravel()
+            if pool is None or len(group) == 1:
+                ys = [objective(x) for x in group]
+            else:
+                ys = list(pool.map(objective, group))
             eval_s += time.perf_counter() - t0
-            X.append(x)
-            Ys.append(y)
-            done += 1
+            X.extend(group)
+            Ys.extend(np.asarray(y, dtype=np.float64).ravel() for y in ys)
+            done += len(group)
         if done:
             opt.tell(X[-done:], np.array(Ys[-done:]))
         return done
 
-    reeval = opt.new_frame()
-    warm = bool(opt.stats["warm"])
-    evaluate(reeval)
-    while len(X) < budget and (deadline is None or time.perf_counter() < deadline):
-        xs = opt.ask(min(batch, budget - len(X)))
-        if evaluate(xs) < len(xs):
-            break
+    try:
+        reeval = opt.new_frame()
+        warm = bool(opt.stats["warm"])
+        evaluate(reeval)
+        while len(X) < budget and (deadline is None or time.perf_counter() < deadline):
+            xs = opt.ask(min(batch, budget - len(X)))
+            if evaluate(xs) < len(xs):
+                break
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True)
     pX, pY = opt.pareto()
     if pX:
         kx, ky = opt.knee()

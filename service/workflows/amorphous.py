@@ -410,6 +410,7 @@ class AmorphousWorkflow(Workflow):
     """
 
     name = "amorphous"
+    thread_safe = True  # per-frame caches are shared dicts; see base.single_thread
     rewards = (
         RewardSpec("region_compactness", "max", "area-weighted 4*pi*A/P^2 of the regions"),
         RewardSpec("normalised_perimeter", "min", "total boundary over that of one equal disk"),

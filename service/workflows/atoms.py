@@ -36,6 +36,7 @@ class AtomsWorkflow(Workflow):
     """LoG atom finding; see the module docstring."""
 
     name = "atoms"
+    thread_safe = True  # per-frame caches are shared dicts; see base.single_thread
     space = [
         # x lattice_px. Up to 0.25: under heavy noise the best detector is a LoG wider than the
         # column (more smoothing), measured here as F1 0.89 -> 0.97 at noise 0.35 of the A peak.

@@ -12,7 +12,10 @@ kept in the :class:`FrameContext` cache.
 
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,17 +23,35 @@ import numpy as np
 from threadpoolctl import ThreadpoolController
 
 _THREADPOOLS: list[ThreadpoolController] = []
+_LIMIT_LOCK = threading.Lock()
+_LIMIT_STATE: dict[str, Any] = {"depth": 0, "limiter": None}
 
 
-def single_thread():
+@contextmanager
+def single_thread() -> Iterator[None]:
     """Context limiting BLAS/OpenMP to one thread (controller built once: it costs ~5 ms).
 
     Workflow matrices are ~1000 x 16: threads only add start-up and, on a busy host,
-    contention (measured 20 ms -> 300+ ms per GMM fit with 2 cores shared by other work).
+    contention (measured 20 ms -> 300+ ms per GMM fit with 2 cores shared by other work);
+    the cores are better used evaluating candidates side by side (``eval_workers``).
+    Re-entrant and shared between threads: the limit is set by the first thread to enter
+    and lifted when the last one leaves (threadpoolctl limits are process-wide, so nested
+    per-thread limiters would restore each other's state in the wrong order).
     """
-    if not _THREADPOOLS:
-        _THREADPOOLS.append(ThreadpoolController())
-    return _THREADPOOLS[0].limit(limits=1)
+    with _LIMIT_LOCK:
+        if not _THREADPOOLS:
+            _THREADPOOLS.append(ThreadpoolController())
+        if _LIMIT_STATE["depth"] == 0:
+            _LIMIT_STATE["limiter"] = _THREADPOOLS[0].limit(limits=1)
+        _LIMIT_STATE["depth"] += 1
+    try:
+        yield
+    finally:
+        with _LIMIT_LOCK:
+            _LIMIT_STATE["depth"] -= 1
+            if _LIMIT_STATE["depth"] == 0:
+                _LIMIT_STATE["limiter"].restore_original_limits()
+                _LIMIT_STATE["limiter"] = None
 
 
 @dataclass(frozen=True)
@@ -80,6 +101,8 @@ class Workflow(ABC):
     name: str = ""
     space: list = []
     rewards: tuple[RewardSpec, ...] = ()
+    thread_safe: bool = False
+    """True when ``evaluate`` may run for several candidates of one frame at once."""
 
     def prepare(self, ctx: FrameContext) -> None:  # noqa: B027 - optional hook
         """Per-frame work shared by every candidate (called once per frame)."""

@@ -70,7 +70,6 @@ from scipy.sparse import coo_matrix, csr_matrix
 from scipy.sparse.csgraph import connected_components, dijkstra, minimum_spanning_tree
 from scipy.spatial import cKDTree
 from scipy.spatial.distance import cdist
-from skimage.draw import line as draw_line
 from skimage.transform import probabilistic_hough_line
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import GaussianMixture
@@ -110,6 +109,7 @@ LINK_RADIUS = 1.5  # lattice spacings: wall points closer than this belong to on
 ABSORB_BELOW = 0.2  # interior fraction below which a cluster is a wall or noise, not a domain
 MIN_CHAIN_POINTS = 3  # fewer wall points cannot carry a direction, let alone a curvature
 GMM_SEED = 0
+GMM_FIT_ROWS = 3000  # sites the mixture is fitted on (a fixed random sample beyond that)
 
 
 # --------------------------------------------------------------------------------------------
@@ -186,16 +186,8 @@ def rasterise_tree(points: np.ndarray, tree: csr_matrix, shape: tuple[int, int])
     the Hough transform can vote on; drawing the tree rather than every link keeps the trace
     one pixel thick, and separate walls (farther apart than the link radius) stay separate.
     """
-    h, w = shape
-    img = np.zeros((h, w), dtype=bool)
     coo = tree.tocoo()
-    if coo.nnz == 0:
-        return img
-    ij = np.clip(np.floor(points + 0.5).astype(np.int64), 0, [w - 1, h - 1])
-    for p, q in zip(coo.row, coo.col, strict=True):
-        rr, cc = draw_line(ij[p, 1], ij[p, 0], ij[q, 1], ij[q, 0])
-        img[rr, cc] = True
-    return img
+    return kernels.draw_segments(shape, points[coo.row], points[coo.col])
 
 
 def hough_segments(raster: np.ndarray, lattice_px: float, seed: int = 0) -> np.ndarray:
@@ -222,23 +214,6 @@ def hough_segments(raster: np.ndarray, lattice_px: float, seed: int = 0) -> np.n
     return np.array([[p0[0], p0[1], p1[0], p1[1]] for p0, p1 in lines], dtype=np.float64)
 
 
-def _collinear_pairs(seg: np.ndarray, max_angle: float, max_offset: float,
-                     max_gap: float) -> np.ndarray:
-    """(S, S) bool: segment j continues segment i: same direction (within ``max_angle`` rad),
-    both ends within ``max_offset`` px of i's line, at most ``max_gap`` px from i along it."""
-    p0, d = seg[:, :2], seg[:, 2:] - seg[:, :2]
-    length = np.maximum(np.hypot(d[:, 0], d[:, 1]), 1e-12)
-    u = d / length[:, None]
-    n = np.stack([-u[:, 1], u[:, 0]], axis=1)
-    r0 = seg[None, :, :2] - p0[:, None, :]  # [i, j]: j's start relative to i's start
-    r1 = seg[None, :, 2:] - p0[:, None, :]
-    same_dir = np.abs(u @ u.T) >= math.cos(max_angle)
-    off = np.maximum(np.abs(np.einsum("ijk,ik->ij", r0, n)), np.abs(np.einsum("ijk,ik->ij", r1, n)))
-    t0, t1 = np.einsum("ijk,ik->ij", r0, u), np.einsum("ijk,ik->ij", r1, u)
-    near = (np.minimum(t0, t1) - length[:, None] <= max_gap) & (-np.maximum(t0, t1) <= max_gap)
-    return same_dir & (off <= max_offset) & near
-
-
 def merge_collinear(segments: np.ndarray, lattice_px: float) -> np.ndarray:
     """Merge Hough segments that continue each other (same line, gap <= 3 lattice spacings).
 
@@ -252,8 +227,9 @@ def merge_collinear(segments: np.ndarray, lattice_px: float) -> np.ndarray:
     seg = np.asarray(segments, dtype=np.float64).reshape(-1, 4)
     if len(seg) < 2:
         return seg
-    link = _collinear_pairs(seg, math.radians(5.0), 0.5 * lattice_px, 3.0 * lattice_px)
-    n_groups, group = connected_components(csr_matrix(link | link.T), directed=False)
+    ij = kernels.collinear_pairs(seg, math.radians(5.0), 0.5 * lattice_px, 3.0 * lattice_px)
+    link = coo_matrix((np.ones(len(ij)), (ij[:, 0], ij[:, 1])), shape=(len(seg), len(seg)))
+    n_groups, group = connected_components(link.tocsr(), directed=False)
     lengths = np.hypot(seg[:, 2] - seg[:, 0], seg[:, 3] - seg[:, 1])
     sizes = np.bincount(group, minlength=n_groups)
     single = sizes[group] == 1
@@ -549,9 +525,13 @@ def _gmm_labels(x: np.ndarray, fit_rows: np.ndarray, k: int, cov: str) -> tuple[
     """Labels of every row and BIC per fitted row; components renumbered by decreasing size.
 
     The renumbering makes label ids independent of the mixture's internal order (the largest
-    domain is 0). BIC is divided by the number of fitted rows so frames compare.
+    domain is 0). BIC is divided by the number of fitted rows so frames compare. At most
+    GMM_FIT_ROWS interior rows (a fixed random sample) are fitted: a mixture of <= 4
+    components in <= 16 dimensions is pinned down by a few thousand sites, and every site is
+    then labelled by the fitted model.
     """
-    fit = x[fit_rows] if fit_rows.sum() > max(10, 3 * k) else x
+    rows = fit_rows if fit_rows.sum() > max(10, 3 * k) else np.ones(len(x), bool)
+    fit = x[descriptors.fit_sample(rows, GMM_FIT_ROWS, GMM_SEED)]
     k = max(1, min(int(k), fit.shape[0]))
     gmm = GaussianMixture(k, covariance_type=cov, random_state=GMM_SEED, n_init=2,
                           max_iter=100, tol=1e-3, reg_covar=1e-4)
@@ -569,6 +549,7 @@ class DomainsWorkflow(Workflow):
     """Polarization domains (GMM on per-site descriptors) and their walls; see module doc."""
 
     name = "domains"
+    thread_safe = True  # per-frame caches are shared dicts; see base.single_thread
     space = [
         Real(0.5, 1.5, name="w1"),  # patch half height, lattice spacings
         Real(0.5, 1.5, name="w2"),  # patch half width, lattice spacings
