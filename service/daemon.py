@@ -40,8 +40,8 @@ from .publish import result_message
 log = logging.getLogger("rewardscope.daemon")
 
 DROP_REASONS = ("seq_gap", "stale", "invalid", "duplicate")
-SETTABLE = ("lattice_px", "budget", "cold_budget", "deadline_s", "cold_deadline_s", "workflow",
-            "knee", "seed", "heartbeat_s", "session_gap_timeout_s")
+SETTABLE = ("lattice_px", "budget", "cold_budget", "deadline_s", "cold_deadline_s", "eval_workers",
+            "workflow", "knee", "seed", "heartbeat_s", "session_gap_timeout_s")
 _INPROC = "inproc://rewardscope-results-{}"
 CURVE_WIRED = True  # Daemon.start applies rewardscope.security to its sockets
 

@@ -54,8 +54,9 @@ __all__ = [
 ]
 
 FAMILIES = ("patch", "fft")
-MAX_PCA_DIMS = 16
-"""Scores kept per cached descriptor set; ``pca_dims`` above this is clipped."""
+MAX_PCA_DIMS = 12
+"""Scores kept per cached descriptor set (the domain search space's largest ``pca_dims``);
+``pca_dims`` above this is clipped."""
 BLUR_QUANTUM = 0.25
 """Blur sigmas are rounded to this (px) so that near-identical candidates share a cache entry."""
 PCA_FIT_ROWS = 2000
@@ -195,10 +196,8 @@ def cage_centres(sites_xy: np.ndarray, cage_xy: np.ndarray, lattice_px: float) -
 
 
 def _zscore_rows(x: np.ndarray) -> np.ndarray:
-    """Each row to zero mean, unit std (constant rows -> zeros)."""
-    x = x - x.mean(axis=1, keepdims=True)
-    sd = x.std(axis=1, keepdims=True)
-    return x / np.where(sd > 0, sd, 1.0)
+    """Each row to zero mean, unit std (constant rows -> zeros); float32 (numba kernel)."""
+    return kernels.zscore_rows(x)
 
 
 def _blurred(image: np.ndarray, blur: float) -> np.ndarray:
@@ -309,7 +308,7 @@ def pca_scores(
     """(scores (N, k'), explained ratios (k',)) by randomized SVD fitted on ``fit_rows``.
 
     Randomized SVD (Halko et al., 2 power iterations: the leading components, which carry
-    the domain contrast, are converged) of a ~1000 x 1000 patch matrix for 16 components
+    the domain contrast, are converged) of a ~1000 x 1000 patch matrix for 12 components
     takes ~10 ms single-threaded, a full SVD or covariance eigh ~30x more. Fitting on
     interior patches only keeps mirror-padded edge patches from defining the axes; every row
     is projected. At most PCA_FIT_ROWS rows (a fixed random sample) define the axes: the
@@ -325,7 +324,7 @@ def pca_scores(
     fit = x[fit_sample(rows, PCA_FIT_ROWS, seed)]
     k = int(max(1, min(k, fit.shape[0] - 1, x.shape[1])))
     mean = fit.mean(axis=0)
-    _, s, vt = randomized_svd(fit - mean, k, n_iter=2, random_state=seed)
+    _, s, vt = randomized_svd(fit - mean, k, n_oversamples=6, n_iter=2, random_state=seed)
     scores = (x - mean) @ vt.T
     total = float(((fit - mean) ** 2).sum())
     explained = (s**2) / total if total > 0 else np.zeros_like(s)

@@ -32,6 +32,7 @@ __all__ = [
     "segment_lengths",
     "subpixel_patches",
     "warmup",
+    "zscore_rows",
 ]
 
 PERIMETER_METHODS = ("crofton", "edges")
@@ -294,6 +295,36 @@ def subpixel_patches(image: np.ndarray, xy: np.ndarray, half_h: int, half_w: int
     img = np.ascontiguousarray(img, dtype=np.float32)
     return _subpixel_kernel(img, np.ascontiguousarray(pts[:, 0]), np.ascontiguousarray(pts[:, 1]),
                             hh, hw)
+
+
+@njit(cache=True, nogil=True)
+def _zscore_kernel(x, out):
+    n, m = x.shape
+    for i in range(n):
+        mean = 0.0
+        for j in range(m):
+            mean += x[i, j]
+        mean /= m
+        var = 0.0
+        for j in range(m):
+            d = x[i, j] - mean
+            var += d * d
+        sd = math.sqrt(var / m)
+        scale = 1.0 / sd if sd > 0 else 1.0
+        for j in range(m):
+            out[i, j] = (x[i, j] - mean) * scale
+
+
+def zscore_rows(x: np.ndarray) -> np.ndarray:
+    """(N, M) float32: each row minus its mean, divided by its (population) std; a constant
+    row becomes zeros. One pass per row in float64 accumulators, no temporaries."""
+    arr = np.ascontiguousarray(x, dtype=np.float32)
+    if arr.ndim != 2:
+        raise ValueError(f"x must be 2-D, got shape {arr.shape}")
+    out = np.empty_like(arr)
+    if arr.size:
+        _zscore_kernel(arr, out)
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -682,6 +713,7 @@ def warmup() -> None:
     knn_distance_sums(xy, 4)
     extract_patches(np.zeros((8, 8), dtype=np.float32), xy, 2, 2)
     subpixel_patches(np.zeros((8, 8), dtype=np.float32), xy, 2, 2)
+    zscore_rows(np.ones((2, 3), dtype=np.float32))
     draw_segments((8, 8), xy, xy[::-1])
     collinear_pairs(np.array([[0.0, 0.0, 4.0, 0.0], [5.0, 0.0, 9.0, 0.0]]), 0.1, 1.0, 2.0)
     t = np.linspace(0.0, 1.0, 8)
@@ -832,3 +864,11 @@ def collinear_pairs_reference(segments: np.ndarray, max_angle: float, max_offset
     t0, t1 = np.einsum("ijk,ik->ij", r0, u), np.einsum("ijk,ik->ij", r1, u)
     near = (np.minimum(t0, t1) - length[:, None] <= max_gap) & (-np.maximum(t0, t1) <= max_gap)
     return np.argwhere(same_dir & (off <= max_offset) & near).astype(np.int64)
+
+
+def zscore_rows_reference(x: np.ndarray) -> np.ndarray:
+    """Numpy twin of :func:`zscore_rows`."""
+    x = np.asarray(x, dtype=np.float64)
+    x = x - x.mean(axis=1, keepdims=True)
+    sd = x.std(axis=1, keepdims=True)
+    return (x / np.where(sd > 0, sd, 1.0)).astype(np.float32)

@@ -150,6 +150,16 @@ def test_subpixel_patches_match_reference_inside_and_beyond_edges() -> None:
     assert K.subpixel_patches(image, np.zeros((0, 2)), 2, 2).shape == (0, 5, 5)
 
 
+def test_zscore_rows_match_reference() -> None:
+    rng = np.random.default_rng(7)
+    x = rng.normal(3.0, 2.0, size=(50, 37)).astype(np.float32)
+    x[3] = 5.0  # constant row -> zeros
+    got = K.zscore_rows(x)
+    np.testing.assert_allclose(got, K.zscore_rows_reference(x), atol=1e-5)
+    assert not got[3].any() and got.dtype == np.float32
+    assert K.zscore_rows(np.zeros((0, 4))).shape == (0, 4)
+
+
 # --- wall rasters and segment merging --------------------------------------------------------
 
 

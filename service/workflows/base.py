@@ -29,24 +29,28 @@ _LIMIT_STATE: dict[str, Any] = {"depth": 0, "limiter": None}
 
 @contextmanager
 def single_thread() -> Iterator[None]:
-    """Context limiting BLAS/OpenMP to one thread (controller built once: it costs ~5 ms).
+    """Context limiting BLAS and OpenMP to one thread (controller built once: it costs ~5 ms).
 
     Workflow matrices are ~1000 x 16: threads only add start-up and, on a busy host,
     contention (measured 20 ms -> 300+ ms per GMM fit with 2 cores shared by other work);
     the cores are better used evaluating candidates side by side (``eval_workers``).
-    Re-entrant and shared between threads: the limit is set by the first thread to enter
-    and lifted when the last one leaves (threadpoolctl limits are process-wide, so nested
-    per-thread limiters would restore each other's state in the wrong order).
+    Safe to use from several threads at once: the BLAS limit is process-wide, so it is set
+    by the first thread to enter and lifted when the last one leaves (nested per-thread
+    limiters would restore each other's state in the wrong order); OpenMP's limit belongs to
+    the calling thread, so each thread sets and restores its own (without it, scikit-learn's
+    OpenMP k-means inside two evaluation threads ran 2 x 2 threads on 2 cores).
     """
     with _LIMIT_LOCK:
         if not _THREADPOOLS:
             _THREADPOOLS.append(ThreadpoolController())
         if _LIMIT_STATE["depth"] == 0:
-            _LIMIT_STATE["limiter"] = _THREADPOOLS[0].limit(limits=1)
+            _LIMIT_STATE["limiter"] = _THREADPOOLS[0].limit(limits=1, user_api="blas")
         _LIMIT_STATE["depth"] += 1
+    omp = _THREADPOOLS[0].limit(limits=1, user_api="openmp")
     try:
         yield
     finally:
+        omp.restore_original_limits()
         with _LIMIT_LOCK:
             _LIMIT_STATE["depth"] -= 1
             if _LIMIT_STATE["depth"] == 0:
