@@ -9,7 +9,7 @@ previous frame (budget 8 per workflow), the knee of the front.
 Quality is measured against the simulator's truth: atom F1 (0.25 a), domain ARI on the
 labelled sublattice, amorphous mask IoU. Prints a table; ratios are baseline / ours.
 
-    python -m benchmarks pipeline [-- --sizes 384 1024 --frames 3 --calls 20]
+    python -m benchmarks pipeline [-- --sizes 384 1024 --frames 6 --calls 20 --workflow all]
 """
 
 from __future__ import annotations
