@@ -334,28 +334,23 @@ def zscore_rows(x: np.ndarray) -> np.ndarray:
 
 @njit(cache=True, nogil=True)
 def _draw_kernel(img, r0, c0, r1, c1):
+    # all-octant integer Bresenham: one loop, error term over both axes
     for k in range(r0.shape[0]):
         r, c = r0[k], c0[k]
-        dr, dc = abs(r1[k] - r), abs(c1[k] - c)
-        sr = 1 if r1[k] > r else -1
+        dc, dr = abs(c1[k] - c), -abs(r1[k] - r)
         sc = 1 if c1[k] > c else -1
-        if dc >= dr:  # step along columns
-            err = dc // 2
-            for _ in range(dc + 1):
-                img[r, c] = True
-                err -= dr
-                if err < 0:
-                    r += sr
-                    err += dc
+        sr = 1 if r1[k] > r else -1
+        err = dc + dr
+        while True:
+            img[r, c] = True
+            if r == r1[k] and c == c1[k]:
+                break
+            e2 = 2 * err
+            if e2 >= dr:
+                err += dr
                 c += sc
-        else:
-            err = dr // 2
-            for _ in range(dr + 1):
-                img[r, c] = True
-                err -= dc
-                if err < 0:
-                    c += sc
-                    err += dr
+            if e2 <= dc:
+                err += dc
                 r += sr
 
 
