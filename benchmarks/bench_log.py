@@ -1,4 +1,4 @@
-"""LoG atom finding: ``skimage.feature.blob_log`` vs ``rewardscope.atomfind.find_atoms``.
+"""LoG atom finding: ``skimage.feature.blob_log`` vs ``rewardscope.science.atomfind.find_atoms``.
 
 Same normalised frame, same parameters, same process. Columns: blob_log seconds; ours
 "cold" (building the scale space, i.e. the first evaluation on a new frame) with all FFT
@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 from skimage.feature import blob_log
 
-from rewardscope.atomfind import LoGScaleSpace, find_atoms, normalize_frame, warmup
-from rewardscope.scoring import match_points
+from rewardscope.science.atomfind import LoGScaleSpace, find_atoms, normalize_frame, warmup
+from rewardscope.science.scoring import match_points
 
 LATTICE_PX = 12.0
 PARAMS = dict(min_sigma=0.72, max_sigma=2.4, num_sigma=10, threshold=0.05, overlap=0.5)

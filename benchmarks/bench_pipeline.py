@@ -22,10 +22,11 @@ import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import GaussianMixture
 
-from rewardscope import atomfind, config, kernels, rewards
+from rewardscope import config
 from rewardscope.engine import warmup
-from rewardscope.reward_engine import RewardEngine
-from rewardscope.scoring import labelled_ari, mask_iou, match_points
+from rewardscope.engine.session import SessionEngine
+from rewardscope.science import atomfind, kernels, rewards
+from rewardscope.science.scoring import labelled_ari, mask_iou, match_points
 from rewardscope.simulators.perovskite import PerovskiteSimulator, SimConfig
 from rewardscope.workflows import amorphous as amorphous_wf
 from rewardscope.workflows.base import FrameContext
@@ -151,7 +152,7 @@ def run_size(size: int, n_frames: int, calls: int, workflow: str) -> list[dict]:
     frames = list(sim.frames(n_frames))
     cfg = config.load(None, {"workflow": workflow, "lattice_px": LATTICE, "budget": 8,
                              "cold_budget": 16, "deadline_s": 60.0})
-    eng = RewardEngine("bench", cfg)
+    eng = SessionEngine("bench", cfg)
     ours_t, ours_q = [], {"F1": [], "ARI": [], "IoU": []}
     for sf in frames:
         t0 = time.perf_counter()

@@ -18,7 +18,7 @@ import numpy as np
 
 from rewardscope import config, logs
 from rewardscope.clients import InstrumentClient
-from rewardscope.daemon import Daemon
+from rewardscope.live.daemon import Daemon
 from rewardscope.simulators.perovskite import PerovskiteSimulator, SimConfig
 
 

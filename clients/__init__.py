@@ -1,5 +1,5 @@
 """Acquisition-side tools: send frames, receive results, steer the service, record streams."""
 
-from .client import ControlClient, InstrumentClient, ResultsClient
+from rewardscope.clients.client import ControlClient, InstrumentClient, ResultsClient
 
 __all__ = ["ControlClient", "InstrumentClient", "ResultsClient"]

@@ -6,8 +6,7 @@ import argparse
 import json
 
 from rewardscope import protocol
-
-from .client import ControlClient
+from rewardscope.clients.client import ControlClient
 
 
 def _value(text: str):

@@ -22,7 +22,7 @@ from typing import Any
 import zmq
 
 from rewardscope import protocol
-from rewardscope.recordlog import RecordWriter
+from rewardscope.storage.recordlog import RecordWriter
 
 log = logging.getLogger(__name__)
 

@@ -9,8 +9,7 @@ import sys
 import time
 
 from rewardscope import protocol
-
-from .client import ResultsClient
+from rewardscope.clients.client import ResultsClient
 
 
 def format_result(r: protocol.Result) -> str:

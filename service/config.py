@@ -16,7 +16,7 @@ from typing import Any
 
 import tomllib
 
-from . import protocol
+from rewardscope import protocol
 
 ENV_PREFIX = "REWARDSCOPE_"
 SECTIONS = ("service", "limits", "analysis", "security", "workflows")
@@ -92,7 +92,7 @@ class ServiceConfig:
     def validate(self) -> None:
         if self.frames_mode not in ("sub", "pull"):
             raise ConfigError(f"frames_mode must be 'sub' or 'pull', got '{self.frames_mode}'")
-        from .workflows import WORKFLOW_CHAINS
+        from rewardscope.workflows import WORKFLOW_CHAINS
 
         if self.workflow not in WORKFLOW_CHAINS:
             raise ConfigError(f"workflow must be one of {'|'.join(WORKFLOW_CHAINS)}, got "

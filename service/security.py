@@ -22,24 +22,24 @@ Certificates are the pyzmq/czmq text format: ``NAME.key`` (public, give it away)
 
 from __future__ import annotations
 
-import argparse
+import ipaddress
 import logging
 import os
 import re
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils import z85
 
-from .config import ConfigError
+from rewardscope.config import ConfigError
 
 log = logging.getLogger("rewardscope.security")
 
@@ -339,9 +339,21 @@ def _start_authenticator(context: zmq.Context, wait_s: float = 1.0) -> ThreadAut
             time.sleep(0.02)
 
 
-def _warn_plain_connect(url: str) -> None:
-    from .daemon import is_loopback_url  # lazy: the daemon imports this module
+def is_loopback_url(url: str) -> bool:
+    """True for tcp:// on 127.0.0.0/8, ::1 or localhost, and for ipc:// / inproc://."""
+    parsed = urlparse(url)
+    if parsed.scheme in ("ipc", "inproc"):
+        return True
+    host = (parsed.hostname or "").strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # '*', 0.0.0.0, interface names, DNS names: all reach the network
 
+
+def _warn_plain_connect(url: str) -> None:
     if not is_loopback_url(url):
         log.warning("frames socket connects without CURVE: frames travel unencrypted and the "
                     "instrument is not authenticated; set frames_bind = true so the instrument "
@@ -352,25 +364,3 @@ def secure(server: CurveServer | None, socket: zmq.Socket, *, bind: bool, url: s
     """The daemon's one-line seam: no-op when CURVE is off."""
     if server is not None:
         server.secure(socket, bind=bind, url=url)
-
-
-# ---------------------------------------------------------------------- ``rewardscope keys``
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", required=True, help="folder for the certificates (created 0700)")
-    p.add_argument("--name", action="append", dest="names", metavar="NAME",
-                   help="certificate name, repeatable (default: server and client)")
-    p.add_argument("--force", action="store_true", help="overwrite existing certificates")
-
-
-def run(args: argparse.Namespace) -> int:
-    names = tuple(args.names or ("server", "client"))
-    try:
-        written = write_keys(args.out, names, force=args.force)
-    except (CurveError, OSError, ValueError) as exc:
-        print(f"rewardscope keys: {exc}", file=sys.stderr)
-        return 2
-    for name, (public, secret) in written.items():
-        print(f"{name}: public {public}  secret {secret}")
-    print("Give the service its *.key_secret (curve_secret) and each client the server's .key; "
-          "copy each client's .key into the service's curve_allow folder.")
-    return 0

@@ -43,8 +43,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from rewardscope import protocol
-
-from .perovskite import PerovskiteSimulator, Truth
+from rewardscope.simulators.perovskite import PerovskiteSimulator, Truth
 
 FAULT_CODES: dict[str, str | None] = {
     "garbage": "bad_header",

@@ -25,9 +25,8 @@ import numpy as np
 import zmq
 
 from rewardscope import protocol
-
-from .faults import ALL_FAULTS, FaultPlan, Ledger, PlannedMessage, plan_stream
-from .perovskite import PerovskiteSimulator, SimConfig, Truth
+from rewardscope.simulators.faults import ALL_FAULTS, FaultPlan, Ledger, PlannedMessage, plan_stream
+from rewardscope.simulators.perovskite import PerovskiteSimulator, SimConfig, Truth
 
 log = logging.getLogger("rewardscope.simulate")
 

@@ -3,7 +3,7 @@
 Why: reproducing a session exactly — same bytes, same order, same pacing — is the cheapest way
 to debug, benchmark and regression-test the service without a microscope. Record logs are
 re-sent message for message, paced by the recorded receive-time gaps divided by ``speed``.
-Paths that are not record logs are read as still images (:mod:`rewardscope.simulators.stills`)
+Paths that are not record logs are read as still images (:mod:`rewardscope.storage.stills`)
 and sent as one session, ``interval_s`` apart.
 
 PUB mode binds an XPUB socket and waits for the first subscription before sending, so a
@@ -26,8 +26,8 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 import zmq
 
 from rewardscope import protocol
-from rewardscope.recordlog import Record, RecordReader, is_record_log
-from rewardscope.simulators import stills
+from rewardscope.storage import stills
+from rewardscope.storage.recordlog import Record, RecordReader, is_record_log
 
 log = logging.getLogger(__name__)
 

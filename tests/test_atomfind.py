@@ -10,8 +10,8 @@ import scipy.ndimage as ndi
 from skimage.feature import blob_log
 from skimage.feature.blob import _blob_overlap, _prune_blobs
 
-from rewardscope import atomfind
-from rewardscope.atomfind import (
+from rewardscope.science import atomfind
+from rewardscope.science.atomfind import (
     LoGScaleSpace,
     _overlap_fraction,
     _prune_sorted,
@@ -21,7 +21,7 @@ from rewardscope.atomfind import (
     normalize_frame,
     warmup,
 )
-from rewardscope.scoring import match_points
+from rewardscope.science.scoring import match_points
 
 SPACING = 12.0
 COLUMN_SIGMA = 1.3

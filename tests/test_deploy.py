@@ -21,7 +21,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from rewardscope import config
-from rewardscope.metrics import DROP_REASONS, STAGES, Metrics
+from rewardscope.live.metrics import DROP_REASONS, STAGES, Metrics
 
 try:
     import yaml
@@ -402,7 +402,7 @@ def test_running_daemon_exports_what_it_did(promtool: str) -> None:
     import time
 
     from rewardscope.clients import InstrumentClient, ResultsClient
-    from rewardscope.daemon import Daemon
+    from rewardscope.live.daemon import Daemon
     from rewardscope.simulators.perovskite import PerovskiteSimulator, SimConfig
 
     with socket.socket() as s:

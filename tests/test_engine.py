@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from rewardscope import config
-from rewardscope.reward_engine import RewardEngine
-from rewardscope.scoring import labelled_ari, match_points
+from rewardscope.engine.session import SessionEngine
+from rewardscope.science.scoring import labelled_ari, match_points
 from rewardscope.simulators.perovskite import PerovskiteSimulator, SimConfig
 
 LATTICE = 12.0
@@ -28,7 +28,7 @@ def _f1(analysis, truth) -> float:
 @pytest.mark.parametrize("noise,target", [(0.0, 0.98), (0.35, 0.95)])
 def test_atoms_f1_against_truth(noise, target):
     sim = PerovskiteSimulator(SimConfig(shape=(384, 384), noise_sigma=noise, seed=11))
-    eng = RewardEngine("t", _settings())
+    eng = SessionEngine("t", _settings())
     f1s = [_f1(eng.analyse(sf.pixels, LATTICE, _settings()), sf.truth) for sf in sim.frames(3)]
     assert min(f1s) >= target, f1s
 
@@ -38,7 +38,7 @@ def test_warm_frames_match_a_cold_run_with_five_times_the_budget():
     sim = PerovskiteSimulator(SimConfig(shape=(384, 384), noise_sigma=0.3, seed=4,
                                         drift_px_per_frame=(0.7, -0.4)))
     warm_cfg = _settings(budget=6, cold_budget=16)
-    warm = RewardEngine("warm", warm_cfg)
+    warm = SessionEngine("warm", warm_cfg)
     warm_f1, cold_f1 = [], []
     for sf in sim.frames(5):
         a = warm.analyse(sf.pixels, LATTICE, warm_cfg)
@@ -48,7 +48,7 @@ def test_warm_frames_match_a_cold_run_with_five_times_the_budget():
         assert a.warm_started and a.n_evaluations <= 6
         warm_f1.append(_f1(a, sf.truth))
         cold_cfg = _settings(cold_budget=30, seed=sf.index)
-        cold_f1.append(_f1(RewardEngine("cold", cold_cfg).analyse(sf.pixels, LATTICE, cold_cfg),
+        cold_f1.append(_f1(SessionEngine("cold", cold_cfg).analyse(sf.pixels, LATTICE, cold_cfg),
                            sf.truth))
     assert np.mean(warm_f1) >= np.mean(cold_f1) - 0.01, (warm_f1, cold_f1)
     assert min(warm_f1) >= 0.95
@@ -61,7 +61,7 @@ def test_parallel_evaluation_gives_the_serial_answer():
     out = {}
     for workers in (1, 2):
         cfg = _settings(workflow="domains", eval_workers=workers, cold_budget=10, budget=6)
-        eng = RewardEngine(f"w{workers}", cfg)
+        eng = SessionEngine(f"w{workers}", cfg)
         runs = [eng.analyse(sf.pixels, LATTICE, cfg) for sf in sim.frames(2)]
         out[workers] = runs
         assert [a.n_evaluations for a in runs] == [20, 12]
@@ -79,7 +79,7 @@ def test_knee_method_and_pareto_are_reported():
     sf = PerovskiteSimulator(SimConfig(shape=(256, 256), noise_sigma=0.2, seed=1)).frame(0)
     for knee in ("euclidean", "chebyshev"):
         cfg = _settings(knee=knee, cold_budget=12)
-        a = RewardEngine("k", cfg).analyse(sf.pixels, LATTICE, cfg)
+        a = SessionEngine("k", cfg).analyse(sf.pixels, LATTICE, cfg)
         assert a.pareto and all(p["workflow"] == "atoms" for p in a.pareto)
         assert a.params["atoms"] in [p["params"] for p in a.pareto]
         assert set(a.rewards) == {"count_quality", "implausible_neighbours"}
@@ -106,7 +106,7 @@ def test_user_reward_by_dotted_path_from_toml(tmp_path, monkeypatch):
                     '[workflows.atoms]\nrewards = ["count_quality", "myrewards:spacing_error"]\n')
     cfg = config.load(toml, {"lattice_px": LATTICE})
     sf = PerovskiteSimulator(SimConfig(shape=(128, 128), seed=2)).frame(0)
-    a = RewardEngine("u", cfg).analyse(sf.pixels, LATTICE, cfg)
+    a = SessionEngine("u", cfg).analyse(sf.pixels, LATTICE, cfg)
     assert set(a.rewards) >= {"count_quality", "myrewards:spacing_error"}
     assert a.rewards["myrewards:spacing_error"] < 0.2
     assert _f1(a, sf.truth) >= 0.98
@@ -115,16 +115,16 @@ def test_user_reward_by_dotted_path_from_toml(tmp_path, monkeypatch):
 def test_bad_user_reward_is_refused_at_session_start():
     cfg = _settings(rewards={"atoms": ["no_such_module_xyz:thing"]})
     with pytest.raises(LookupError, match="no_such_module_xyz"):
-        RewardEngine("bad", cfg)
+        SessionEngine("bad", cfg)
 
 
 def test_state_dict_round_trip_keeps_the_session_warm():
     cfg = _settings(budget=4, cold_budget=8)
     sim = PerovskiteSimulator(SimConfig(shape=(128, 128), seed=3))
-    eng = RewardEngine("s", cfg)
+    eng = SessionEngine("s", cfg)
     eng.analyse(sim.frame(0).pixels, LATTICE, cfg)
     state = json.loads(json.dumps(eng.state_dict()))
-    again = RewardEngine("s", cfg)
+    again = SessionEngine("s", cfg)
     again.load_state_dict(state)
     a = again.analyse(sim.frame(1).pixels, LATTICE, cfg)
     assert a.warm_started and a.n_evaluations <= 4
@@ -171,12 +171,12 @@ def test_cli_help_lists_every_subcommand(capsys):
 def test_all_workflows_against_ground_truth():
     """Atoms, domains + walls and amorphous regions from one warm-started session: the knee
     of each frame's front meets the ground-truth thresholds on a cold and two warm frames."""
-    from rewardscope.scoring import labelled_ari, mask_iou, wall_distance_medians
+    from rewardscope.science.scoring import labelled_ari, mask_iou, wall_distance_medians
 
     sim = PerovskiteSimulator(SimConfig(shape=(384, 384), amorphous_regions=1, noise_sigma=0.1,
                                         drift_px_per_frame=(0.4, 0.2), seed=3))
     cfg = _settings(workflow="all", budget=8, cold_budget=16, deadline_s=20.0)
-    eng = RewardEngine("all", cfg)
+    eng = SessionEngine("all", cfg)
     for sf in sim.frames(3):
         a = eng.analyse(sf.pixels, LATTICE, cfg)
         t = sf.truth

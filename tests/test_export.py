@@ -11,10 +11,11 @@ import h5py
 import numpy as np
 import pytest
 
-from rewardscope import __version__, cli, protocol, store
-from rewardscope.export import export_session
+from rewardscope import __version__, cli, protocol
 from rewardscope.protocol import Result
-from rewardscope.recordlog import RecordWriter
+from rewardscope.storage import sessions as store
+from rewardscope.storage.hdf5 import export_session
+from rewardscope.storage.recordlog import RecordWriter
 
 SESSION = "sample-7/area-3"
 SHAPE = (24, 32)

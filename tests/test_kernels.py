@@ -6,9 +6,10 @@ import math
 
 import numpy as np
 import pytest
+import references as R
 from skimage.measure import perimeter as skimage_perimeter
 
-from rewardscope import kernels as K
+from rewardscope.science import kernels as K
 
 
 def square_lattice(n: int, a: float, origin: float = 0.0) -> np.ndarray:
@@ -33,7 +34,7 @@ def test_warmup_compiles_everything() -> None:
 def test_knn_matches_reference_on_random_points(n: int, k: int) -> None:
     xy = np.random.default_rng(n * 10 + k).uniform(0, 100, (n, 2))
     got = K.knn_distance_sums(xy, k)
-    want = K.knn_distance_sums_reference(xy, k)
+    want = R.knn_distance_sums_reference(xy, k)
     assert got.shape == (n,) and got.dtype == np.float64
     np.testing.assert_allclose(got, want, rtol=1e-12)  # inf == inf when N <= k
 
@@ -60,12 +61,12 @@ def test_knn_small_n_is_inf_and_k0_is_zero() -> None:
     ],
 )
 def test_knn_matches_reference_on_degenerate_clouds(xy: np.ndarray) -> None:
-    np.testing.assert_allclose(K.knn_distance_sums(xy, 4), K.knn_distance_sums_reference(xy, 4))
+    np.testing.assert_allclose(K.knn_distance_sums(xy, 4), R.knn_distance_sums_reference(xy, 4))
 
 
 def test_knn_large_cloud_matches_reference() -> None:
     xy = np.random.default_rng(5).uniform(0, 512, (2000, 2))
-    np.testing.assert_allclose(K.knn_distance_sums(xy), K.knn_distance_sums_reference(xy))
+    np.testing.assert_allclose(K.knn_distance_sums(xy), R.knn_distance_sums_reference(xy))
 
 
 def test_knn_square_lattice_gives_4a_inside() -> None:
@@ -121,7 +122,7 @@ def test_patches_match_reference_including_far_outside_and_tiny_frames() -> None
         image = rng.normal(size=shape)
         xy = rng.uniform(-40, 60, (25, 2))
         got = K.extract_patches(image, xy, 5, 3)
-        np.testing.assert_array_equal(got, K.extract_patches_reference(image, xy, 5, 3))
+        np.testing.assert_array_equal(got, R.extract_patches_reference(image, xy, 5, 3))
 
 
 def test_patches_empty_rounding_and_validation() -> None:
@@ -141,7 +142,7 @@ def test_subpixel_patches_match_reference_inside_and_beyond_edges() -> None:
         image = rng.normal(size=shape).astype(np.float32)
         xy = rng.uniform(-10, 70, (40, 2))
         got = K.subpixel_patches(image, xy, 4, 6)
-        np.testing.assert_allclose(got, K.subpixel_patches_reference(image, xy, 4, 6),
+        np.testing.assert_allclose(got, R.subpixel_patches_reference(image, xy, 4, 6),
                                    atol=1e-5)
     # integer centres: plain slicing
     image = rng.normal(size=(30, 30)).astype(np.float32)
@@ -155,7 +156,7 @@ def test_zscore_rows_match_reference() -> None:
     x = rng.normal(3.0, 2.0, size=(50, 37)).astype(np.float32)
     x[3] = 5.0  # constant row -> zeros
     got = K.zscore_rows(x)
-    np.testing.assert_allclose(got, K.zscore_rows_reference(x), atol=1e-5)
+    np.testing.assert_allclose(got, R.zscore_rows_reference(x), atol=1e-5)
     assert not got[3].any() and got.dtype == np.float32
     assert K.zscore_rows(np.zeros((0, 4))).shape == (0, 4)
 
@@ -168,7 +169,7 @@ def test_draw_segments_matches_skimage_lines() -> None:
     p = rng.uniform(-5, 70, (60, 2))
     q = rng.uniform(-5, 70, (60, 2))
     got = K.draw_segments((64, 64), p, q)
-    ref = K.draw_segments_reference((64, 64), p, q)
+    ref = R.draw_segments_reference((64, 64), p, q)
     # Same endpoints, same pixel count per line; ties on exact half steps may differ.
     assert abs(int(got.sum()) - int(ref.sum())) <= 0.02 * ref.sum()
     assert (got & ref).sum() >= 0.95 * ref.sum()
@@ -184,7 +185,7 @@ def test_collinear_pairs_match_reference() -> None:
     # plus a chain of pieces along one line (these must link)
     seg = np.vstack([seg, [[0, 50, 20, 50], [24, 50.5, 40, 50], [41, 49.8, 70, 50.2]]])
     got = K.collinear_pairs(seg, math.radians(5), 3.0, 10.0)
-    ref = K.collinear_pairs_reference(seg, math.radians(5), 3.0, 10.0)
+    ref = R.collinear_pairs_reference(seg, math.radians(5), 3.0, 10.0)
     assert {tuple(x) for x in got} == {tuple(x) for x in ref}
     assert {(80, 81), (81, 82)} <= {tuple(x) for x in got}
     assert K.collinear_pairs(np.zeros((0, 4)), 0.1, 1.0, 1.0).shape == (0, 2)
@@ -228,7 +229,7 @@ def test_curvature_profile_matches_reference(seed: int) -> None:
     for step, smooth in [(None, 0), (None, 2), (0.7, 0), (2.0, 1), (50.0, 0)]:
         np.testing.assert_allclose(
             K.curvature_profile(pts, step, smooth),
-            K.curvature_profile_reference(pts, step, smooth),
+            R.curvature_profile_reference(pts, step, smooth),
             rtol=1e-9,
             atol=1e-12,
         )
@@ -313,7 +314,7 @@ def test_label_perimeters_match_reference_and_single_masks(method: str) -> None:
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 6, (31, 27))
     got = K.label_perimeters(labels, 5, method)
-    np.testing.assert_allclose(got, K.label_perimeters_reference(labels, 5, method))
+    np.testing.assert_allclose(got, R.label_perimeters_reference(labels, 5, method))
     for lab in range(1, 6):
         assert got[lab] == pytest.approx(K.mask_perimeter(labels == lab, method))
     assert K.label_perimeters(labels, method=method).shape == (6,)

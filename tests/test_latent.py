@@ -15,10 +15,10 @@ from scipy import ndimage
 from sklearn.metrics import adjusted_rand_score
 from sklearn.mixture import GaussianMixture
 
-from rewardscope import rewards
-from rewardscope.atomfind import normalize_frame
-from rewardscope.kernels import extract_patches
-from rewardscope.latent import LatentModel, default_device
+from rewardscope.science import rewards
+from rewardscope.science.atomfind import normalize_frame
+from rewardscope.science.kernels import extract_patches
+from rewardscope.science.vae import LatentModel, default_device
 from rewardscope.simulators.perovskite import PerovskiteSimulator, SimConfig
 from rewardscope.workflows.base import FrameContext
 from rewardscope.workflows.latent import (

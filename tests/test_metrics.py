@@ -9,7 +9,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from rewardscope import __version__, protocol
-from rewardscope.metrics import DROP_REASONS, STAGES, STATES, Metrics
+from rewardscope.live.metrics import DROP_REASONS, STAGES, STATES, Metrics
 
 
 def samples(m: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

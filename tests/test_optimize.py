@@ -7,6 +7,11 @@ import time
 
 import numpy as np
 import pytest
+from references import (
+    hypervolume_reference,
+    non_dominated_mask_reference,
+    non_dominated_sort_reference,
+)
 from skopt.space import Categorical, Integer, Real
 
 from rewardscope.optimize import (
@@ -16,11 +21,6 @@ from rewardscope.optimize import (
     non_dominated_mask,
     non_dominated_sort,
     run_frame,
-)
-from rewardscope.optimize.hypervolume import hypervolume_reference
-from rewardscope.optimize.pareto import (
-    non_dominated_mask_reference,
-    non_dominated_sort_reference,
 )
 
 

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rewardscope import protocol
-from rewardscope.ingest import Ingest
+from rewardscope.live.ingest import Ingest
 from rewardscope.protocol import ProtocolError
 
 

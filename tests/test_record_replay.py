@@ -18,7 +18,8 @@ import zmq
 
 from rewardscope import protocol
 from rewardscope.clients.recorder import record
-from rewardscope.recordlog import (
+from rewardscope.simulators.replay import replay
+from rewardscope.storage.recordlog import (
     FILE_HEADER,
     FILE_HEADER_SIZE,
     RECORD_HEADER_SIZE,
@@ -29,7 +30,6 @@ from rewardscope.recordlog import (
     is_record_log,
     read_records,
 )
-from rewardscope.simulators.replay import replay
 
 ANY_PORT = "tcp://127.0.0.1:*"
 

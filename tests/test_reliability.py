@@ -17,11 +17,11 @@ import pytest
 
 from rewardscope import config, protocol
 from rewardscope.clients import ControlClient, InstrumentClient, ResultsClient
-from rewardscope.daemon import Daemon
-from rewardscope.recordlog import RecordReader
+from rewardscope.live.daemon import Daemon
 from rewardscope.simulators.faults import FaultPlan, plan_stream
 from rewardscope.simulators.perovskite import PerovskiteSimulator, SimConfig
 from rewardscope.simulators.publisher import publish
+from rewardscope.storage.recordlog import RecordReader
 
 LATTICE = 12.0
 
@@ -150,7 +150,7 @@ def _serve(store: Path, ports: list[int]) -> subprocess.Popen:
 
 
 def test_sigkill_loses_no_received_frame_and_restarts_warm(tmp_path):
-    from rewardscope.store import session_path
+    from rewardscope.storage.sessions import session_path
 
     ports = _free_ports(3)
     sim = PerovskiteSimulator(SimConfig(shape=(128, 128), lattice_px=LATTICE, seed=9))

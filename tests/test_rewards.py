@@ -9,7 +9,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from rewardscope import rewards as R
+from rewardscope.science import rewards as R
 
 
 def abo3_lattice(n: int, a: float, origin: float = 0.0) -> np.ndarray:
@@ -82,7 +82,7 @@ def test_evaluate_picks_arguments_from_context() -> None:
 USER_MODULE = '''
 import functools
 
-from rewardscope.rewards import Reward, register
+from rewardscope.science.rewards import Reward, register
 
 
 @register("test_user_registered", "max", "registered through the decorator")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy.optimize import linear_sum_assignment
 
-from rewardscope.scoring import MatchResult, match_points
+from rewardscope.science.scoring import MatchResult, match_points
 
 
 def brute_force_max_pairs(pred: np.ndarray, true: np.ndarray, tol: float) -> int:

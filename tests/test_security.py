@@ -17,10 +17,11 @@ import numpy as np
 import pytest
 import zmq
 
-from rewardscope import config, daemon, protocol
+from rewardscope import config, protocol
 from rewardscope.cli import main as cli_main
 from rewardscope.clients import ControlClient, InstrumentClient, ResultsClient
-from rewardscope.daemon import Daemon, InsecureBindError, check_bind_policy
+from rewardscope.live import daemon
+from rewardscope.live.daemon import Daemon, InsecureBindError, check_bind_policy
 from rewardscope.security import CurveError, CurveServer, apply_client, load_secret, write_keys
 
 pytestmark = pytest.mark.skipif(not zmq.has("curve"), reason="libzmq built without CURVE")

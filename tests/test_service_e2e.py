@@ -15,8 +15,8 @@ import pytest
 
 from rewardscope import config, protocol
 from rewardscope.clients import ControlClient, InstrumentClient, ResultsClient
-from rewardscope.daemon import Daemon, InsecureBindError
-from rewardscope.scoring import match_points
+from rewardscope.live.daemon import Daemon, InsecureBindError
+from rewardscope.science.scoring import match_points
 from rewardscope.simulators.perovskite import PerovskiteSimulator, SimConfig
 
 LATTICE = 12.0

@@ -14,10 +14,10 @@ import tifffile
 import zmq
 
 from rewardscope import protocol
-from rewardscope.recordlog import read_records
-from rewardscope.simulators import stills
+from rewardscope.cli import importer
 from rewardscope.simulators.replay import replay
-from rewardscope.simulators.stills import (
+from rewardscope.storage.recordlog import read_records
+from rewardscope.storage.stills import (
     ImageFormatError,
     images_to_session,
     import_images,
@@ -219,11 +219,11 @@ def test_import_then_replay_round_trip(tmp_path: Path) -> None:
     iio.imwrite(tmp_path / "c.png", RNG.integers(0, 255, (16, 16)).astype(np.uint8))
     out = tmp_path / "stills.rsrec"
     parser = argparse.ArgumentParser()
-    stills.add_arguments(parser)
+    importer.add_arguments(parser)
     args = parser.parse_args([str(tmp_path / n) for n in ("a.npy", "b.tif", "c.png")]
                              + ["--out", str(out), "--session", "imp", "--lattice-px", "5",
                                 "--interval", "0.05"])
-    assert stills.run(args) == 0
+    assert importer.run(args) == 0
     records = read_records(out)
     assert len(records) == 6  # start, 4 frames, end
     assert [round(r.t - records[0].t, 6) for r in records[1:-1]] == [0.0, 0.05, 0.1, 0.15]

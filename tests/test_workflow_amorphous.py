@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from skopt.space import Space
 
-from rewardscope.atomfind import atoms_xy, find_atoms, normalize_frame
 from rewardscope.optimize.knee import knee_index
-from rewardscope.rewards import REGISTRY
+from rewardscope.science.atomfind import atoms_xy, find_atoms, normalize_frame
+from rewardscope.science.rewards import REGISTRY
 from rewardscope.simulators.perovskite import PerovskiteSimulator, SimConfig
 from rewardscope.workflows.amorphous import AmorphousWorkflow, order_contrast
 from rewardscope.workflows.base import FrameContext

@@ -18,8 +18,8 @@ from scipy import ndimage
 from sklearn.metrics import adjusted_rand_score
 from skopt.space import Space
 
-from rewardscope import atomfind, descriptors, kernels, rewards
-from rewardscope.scoring import match_points
+from rewardscope.science import atomfind, descriptors, kernels, rewards
+from rewardscope.science.scoring import match_points
 from rewardscope.simulators.perovskite import PerovskiteSimulator, SimConfig
 from rewardscope.workflows.base import Evaluation, FrameContext
 from rewardscope.workflows.domains import (

@@ -1,9 +1,9 @@
 """Per-frame multi-objective hyperparameter search: Pareto tools, hypervolume, knee, ParEGO."""
 
-from .hypervolume import hypervolume
-from .knee import knee_index
-from .mobo import FrameSearch, MultiObjectiveOptimizer, run_frame
-from .pareto import non_dominated_mask, non_dominated_sort
+from rewardscope.optimize.hypervolume import hypervolume
+from rewardscope.optimize.knee import knee_index
+from rewardscope.optimize.mobo import FrameSearch, MultiObjectiveOptimizer, run_frame
+from rewardscope.optimize.pareto import non_dominated_mask, non_dominated_sort
 
 __all__ = [
     "FrameSearch",

@@ -10,8 +10,6 @@ non-finite rows, contribute nothing and are dropped first.
 
 from __future__ import annotations
 
-import itertools
-
 import numpy as np
 from numba import njit
 
@@ -107,21 +105,3 @@ def hypervolume(Y, ref) -> float:
     if d == 2:
         return float(_hv2d_nb(P, ref[0], ref[1]))
     return float(_hv3d_nb(P, ref))
-
-
-def hypervolume_reference(Y, ref) -> float:
-    """Exact grid reference (any dimension, O(n^d * n)) for tests.
-
-    The distinct coordinates cut the box below `ref` into cells; a cell is covered iff some
-    point weakly dominates its lower corner. No Monte Carlo, so the comparison is exact.
-    """
-    P, ref = _prepare(Y, ref)
-    if P.shape[0] == 0:
-        return 0.0
-    d = ref.size
-    cuts = [np.unique(np.append(P[:, k], ref[k])) for k in range(d)]
-    widths = [np.diff(c) for c in cuts]
-    lowers = np.array(list(itertools.product(*[c[:-1] for c in cuts])))
-    vols = np.array([np.prod(w) for w in itertools.product(*widths)])
-    covered = np.all(P[None, :, :] <= lowers[:, None, :], axis=2).any(axis=1)
-    return float(vols[covered].sum())

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .pareto import non_dominated_mask
+from rewardscope.optimize.pareto import non_dominated_mask
 
 _METHODS = ("euclidean", "chebyshev")
 

@@ -58,9 +58,9 @@ from skopt.space import Real, Space
 from skopt.utils import normalize_dimensions
 from threadpoolctl import ThreadpoolController
 
-from .hypervolume import hypervolume as _hypervolume
-from .knee import knee_index, normalise_front
-from .pareto import non_dominated_mask
+from rewardscope.optimize.hypervolume import hypervolume as _hypervolume
+from rewardscope.optimize.knee import knee_index, normalise_front
+from rewardscope.optimize.pareto import non_dominated_mask
 
 RHO = 0.05  # augmented Chebyshev term (Knowles 2006)
 NOISE0 = 0.03  # observation noise sd of a current-frame point, standardised units

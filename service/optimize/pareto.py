@@ -99,31 +99,3 @@ def non_dominated_sort(Y) -> np.ndarray:
     if Y.shape[0] == 0:
         return np.zeros(0, dtype=np.int64)
     return _non_dominated_sort_nb(Y)
-
-
-def _domination_matrix(Y: np.ndarray) -> np.ndarray:
-    le = np.all(Y[:, None, :] <= Y[None, :, :], axis=2)
-    lt = np.any(Y[:, None, :] < Y[None, :, :], axis=2)
-    return le & lt  # [i, j]: i dominates j
-
-
-def non_dominated_mask_reference(Y) -> np.ndarray:
-    """Plain-numpy O(n^2 m) memory reference for tests."""
-    Y = _as_2d(Y)
-    return ~_domination_matrix(Y).any(axis=0)
-
-
-def non_dominated_sort_reference(Y) -> np.ndarray:
-    """Plain-numpy reference: peel fronts one at a time."""
-    Y = _as_2d(Y)
-    dom = _domination_matrix(Y)
-    rank = np.full(Y.shape[0], -1, dtype=np.int64)
-    remaining = np.ones(Y.shape[0], dtype=bool)
-    r = 0
-    while remaining.any():
-        sub = dom[np.ix_(remaining, remaining)]
-        front = np.flatnonzero(remaining)[~sub.any(axis=0)]
-        rank[front] = r
-        remaining[front] = False
-        r += 1
-    return rank

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import inspect
 
-from .base import Evaluation, FrameContext, RewardSpec, Workflow
+from rewardscope.workflows.base import Evaluation, FrameContext, RewardSpec, Workflow
 
 # name -> "module:Class" (imported on first use, so a session pays only for what it runs)
 WORKFLOWS = {

@@ -15,7 +15,7 @@ One evaluation (everything before the GMM fit is cached per frame, or per frame 
    * *patch profile* (per window ``w``): the azimuthal mean of the (2w+1)^2 patch ring by ring
      (pixels inside the frame only), minus the median profile of the atom's sublattice and
      divided by its MAD (A bright / B dim, from ``ctx.sites`` or
-     :func:`rewardscope.descriptors.classify_sublattices`), PCA to ``PCA_DIMS`` scores.
+     :func:`rewardscope.science.descriptors.classify_sublattices`), PCA to ``PCA_DIMS`` scores.
      Measured: raw patches let a 2-3 component GMM split A from B, and full 2-D patches let
      it split polarization domains (direction of the B displacement); azimuthal averaging and
      the per-sublattice template leave mostly what amorphisation changes (dimmer, broader
@@ -37,7 +37,7 @@ One evaluation (everything before the GMM fit is cached per frame, or per frame 
    dropped again. ``labels`` (int16 per atom of ``ctx.atoms``) = the mask at the atom.
 
 Rewards: the paper's ``region_compactness`` (max) and ``normalised_perimeter`` (min) from
-:mod:`rewardscope.rewards`, plus ``order_contrast`` (max, registered here): the share of the
+:mod:`rewardscope.science.rewards`, plus ``order_contrast`` (max, registered here): the share of the
 variance of the site disorder score explained by the mask (Otsu's between-class criterion).
 Why a third: the two shape rewards are blind to *what* the mask covers. A whole-frame mask
 (compactness ~0.8-0.9, perimeter ratio ~1.1) and a compact half of one region both beat a
@@ -58,11 +58,10 @@ from scipy.spatial import cKDTree
 from sklearn.mixture import GaussianMixture
 from skopt.space import Categorical, Integer, Real
 
-from rewardscope import kernels
-from rewardscope.descriptors import classify_sublattices
-from rewardscope.rewards import normalised_perimeter, region_compactness, register
-
-from .base import Evaluation, FrameContext, RewardSpec, Workflow, single_thread
+from rewardscope.science import kernels
+from rewardscope.science.descriptors import classify_sublattices
+from rewardscope.science.rewards import normalised_perimeter, region_compactness, register
+from rewardscope.workflows.base import Evaluation, FrameContext, RewardSpec, Workflow, single_thread
 
 __all__ = [
     "AmorphousWorkflow",

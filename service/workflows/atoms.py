@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 from skopt.space import Integer, Real
 
-from .. import atomfind, rewards
-from .base import Evaluation, FrameContext, RewardSpec, Workflow
+from rewardscope.science import atomfind, rewards
+from rewardscope.workflows.base import Evaluation, FrameContext, RewardSpec, Workflow
 
 SITES_PER_CELL = 2  # ABO3 [001]: A and B columns per a x a cell
 

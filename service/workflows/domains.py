@@ -3,12 +3,12 @@
 Steps for one candidate (after Barakati et al., reward-driven GMM segmentation of Sm-BiFeO3):
 
 1. sites (once per frame and atom set): every atom of ``ctx.atoms`` is A (bright) or B (dim)
-   by column intensity (:func:`rewardscope.descriptors.classify_sublattices`); the labelled
+   by column intensity (:func:`rewardscope.science.descriptors.classify_sublattices`); the labelled
    sublattice (B by default) is cleaned of implausible detections (:func:`select_key_sites`)
    and each site is placed at the centre of its cage of other-sublattice columns
-   (:func:`rewardscope.descriptors.cage_centres`);
+   (:func:`rewardscope.science.descriptors.cage_centres`);
 2. descriptors at those centres, family ``patch`` or ``fft``, PCA-reduced and cached per frame
-   (:mod:`rewardscope.descriptors`);
+   (:mod:`rewardscope.science.descriptors`);
 3. a Gaussian mixture (``n_components``, ``covariance_type``) fitted on the interior sites
    (patches without mirror padding) labels every site; an edge site keeps its label only if
    a valid neighbour shares it (:func:`_inherit_edge_labels`), and a cluster with almost no
@@ -26,7 +26,7 @@ site next to a wall still reads its own domain. A patch centred on A sees its fo
 neighbours, two of which belong to the other domain next to a wall: on simulated frames
 A-centred patches gave ARI 0.77-0.92 against 1.0 for B-centred ones.
 ``DomainsWorkflow(sublattice="A")`` is there for samples where B is not visible. (``fft``
-descriptors are blind to 180 degree variant pairs; see :mod:`rewardscope.descriptors`.)
+descriptors are blind to 180 degree variant pairs; see :mod:`rewardscope.science.descriptors`.)
 
 Objectives (all in the reward registry), and why these three:
 
@@ -75,7 +75,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import GaussianMixture
 from skopt.space import Categorical, Integer, Real
 
-from rewardscope import descriptors, kernels, rewards
+from rewardscope.science import descriptors, kernels, rewards
 from rewardscope.workflows.base import (
     Evaluation,
     FrameContext,
@@ -275,7 +275,7 @@ def wall_span(segments: np.ndarray, shape: tuple[int, int]) -> float:
     """R2 made independent of where a wall meets the frame: mean over segments of
     length / (frame chord along the segment's line), in [0, 1]; no segment -> 0.0 (worst).
 
-    The paper's R2 (:func:`rewardscope.rewards.wall_length_per_segment`, total length per
+    The paper's R2 (:func:`rewardscope.science.rewards.wall_length_per_segment`, total length per
     segment) rewards continuity, but also position: a diagonal wall near a frame corner is
     short however continuous it is, so a labelling that shifts a wall one site row toward the
     frame centre, or an artefact along the frame diagonal, scores better. Dividing each

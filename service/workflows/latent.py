@@ -5,7 +5,7 @@ invariant VAEs). Steps for one candidate:
 
 1. patches of (2h+1)^2 px around the atoms of ``ctx.atoms`` (all of them, or one sublattice),
    h = ``window`` eighths of a lattice spacing;
-2. an iVAE (:class:`rewardscope.latent.LatentModel`, rotation-invariant by default) maps each
+2. an iVAE (:class:`rewardscope.science.vae.LatentModel`, rotation-invariant by default) maps each
    patch to ``latent_dim`` content latents. A model is trained once per session per
    architecture (patch size, latent_dim), on the first frame that asks for it, and reused on
    later frames; the workflow counts trainings and model swaps;
@@ -68,8 +68,8 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import GaussianMixture
 from skopt.space import Categorical, Integer
 
-from rewardscope import descriptors, kernels, rewards
-from rewardscope.latent import LatentModel
+from rewardscope.science import descriptors, kernels, rewards
+from rewardscope.science.vae import LatentModel
 from rewardscope.workflows.base import (
     Evaluation,
     FrameContext,

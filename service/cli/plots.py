@@ -10,7 +10,7 @@ matplotlib.use("Agg")  # headless: the service and CI have no display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from .analysis import Analysis  # noqa: E402
+from rewardscope.engine.analysis import Analysis  # noqa: E402
 
 
 def overlay(image: np.ndarray, analysis: Analysis, path: str | Path) -> None:

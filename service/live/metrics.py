@@ -30,7 +30,7 @@ from prometheus_client import (
     start_http_server,
 )
 
-from . import __version__, protocol
+from rewardscope import __version__, protocol
 
 log = logging.getLogger(__name__)
 

@@ -8,8 +8,8 @@ import json
 import logging
 import sys
 
-from . import config, logs
-from .workflows import WORKFLOW_CHAINS
+from rewardscope import config, logs
+from rewardscope.workflows import WORKFLOW_CHAINS
 
 # flag -> config key
 FLAGS = {
@@ -52,7 +52,7 @@ def effective_config(args: argparse.Namespace) -> config.ServiceConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .daemon import Daemon  # heavy imports only when serving
+    from rewardscope.live.daemon import Daemon  # heavy imports only when serving
 
     try:
         cfg = effective_config(args)

@@ -16,7 +16,6 @@ loop goes on with the next one: nothing the instrument sends can stop the daemon
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import signal
 import threading
@@ -24,20 +23,20 @@ import time
 import traceback
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
-from urllib.parse import urlparse
 
 import zmq
 
-from . import __version__, protocol, security
-from .config import ConfigError, ServiceConfig
-from .engine import SessionEngine, make_engine
-from .engine import warmup as engine_warmup
-from .ingest import Accepted, Ingest, Marker
-from .metrics import Metrics
-from .protocol import ProtocolError
-from .publish import result_message
+from rewardscope import __version__, protocol, security
+from rewardscope.config import ConfigError, ServiceConfig
+from rewardscope.engine import SessionEngine, make_engine
+from rewardscope.engine import warmup as engine_warmup
+from rewardscope.live.ingest import Accepted, Ingest, Marker
+from rewardscope.live.metrics import Metrics
+from rewardscope.live.publish import result_message
+from rewardscope.protocol import ProtocolError
+from rewardscope.security import is_loopback_url
 
-log = logging.getLogger("rewardscope.daemon")
+log = logging.getLogger("rewardscope.live.daemon")
 
 DROP_REASONS = ("seq_gap", "stale", "invalid", "duplicate")
 SETTABLE = ("lattice_px", "budget", "cold_budget", "deadline_s", "cold_deadline_s", "eval_workers",
@@ -48,20 +47,6 @@ CURVE_WIRED = True  # Daemon.start applies rewardscope.security to its sockets
 
 class InsecureBindError(ConfigError):
     """Refusing to expose control/results on the network without authentication."""
-
-
-def is_loopback_url(url: str) -> bool:
-    """True for tcp:// on 127.0.0.0/8, ::1 or localhost, and for ipc:// / inproc://."""
-    parsed = urlparse(url)
-    if parsed.scheme in ("ipc", "inproc"):
-        return True
-    host = (parsed.hostname or "").strip("[]")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False  # '*', 0.0.0.0, interface names, DNS names: all reach the network
 
 
 def check_bind_policy(cfg: ServiceConfig) -> None:
@@ -151,7 +136,7 @@ class Daemon:
         self.engines: OrderedDict[str, SessionEngine] = OrderedDict()
         self.store = None
         if cfg.store:
-            from .sessionstore import SessionStore
+            from rewardscope.storage.sessions import SessionStore
 
             self.store = SessionStore(cfg.store)
         self._engines_lock = threading.Lock()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .workflows import WORKFLOW_CHAINS
+from rewardscope.workflows import WORKFLOW_CHAINS
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -34,9 +34,9 @@ def analyze(image: np.ndarray, lattice_px: float, *, workflow: str = "all", budg
     """Run the reward-driven chain once with a generous budget; returns (Analysis, seconds)."""
     from tqdm import tqdm
 
-    from . import config, engine
-    from .reward_engine import RewardEngine
-    from .workflows import WORKFLOW_CHAINS
+    from rewardscope import config, engine
+    from rewardscope.engine.session import SessionEngine
+    from rewardscope.workflows import WORKFLOW_CHAINS
 
     engine.warmup()
     cfg = config.load(None, {"workflow": workflow, "cold_budget": budget, "budget": budget,
@@ -44,7 +44,7 @@ def analyze(image: np.ndarray, lattice_px: float, *, workflow: str = "all", budg
     total = budget * len(WORKFLOW_CHAINS[workflow])
     bar = tqdm(total=total, desc="evaluations", unit="eval", disable=not progress,
                file=sys.stderr)
-    eng = RewardEngine("offline", cfg, on_evaluation=lambda wf: bar.set_postfix_str(wf)
+    eng = SessionEngine("offline", cfg, on_evaluation=lambda wf: bar.set_postfix_str(wf)
                        or bar.update(1))
     t0 = time.perf_counter()
     result = eng.analyse(image, lattice_px, cfg)
@@ -53,9 +53,9 @@ def analyze(image: np.ndarray, lattice_px: float, *, workflow: str = "all", budg
 
 
 def run(args: argparse.Namespace) -> int:
-    from rewardscope.simulators.stills import load_image
-
-    from . import atomfind, plots
+    from rewardscope.cli import plots
+    from rewardscope.science import atomfind
+    from rewardscope.storage.stills import load_image
 
     image, _meta = load_image(args.image)
     out = Path(args.out)

@@ -40,11 +40,9 @@ HyperSpy file (``hs.load(path, reader="HSPY")``): ``/Experiments/frames/data`` i
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
-import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import closing
@@ -56,17 +54,15 @@ from typing import Any
 import h5py
 import numpy as np
 
-from . import __version__, protocol
-from .protocol import Result
-from .recordlog import RecordFormatError
-from .store import (
+from rewardscope import __version__, protocol
+from rewardscope.protocol import Result
+from rewardscope.storage.sessions import (
     FRAMES_LOG,
     RESULTS_LOG,
     StoredFrame,
     StoredSession,
     iter_frames,
     iter_results,
-    list_sessions,
     load_session,
     resolve_session,
 )
@@ -466,40 +462,3 @@ def _write_hyperspy(h5: h5py.File, sess: StoredSession) -> None:
     exp.create_group("original_metadata").attrs["session"] = sess.session
     if size is not None:
         h5["frames"].attrs["pixel_size_m"] = size
-
-
-# ----------------------------------------------------------------------------- CLI
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("session", nargs="?",
-                   help="session name (looked up in --store) or path to a session folder")
-    p.add_argument("--to", dest="out", metavar="FILE.h5", help="HDF5 file to write")
-    p.add_argument("--store", default=os.environ.get("REWARDSCOPE_STORE") or "store",
-                   help="session store directory (default: $REWARDSCOPE_STORE or ./store)")
-    p.add_argument("--force", action="store_true", help="replace FILE.h5 if it exists")
-    p.add_argument("--compress", action="store_true", help="gzip frames (smaller, slower)")
-    p.add_argument("--list", action="store_true", help="list the sessions in --store and exit")
-
-
-def run(args: argparse.Namespace) -> int:
-    if args.list:
-        for name, path in list_sessions(args.store):
-            print(f"{name}\t{path}")
-        return 0
-    if not args.session or not args.out:
-        print("rewardscope export: need SESSION and --to FILE.h5 (or --list)", file=sys.stderr)
-        return 2
-    try:
-        rep = export_session(args.session, args.out, args.store, overwrite=args.force,
-                             compression="gzip" if args.compress else None)
-    except (OSError, RecordFormatError) as exc:
-        print(f"rewardscope export: {exc}", file=sys.stderr)
-        return 1
-    print(f"exported {rep.n_frames} frames ({rep.n_results} with results, frames as "
-          f"{rep.frames_layout}) of session {rep.session!r} to {rep.path}")
-    for log, tail in (("frames", rep.frames_tail), ("results", rep.results_tail)):
-        if tail:
-            print(f"note: {log} log ends in a damaged record ({tail}); exported what precedes it")
-    if rep.orphan_results:
-        print(f"note: {rep.orphan_results} results had no stored frame and were left out")
-    return 0

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from rewardscope import kernels
+from rewardscope.science import kernels
 
 __all__ = [
     "DIRECTIONS",
@@ -194,7 +194,7 @@ def get_reward(name_or_dotted_path: str) -> Reward:
     if direction not in DIRECTIONS:
         raise RewardLookupError(
             f"reward {key!r} must declare direction 'min' or 'max' (got {direction!r}): "
-            "decorate it with rewardscope.rewards.register(...) or set func.direction"
+            "decorate it with rewardscope.science.rewards.register(...) or set func.direction"
         )
     meaning = _find_attr(obj, "meaning") or (inspect.getdoc(obj) or "").split("\n")[0]
     return Reward(name=key, direction=direction, meaning=meaning or key, func=obj)
@@ -372,7 +372,7 @@ def wall_curvature(walls: Sequence[np.ndarray], step: float = 5.0, smooth: int =
     """R1: arc-length weighted mean curvature over walls given as ordered (M_i, 2) points.
 
     Each wall is resampled every ``step`` px and smoothed over ``smooth`` samples each side
-    (see :func:`rewardscope.kernels.curvature_profile`); the defaults make a pixel staircase
+    (see :func:`rewardscope.science.kernels.curvature_profile`); the defaults make a pixel staircase
     along a straight wall read < 0.01/px and an r = 40 px arc read 1/r within a few %.
     Walls shorter than two steps cannot show curvature and are skipped (otherwise splitting a
     wall into stubs would score 0). No measurable wall -> +inf (worst).
@@ -452,7 +452,7 @@ def region_compactness(mask: np.ndarray, min_area: int = 1) -> float:
     """Area-weighted mean over 8-connected components of min(1, 4*pi*area/perimeter^2).
 
     The paper's area/perimeter^2 times 4*pi, so a disk scores ~1 and ragged regions less; the
-    Crofton perimeter (:func:`rewardscope.kernels.mask_perimeter`) keeps the disk at ~1 on
+    Crofton perimeter (:func:`rewardscope.science.kernels.mask_perimeter`) keeps the disk at ~1 on
     the pixel grid, and the clip at 1 absorbs few-pixel blobs whose perimeter is unresolved.
     Area weighting lets the large regions, which carry the physics, dominate speckle.
     Components smaller than ``min_area`` px are ignored; nothing left -> 0.0 (worst).

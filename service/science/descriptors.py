@@ -33,7 +33,7 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 from sklearn.utils.extmath import randomized_svd
 
-from rewardscope import kernels
+from rewardscope.science import kernels
 
 __all__ = [
     "BLUR_QUANTUM",
@@ -223,9 +223,10 @@ def _patch_rows(blurred: np.ndarray, xy: np.ndarray, w1: int, w2: int) -> np.nda
 def subpixel_patches(image: np.ndarray, xy: np.ndarray, w1: int, w2: int) -> np.ndarray:
     """(N, 2*w1+1, 2*w2+1) float32 patches centred exactly on ``xy`` (bilinear resampling).
 
-    :func:`rewardscope.kernels.extract_patches` centres on the rounded position; the rounding
-    error (up to 0.5 px, varying smoothly across a rotated lattice) moves the bright columns
-    in every patch and would dominate the PCA. See :func:`rewardscope.kernels.subpixel_patches`.
+    :func:`~rewardscope.science.kernels.extract_patches` centres on the rounded position; the
+    rounding error (up to 0.5 px, varying smoothly across a rotated lattice) moves the bright
+    columns in every patch and would dominate the PCA. See
+    :func:`~rewardscope.science.kernels.subpixel_patches`.
     """
     return kernels.subpixel_patches(image, xy, int(w1), int(w2))
 

@@ -12,9 +12,9 @@ import sys
 import threading
 import time
 
-from . import config, logs
-from .scoring import match_points
-from .workflows import WORKFLOW_CHAINS
+from rewardscope import config, logs
+from rewardscope.science.scoring import match_points
+from rewardscope.workflows import WORKFLOW_CHAINS
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -33,9 +33,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from rewardscope.clients import InstrumentClient, ResultsClient
+    from rewardscope.live.daemon import Daemon
     from rewardscope.simulators.perovskite import PerovskiteSimulator, SimConfig
-
-    from .daemon import Daemon
 
     logs.setup("INFO" if args.verbose else "WARNING", "text")
     sim = PerovskiteSimulator(SimConfig(shape=(args.size, args.size), lattice_px=args.lattice_px,

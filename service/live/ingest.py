@@ -12,8 +12,8 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-from . import protocol
-from .protocol import Frame, ProtocolError, SessionMarker
+from rewardscope import protocol
+from rewardscope.protocol import Frame, ProtocolError, SessionMarker
 
 
 @dataclass

@@ -9,12 +9,10 @@ stills and recorded sessions alike. Pixel dtypes the protocol allows are kept; o
 
 from __future__ import annotations
 
-import argparse
 import logging
 import math
 import os
 import struct
-import sys
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -23,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from rewardscope import protocol
-from rewardscope.recordlog import Record, RecordWriter
+from rewardscope.storage.recordlog import Record, RecordWriter
 
 log = logging.getLogger(__name__)
 
@@ -322,32 +320,3 @@ def import_images(paths: Sequence[PathLike], out_path: PathLike, session: str | 
         raise
     log.info("imported %d images as session %s into %s", n - 2, name, out_path)
     return n
-
-
-# ----------------------------------------------------------------------------- CLI
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """``rewardscope import IMAGE... --out FILE.rsrec [--session NAME] [--lattice-px A]``."""
-    parser.add_argument("images", nargs="+", metavar="IMAGE",
-                        help=f"image files ({', '.join(SUPPORTED_EXTS)}); stacks give n frames")
-    parser.add_argument("--out", required=True, metavar="FILE", help="record log to write")
-    parser.add_argument("--session", default=None, help="session name (default: from file)")
-    parser.add_argument("--lattice-px", type=float, default=None, metavar="A",
-                        help="expected lattice spacing in pixels, sent with every frame")
-    parser.add_argument("--interval", type=float, default=1.0, metavar="S",
-                        help="seconds between frames when replayed at speed 1 (default 1)")
-    parser.add_argument("--pixel-size-m", type=float, default=None, metavar="M",
-                        help="pixel size in metres, overriding the files")
-
-
-def run(args: argparse.Namespace) -> int:
-    try:
-        n = import_images(args.images, args.out, args.session, args.lattice_px,
-                          interval_s=args.interval, pixel_size_m=args.pixel_size_m)
-    except (ImageFormatError, OSError) as exc:
-        log.error("import failed: %s", exc)
-        print(f"rewardscope import: {exc}", file=sys.stderr)
-        return 2
-    print(f"wrote {n - 2} frames ({n} messages) to {args.out}")
-    return 0
-

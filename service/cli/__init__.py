@@ -1,6 +1,7 @@
 """``rewardscope`` console script: thin subcommands that call the library.
 
-Each subcommand lives in the module that owns the idea and exposes ``add_arguments(parser)`` and
+Each subcommand is one module of this package (or, for the acquisition side, of
+``rewardscope.clients`` / ``rewardscope.simulators``) and exposes ``add_arguments(parser)`` and
 ``run(args) -> int``; this file only wires them up, importing lazily so ``--help`` is instant.
 """
 
@@ -12,19 +13,19 @@ import sys
 
 # name -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "serve": ("rewardscope.serve_cmd", "run the live analysis service"),
-    "config": ("rewardscope.serve_cmd:config", "print the effective configuration"),
-    "demo": ("rewardscope.demo", "simulator -> service -> watcher on loopback, in one go"),
+    "serve": ("rewardscope.cli.serve", "run the live analysis service"),
+    "config": ("rewardscope.cli.serve:config", "print the effective configuration"),
+    "demo": ("rewardscope.cli.demo", "simulator -> service -> watcher on loopback, in one go"),
     "simulate": ("rewardscope.simulators.publisher", "stream simulated STEM frames"),
     "watch": ("rewardscope.clients.watch", "print one line per result"),
     "ctl": ("rewardscope.clients.ctl", "send a control command to a running service"),
     "record": ("rewardscope.clients.recorder", "record a frame stream to a file"),
     "replay": ("rewardscope.simulators.replay", "re-publish a recorded session or images"),
-    "import": ("rewardscope.simulators.stills", "turn still images into a replayable session"),
-    "analyze": ("rewardscope.analyze_cmd", "reward-driven analysis of one image, offline"),
-    "bench": ("rewardscope.bench_cmd", "run the benchmarks (ratios vs. baselines)"),
-    "export": ("rewardscope.export", "export a stored session to HDF5"),
-    "keys": ("rewardscope.security", "write CURVE certificates"),
+    "import": ("rewardscope.cli.importer", "turn still images into a replayable session"),
+    "analyze": ("rewardscope.cli.analyze", "reward-driven analysis of one image, offline"),
+    "bench": ("rewardscope.cli.bench", "run the benchmarks (ratios vs. baselines)"),
+    "export": ("rewardscope.cli.export", "export a stored session to HDF5"),
+    "keys": ("rewardscope.cli.keys", "write CURVE certificates"),
 }
 
 
@@ -40,7 +41,7 @@ def build_parser(argv_command: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rewardscope",
         description="Live reward-driven analysis of atomically resolved microscope frames.")
-    from . import __version__
+    from rewardscope import __version__
     parser.add_argument("--version", action="version", version=f"rewardscope {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (spec, helptext) in SUBCOMMANDS.items():
@@ -66,6 +67,3 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -16,14 +16,14 @@ from typing import Any
 
 import numpy as np
 
-from . import atomfind
-from . import rewards as rewards_mod
-from .analysis import Analysis
-from .config import ServiceConfig
-from .optimize.mobo import MultiObjectiveOptimizer, run_frame
-from .protocol import Frame
-from .workflows import WORKFLOW_CHAINS, make_workflow
-from .workflows.base import Evaluation, FrameContext, Workflow
+from rewardscope.config import ServiceConfig
+from rewardscope.engine.analysis import Analysis
+from rewardscope.optimize.mobo import MultiObjectiveOptimizer, run_frame
+from rewardscope.protocol import Frame
+from rewardscope.science import atomfind
+from rewardscope.science import rewards as rewards_mod
+from rewardscope.workflows import WORKFLOW_CHAINS, make_workflow
+from rewardscope.workflows.base import Evaluation, FrameContext, Workflow
 
 STAGE_OF = {"atoms": "atoms", "domains": "cluster", "amorphous": "cluster", "latent": "cluster"}
 
@@ -131,7 +131,7 @@ class WorkflowSearch:
         return chosen, dict(zip(names, key, strict=True)), pareto, fs
 
 
-class RewardEngine:
+class SessionEngine:
     """Per-session engine: workflows x optimizers; see the module docstring."""
 
     def __init__(self, session: str, settings: ServiceConfig,

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import time
 
-from . import protocol
-from .analysis import Analysis
-from .protocol import Frame
+from rewardscope import protocol
+from rewardscope.engine.analysis import Analysis
+from rewardscope.protocol import Frame
 
 
 def result_message(frame: Frame, analysis: Analysis, received_monotonic: float) -> list[bytes]:
