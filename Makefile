@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 NUMBA_CACHE_DIR ?= $(CURDIR)/.venv/numba-cache
 export NUMBA_CACHE_DIR
 
-.PHONY: install demo test lint bench clean
+.PHONY: install system demo test test-fast lint lint-imports bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -18,13 +18,43 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
-install: $(STAMP)
+install: $(STAMP) system
+
+# System tools the tests use: promtool and prometheus (tests/test_deploy.py, tests/test_alerts.py
+# skip without them, and never install anything). Debian's `prometheus` package ships both; it is
+# installed when they are missing and we are root with apt-get. A failure is only a warning.
+APT_ENV := DEBIAN_FRONTEND=noninteractive
+system:
+	@if command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1; then \
+		:; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing Debian's prometheus package (promtool, prometheus) for the tests"; \
+		$(APT_ENV) apt-get install -y -q --no-install-recommends prometheus >/dev/null 2>&1 \
+		|| { $(APT_ENV) apt-get update -q >/dev/null 2>&1 \
+		     && $(APT_ENV) apt-get install -y -q --no-install-recommends prometheus \
+		        >/dev/null 2>&1; } \
+		|| echo "warning: could not install prometheus; promtool/prometheus tests will skip" >&2; \
+	else \
+		echo "note: promtool/prometheus not found (install Debian's 'prometheus' package as" \
+		     "root); the tests that need them will skip" >&2; \
+	fi
 
 demo: install
 	$(BIN)/rewardscope demo --frames 20
 
-test: install
+# The import-layer contracts (pyproject [tool.importlinter]) first: seconds, and a broken layer
+# is a design error worth seeing before the suite runs.
+test: install lint-imports
 	$(BIN)/python -m pytest -q
+
+# The unit tests alone: everything but the tests marked slow (the daemon end to end over
+# sockets and subprocesses, the soak). About a minute; no wall-clock bounds, so a busy
+# 2-core machine gives the same answers.
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow"
+
+lint-imports: install
+	PYTHONPATH=$(CURDIR) $(BIN)/lint-imports --no-cache
 
 lint: install
 	$(BIN)/ruff check .

@@ -19,13 +19,11 @@ import time
 import warnings
 
 import numpy as np
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.mixture import GaussianMixture
 
 from rewardscope import config
 from rewardscope.engine import warmup
 from rewardscope.engine.session import SessionEngine
-from rewardscope.science import atomfind, kernels, rewards
+from rewardscope.science import atomfind, kernels, mixtures, rewards
 from rewardscope.science.scoring import labelled_ari, mask_iou, match_points
 from rewardscope.simulators.perovskite import PerovskiteSimulator, SimConfig
 from rewardscope.workflows import amorphous as amorphous_wf
@@ -92,10 +90,7 @@ def seeds_domains(image: np.ndarray, atoms: np.ndarray, calls: int, seed: int
     def labels_for(p):
         w, k, cov = p
         x = kernels.extract_patches(image, s.xy, int(w), int(w)).reshape(len(s.xy), -1)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            gmm = GaussianMixture(int(k), covariance_type=cov, random_state=0,
-                                  reg_covar=1e-3).fit(x)
+        gmm = mixtures.fit_gmm(x, int(k), cov, seed=0, reg_covar=1e-3)
         return gmm.predict(x)
 
     def loss(p):
@@ -124,9 +119,7 @@ def seeds_amorphous(image: np.ndarray, atoms: np.ndarray, calls: int, seed: int)
     def mask_for(p):
         thr, cov, w = p
         x = kernels.extract_patches(image, xy, int(w), int(w)).reshape(len(xy), -1)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            gmm = GaussianMixture(2, covariance_type=cov, random_state=0, reg_covar=1e-3).fit(x)
+        gmm = mixtures.fit_gmm(x, 2, cov, seed=0, reg_covar=1e-3)
         centre = x.shape[1] // 2
         dim = int(np.argmin(gmm.means_[:, centre]))
         flags = gmm.predict_proba(x)[:, dim] > thr

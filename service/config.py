@@ -1,16 +1,29 @@
 """Effective service configuration: defaults < environment < TOML file < command-line flags.
 
 One flat, typed record so that every component reads the same names; the TOML file groups keys
-into sections only for readability (``[service]``, ``[limits]``, ``[analysis]``). Unknown keys and
-wrong types are refused with a message naming the key, because a typo silently ignored during
-beam time costs an experiment.
+into sections only for readability (``[service]``, ``[limits]``, ``[analysis]``,
+``[security]``, ``[workflows.NAME]``). Unknown keys and wrong types are refused with a message
+naming the key, because a typo silently ignored during beam time costs an experiment.
+
+Each key is declared once, as a field of :class:`ServiceConfig` made with :func:`key`: its
+default, TOML section, one-line help (with units), whether ``rewardscope serve``/``config`` take
+it as a flag, whether ``ctl set`` may change it on a running service, and its allowed values.
+Everything else is generated from that: :data:`KEYS`, :data:`SETTABLE`, the command-line flags
+(:func:`add_flags`), validation, and the table in docs/OPERATIONS.md (:func:`markdown_table`).
+
+This module checks syntax only; whether a ``workflow`` name resolves is for the engine to say
+(it imports the workflows, which this module must not).
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import difflib
 import os
-from dataclasses import dataclass, field
+import re
+import typing
+from dataclasses import MISSING, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,48 +33,112 @@ from rewardscope import protocol
 
 ENV_PREFIX = "REWARDSCOPE_"
 SECTIONS = ("service", "limits", "analysis", "security", "workflows")
+TABLE_START = "<!-- config-table:start -->"
+TABLE_END = "<!-- config-table:end -->"
+
+# A workflow name ("atoms"), or a dotted path to a class ("mypkg.mod:MyWorkflow").
+_IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
+_WORKFLOW_REF = re.compile(rf"{_IDENT}|{_IDENT}(?:\.{_IDENT})*:{_IDENT}(?:\.{_IDENT})*")
 
 
 class ConfigError(ValueError):
     """A configuration value that cannot be used; the message names the key."""
 
 
+def key(default: Any = MISSING, *, section: str, help: str, flag: bool = False,
+        live: bool = False, choices: tuple = (), minimum: float | None = None,
+        maximum: float | None = None, positive: bool = False,
+        default_factory: Any = MISSING) -> Any:
+    """Declare one configuration key (a dataclass field carrying its metadata).
+
+    ``section``: TOML section; ``help``: one line, units in parentheses; ``flag``: a
+    ``--name`` flag of ``serve``/``config``; ``live``: ``ctl set`` may change it while running;
+    ``choices``/``minimum``/``maximum``/``positive``: the values :meth:`ServiceConfig.validate`
+    accepts.
+    """
+    if section not in SECTIONS:
+        raise ValueError(f"unknown section '{section}'")
+    meta = {"section": section, "help": help, "flag": flag, "live": live,
+            "choices": tuple(choices), "minimum": minimum, "maximum": maximum,
+            "positive": positive}
+    if default_factory is not MISSING:
+        return field(default_factory=default_factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
 @dataclass
 class ServiceConfig:
     # [service] sockets and housekeeping
-    frames: str = protocol.DEFAULT_FRAMES_URL
-    frames_mode: str = "sub"  # "sub" (instrument PUBlishes) or "pull" (instrument PUSHes)
-    frames_bind: bool = False  # connect to the instrument by default
-    results: str = protocol.DEFAULT_RESULTS_URL
-    control: str = protocol.DEFAULT_CONTROL_URL
-    metrics_port: int = protocol.DEFAULT_METRICS_PORT  # 0 disables the HTTP endpoint
-    metrics_addr: str = "127.0.0.1"
-    store: str = ""  # session store directory; empty = do not store
-    heartbeat_s: float = 1.0
-    session_gap_timeout_s: float = 60.0  # close a session that went silent without an end
-    max_sessions: int = 8  # engines kept in memory at once (least recently used evicted)
-    log_format: str = "json"  # "json" or "text"
-    log_level: str = "INFO"
+    frames: str = key(protocol.DEFAULT_FRAMES_URL, section="service", flag=True,
+                      help="instrument frames URL; the service connects unless `frames_bind`")
+    frames_mode: str = key("sub", section="service", flag=True, choices=("sub", "pull"),
+                           help="`sub`: the instrument PUBlishes; `pull`: it PUSHes")
+    frames_bind: bool = key(False, section="service",
+                            help="bind the frames URL instead of connecting to the instrument")
+    results: str = key(protocol.DEFAULT_RESULTS_URL, section="service", flag=True,
+                       help="results PUB URL the service binds (results, status, errors)")
+    control: str = key(protocol.DEFAULT_CONTROL_URL, section="service", flag=True,
+                       help="control REP URL the service binds")
+    metrics_port: int = key(protocol.DEFAULT_METRICS_PORT, section="service", flag=True,
+                            minimum=0, maximum=65535,
+                            help="Prometheus `/metrics` TCP port; 0 disables it")
+    metrics_addr: str = key("127.0.0.1", section="service", flag=True,
+                            help="Prometheus bind address; `0.0.0.0` lets a remote one scrape")
+    store: str = key("", section="service", flag=True,
+                     help="session store directory (record logs, checkpoints); empty = none")
+    heartbeat_s: float = key(1.0, section="service", live=True, positive=True,
+                             help="interval between status messages on the results socket (s)")
+    session_gap_timeout_s: float = key(60.0, section="service", live=True, positive=True,
+                                       help="close a session silent this long without an "
+                                            "end marker (s)")
+    max_sessions: int = key(8, section="service", minimum=1,
+                            help="session engines kept in memory (least recently used evicted)")
+    log_format: str = key("json", section="service", flag=True, choices=("json", "text"),
+                          help="stderr log lines: `json` or `text` for humans")
+    log_level: str = key("INFO", section="service", flag=True,
+                         help="DEBUG, INFO, WARNING or ERROR")
     # [limits] input caps (see protocol.Limits)
-    max_dim: int = 8192
-    max_pixels: int = 8192 * 8192
-    max_message_bytes: int = 256 * 1024 * 1024
+    max_dim: int = key(8192, section="limits", minimum=1,
+                       help="largest frame side accepted (px)")
+    max_pixels: int = key(8192 * 8192, section="limits", minimum=1,
+                          help="largest frame area accepted (px)")
+    max_message_bytes: int = key(256 * 1024 * 1024, section="limits",
+                                 help="largest message accepted (bytes)")
     # [analysis] what each frame gets
-    lattice_px: float = 12.0  # expected lattice spacing when the frame header has none
-    workflow: str = "atoms"  # atoms | domains | amorphous | all | latent
-    budget: int = 8  # optimizer evaluations per warm frame
-    cold_budget: int = 16  # evaluations on a session's first frame
-    deadline_s: float = 0.7  # wall-clock cap on a warm frame's search (all workflows)
-    cold_deadline_s: float = 6.0  # ... on a session's first frame, which has no prior
-    eval_workers: int = 0  # candidates evaluated at once (threads); 0 = min(2, CPU cores)
-    seed: int = 0
-    knee: str = "euclidean"  # or "chebyshev"
-    rewards: dict = field(default_factory=dict)  # per-workflow reward lists (dotted paths ok)
+    lattice_px: float = key(12.0, section="analysis", flag=True, live=True, positive=True,
+                            help="expected lattice spacing when neither the frame header nor "
+                                 "the session start carries one (px)")
+    workflow: str | list[str] = key(
+        "atoms", section="analysis", flag=True, live=True,
+        help="atoms|domains|amorphous|all|latent, or a list of workflow names / "
+             "`pkg.mod:Class` paths (comma-separated on the command line)")
+    budget: int = key(8, section="analysis", flag=True, live=True, minimum=1,
+                      help="optimizer evaluations per workflow on a warm frame")
+    cold_budget: int = key(16, section="analysis", live=True, minimum=1,
+                           help="optimizer evaluations per workflow on a session's first frame")
+    deadline_s: float = key(0.7, section="analysis", flag=True, live=True, positive=True,
+                            help="wall-clock cap of a warm frame's search, all workflows (s)")
+    cold_deadline_s: float = key(6.0, section="analysis", live=True, positive=True,
+                                 help="wall-clock cap of a session's first frame (s)")
+    eval_workers: int = key(0, section="analysis", live=True, minimum=0,
+                            help="candidates evaluated at once (threads); 0 = min(2, CPU cores)")
+    seed: int = key(0, section="analysis", live=True, help="optimizer random seed")
+    knee: str = key("euclidean", section="analysis", live=True,
+                    choices=("euclidean", "chebyshev"),
+                    help="distance that picks the knee of the Pareto front")
+    rewards: dict = key(section="workflows", default_factory=dict,
+                        help="objectives per workflow: `[workflows.NAME] rewards = [...]`, "
+                             "built-ins or `pkg.mod:function`")
     # [security]
-    allow_insecure_bind: bool = False
-    curve_secret: str = ""
-    curve_allow: str = ""
-    curve_instrument_public: str = ""  # the instrument's public cert, for a connected frames socket
+    allow_insecure_bind: bool = key(False, section="security", flag=True,
+                                    help="permit binding beyond loopback without CURVE")
+    curve_secret: str = key("", section="security", flag=True,
+                            help="server secret certificate file (enables CURVE)")
+    curve_allow: str = key("", section="security", flag=True,
+                           help="folder of authorised client public certificates")
+    curve_instrument_public: str = key("", section="security", flag=True,
+                                       help="instrument's public certificate (CURVE on a "
+                                            "connected frames socket)")
 
     def limits(self) -> protocol.Limits:
         return protocol.Limits(max_message_bytes=self.max_message_bytes, max_dim=self.max_dim,
@@ -73,82 +150,219 @@ class ServiceConfig:
         more threads mostly contend for the GIL in the mixture fits)."""
         return self.eval_workers or min(2, os.cpu_count() or 1)
 
+    def workflow_names(self) -> list[str]:
+        """``workflow`` as a list: ``"all"`` -> ``["all"]``, a list stays as it is."""
+        return [self.workflow] if isinstance(self.workflow, str) else list(self.workflow)
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     def updated(self, values: dict[str, Any], source: str = "override") -> ServiceConfig:
         """A copy with ``values`` applied, each validated and coerced; raises ConfigError."""
         new = dataclasses.replace(self)
-        fields = {f.name: f for f in dataclasses.fields(self)}
-        for key, raw in values.items():
+        for name, raw in values.items():
             if raw is None:
                 continue
-            if key not in fields:
-                raise ConfigError(f"{source}: unknown configuration key '{key}'")
-            setattr(new, key, _coerce(key, raw, type(getattr(self, key)), source))
+            if name not in KEYS:
+                raise ConfigError(f"{source}: unknown configuration key '{name}'"
+                                  f"{_did_you_mean(name)}")
+            setattr(new, name, KEYS[name].coerce(raw, source))
         new.validate()
         return new
 
+    def updated_live(self, values: dict[str, Any], source: str = "set") -> ServiceConfig:
+        """:meth:`updated` for a running service: refuses keys not in :data:`SETTABLE`."""
+        bad = sorted(k for k in values if k not in SETTABLE)
+        if bad:
+            raise ConfigError(f"cannot set {', '.join(bad)} live; settable: "
+                              f"{', '.join(SETTABLE)}")
+        return self.updated(values, source=source)
+
     def validate(self) -> None:
-        if self.frames_mode not in ("sub", "pull"):
-            raise ConfigError(f"frames_mode must be 'sub' or 'pull', got '{self.frames_mode}'")
-        from rewardscope.workflows import WORKFLOW_CHAINS
-
-        if self.workflow not in WORKFLOW_CHAINS:
-            raise ConfigError(f"workflow must be one of {'|'.join(WORKFLOW_CHAINS)}, got "
-                              f"'{self.workflow}'")
-        if self.knee not in ("euclidean", "chebyshev"):
-            raise ConfigError(f"knee must be 'euclidean' or 'chebyshev', got '{self.knee}'")
-        for key in ("lattice_px", "heartbeat_s", "deadline_s", "cold_deadline_s",
-                    "session_gap_timeout_s"):
-            if getattr(self, key) <= 0:
-                raise ConfigError(f"{key} must be positive, got {getattr(self, key)}")
-        for key in ("budget", "cold_budget", "max_sessions", "max_dim", "max_pixels"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}")
-        if self.eval_workers < 0:
-            raise ConfigError(f"eval_workers must be >= 0 (0 = auto), got {self.eval_workers}")
-        if not 0 <= self.metrics_port <= 65535:
-            raise ConfigError(f"metrics_port must be 0..65535, got {self.metrics_port}")
+        for k in KEYS.values():
+            k.check(getattr(self, k.name))
 
 
-def _coerce(key: str, raw: Any, typ: type, source: str) -> Any:
-    try:
-        if typ is bool:
-            if isinstance(raw, bool):
-                return raw
-            if isinstance(raw, str) and raw.lower() in ("1", "true", "yes", "on", "0", "false",
-                                                        "no", "off"):
-                return raw.lower() in ("1", "true", "yes", "on")
+@dataclass(frozen=True)
+class Key:
+    """One configuration key, as declared on :class:`ServiceConfig`."""
+
+    name: str
+    kind: str  # "bool" | "int" | "float" | "str" | "dict" | "names"
+    default: Any
+    section: str
+    help: str
+    flag: bool
+    live: bool
+    choices: tuple
+    minimum: float | None
+    maximum: float | None
+    positive: bool
+
+    @property
+    def option(self) -> str:
+        """The command-line flag, ``--lattice-px``."""
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.name.upper()
+
+    def coerce(self, raw: Any, source: str) -> Any:
+        """``raw`` (from TOML, the environment, a flag or ``ctl set``) as this key's type."""
+        try:
+            return _COERCE[self.kind](raw)
+        except (TypeError, ValueError) as exc:
+            want = {"names": "a name, a 'module:Class' path or a list of them"}.get(
+                self.kind, self.kind)
+            why = f" ({exc})" if isinstance(exc, _NameError) else ""
+            raise ConfigError(f"{source}: '{self.name}' must be {want}, got {raw!r}{why}"
+                              ) from None
+
+    def check(self, value: Any) -> None:
+        """Raise ConfigError when ``value`` is outside the declared range or choices."""
+        if self.choices and value not in self.choices:
+            raise ConfigError(f"{self.name} must be one of {' | '.join(self.choices)}, got "
+                              f"{value!r}")
+        if self.positive and not value > 0:
+            raise ConfigError(f"{self.name} must be positive, got {value}")
+        if self.minimum is not None and self.maximum is not None:
+            if not self.minimum <= value <= self.maximum:
+                raise ConfigError(f"{self.name} must be {self.minimum}..{self.maximum}, got "
+                                  f"{value}")
+        elif self.minimum is not None and value < self.minimum:
+            raise ConfigError(f"{self.name} must be >= {self.minimum}, got {value}")
+        elif self.maximum is not None and value > self.maximum:
+            raise ConfigError(f"{self.name} must be <= {self.maximum}, got {value}")
+
+
+class _NameError(ValueError):
+    pass
+
+
+def _bool(raw: Any) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    if isinstance(raw, str) and raw.lower() in ("1", "true", "yes", "on", "0", "false", "no",
+                                                "off"):
+        return raw.lower() in ("1", "true", "yes", "on")
+    raise ValueError(raw)
+
+
+def _number(typ: type) -> Any:
+    def conv(raw: Any) -> Any:
+        if isinstance(raw, bool):
             raise ValueError(raw)
-        if typ is dict:
-            if not isinstance(raw, dict):
-                raise ValueError(raw)
-            return raw
         if typ is int and isinstance(raw, float) and not raw.is_integer():
             raise ValueError(raw)
-        if isinstance(raw, bool) and typ is not bool:
-            raise ValueError(raw)
         return typ(raw)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{source}: '{key}' must be {typ.__name__}, got {raw!r}") from None
+    return conv
 
+
+def _dict(raw: Any) -> dict:
+    if not isinstance(raw, dict):
+        raise ValueError(raw)
+    return raw
+
+
+def _names(raw: Any) -> str | list[str]:
+    """A workflow reference or a list of them; ``"a,b"`` (flags, environment, ``ctl set``)
+    becomes ``["a", "b"]``. Syntax only: the engine checks that the names resolve."""
+    if isinstance(raw, str):
+        items = [s.strip() for s in raw.split(",")] if "," in raw else [raw.strip()]
+        single = "," not in raw
+    elif isinstance(raw, (list, tuple)):
+        items, single = list(raw), False
+        if not items:
+            raise _NameError("the list is empty")
+    else:
+        raise ValueError(raw)
+    for item in items:
+        if not isinstance(item, str):
+            raise _NameError(f"{item!r} is not a string")
+        if not _WORKFLOW_REF.fullmatch(item):
+            raise _NameError(f"{item!r} is neither a name nor 'package.module:Class'")
+    return items[0] if single else items
+
+
+_COERCE = {"bool": _bool, "int": _number(int), "float": _number(float), "str": _number(str),
+           "dict": _dict, "names": _names}
+_KINDS = {bool: "bool", int: "int", float: "float", str: "str", dict: "dict",
+          str | list[str]: "names"}
+
+
+def _declared_keys() -> dict[str, Key]:
+    hints = typing.get_type_hints(ServiceConfig)
+    out = {}
+    for f in dataclasses.fields(ServiceConfig):
+        m = f.metadata
+        default = f.default_factory() if f.default is MISSING else f.default
+        out[f.name] = Key(name=f.name, kind=_KINDS[hints[f.name]], default=default,
+                          section=m["section"], help=m["help"], flag=m["flag"], live=m["live"],
+                          choices=m["choices"], minimum=m["minimum"], maximum=m["maximum"],
+                          positive=m["positive"])
+    return out
+
+
+KEYS: dict[str, Key] = _declared_keys()
+"""Every key, in declaration order."""
+SETTABLE: tuple[str, ...] = tuple(k.name for k in KEYS.values() if k.live)
+"""Keys ``ctl set`` may change on a running service."""
+FLAG_KEYS: tuple[str, ...] = tuple(k.name for k in KEYS.values() if k.flag)
+"""Keys that are command-line flags of ``rewardscope serve`` and ``rewardscope config``."""
+
+
+def _did_you_mean(name: str) -> str:
+    close = difflib.get_close_matches(name, KEYS, n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+# ----------------------------------------------------------------------------- command line
+
+def add_flags(p: argparse.ArgumentParser) -> None:
+    """One ``--flag`` per key declared ``flag=True``; every default is None, meaning 'not
+    given', so the TOML file and the environment keep their say."""
+    for k in KEYS.values():
+        if not k.flag:
+            continue
+        text = f"{k.help} [{_default_text(k)}]".replace("%", "%%").replace("`", "")
+        if k.kind == "bool":
+            p.add_argument(k.option, dest=k.name, action=argparse.BooleanOptionalAction,
+                           default=None, help=text)
+            continue
+        kwargs: dict[str, Any] = {"dest": k.name, "default": None, "help": text}
+        if k.choices:
+            kwargs["choices"] = k.choices
+        if k.kind in ("int", "float"):
+            kwargs["type"] = int if k.kind == "int" else float
+        p.add_argument(k.option, **kwargs)
+
+
+def flag_values(args: argparse.Namespace) -> dict[str, Any]:
+    """The keys given as flags (absent ones are None and ignored by :meth:`updated`)."""
+    return {name: getattr(args, name, None) for name in FLAG_KEYS}
+
+
+# ----------------------------------------------------------------------------- sources
 
 def from_environment(env: dict[str, str] | None = None) -> dict[str, str]:
     """``REWARDSCOPE_FRAMES=tcp://...`` style overrides (key upper-cased)."""
     env = os.environ if env is None else env
-    names = {f.name for f in dataclasses.fields(ServiceConfig)}
     out = {}
     for k, v in env.items():
         if k.startswith(ENV_PREFIX):
-            key = k[len(ENV_PREFIX):].lower()
-            if key in names:
-                out[key] = v
+            name = k[len(ENV_PREFIX):].lower()
+            if name in KEYS:
+                out[name] = v
     return out
 
 
 def from_toml(path: str | Path) -> dict[str, Any]:
-    """Flatten the TOML sections into one key space; refuse unknown sections and keys."""
+    """Flatten the TOML sections into one key space; refuse unknown sections and keys.
+
+    A known key in another section than its own is accepted (the key space is flat);
+    ``[workflows.NAME] rewards = [...]`` becomes ``rewards = {NAME: [...]}``.
+    """
     p = Path(path)
     try:
         data = tomllib.loads(p.read_text())
@@ -157,16 +371,20 @@ def from_toml(path: str | Path) -> dict[str, Any]:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{p}: invalid TOML ({exc})") from None
     flat: dict[str, Any] = {}
-    for key, value in data.items():
-        if key == "workflows" and isinstance(value, dict):
+    for name, value in data.items():
+        if name == "workflows" and isinstance(value, dict):
             flat["rewards"] = {wf: (v.get("rewards") if isinstance(v, dict) else v)
                                for wf, v in value.items()}
-        elif key in SECTIONS and isinstance(value, dict):
+        elif name in SECTIONS and isinstance(value, dict):
+            for k in value:
+                if k not in KEYS:
+                    raise ConfigError(f"{p}: unknown configuration key '{k}' in [{name}]"
+                                      f"{_did_you_mean(k)}")
             flat.update(value)
         elif isinstance(value, dict):
-            raise ConfigError(f"{p}: unknown section [{key}] (known: {', '.join(SECTIONS)})")
+            raise ConfigError(f"{p}: unknown section [{name}] (known: {', '.join(SECTIONS)})")
         else:
-            flat[key] = value
+            flat[name] = value
     return flat
 
 
@@ -180,3 +398,45 @@ def load(path: str | Path | None = None, overrides: dict[str, Any] | None = None
     if overrides:
         cfg = cfg.updated(overrides, source="command line")
     return cfg
+
+
+# ----------------------------------------------------------------------------- documentation
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return f'"{v}"'
+    if isinstance(v, dict):
+        return "{}" if not v else repr(v)
+    return repr(v)
+
+
+def _default_text(k: Key) -> str:
+    return f"default {_toml_value(k.default)}"
+
+
+def markdown_table() -> str:
+    """The table of keys for docs/OPERATIONS.md (between TABLE_START and TABLE_END)."""
+    rows = ["| key | section | type | default | flag | `ctl set` | meaning |",
+            "|---|---|---|---|---|---|---|"]
+    for k in KEYS.values():
+        typ = {"names": "string or list", "dict": "table"}.get(k.kind, k.kind)
+        if k.choices:
+            typ = " \\| ".join(f"`{c}`" for c in k.choices)
+        section = "workflows.NAME" if k.section == "workflows" else k.section
+        flag = f"`{k.option}`" if k.flag else ""
+        live = "yes" if k.live else ""
+        meaning = k.help.replace("|", "\\|")
+        rows.append(f"| `{k.name}` | `[{section}]` | {typ} | `{_toml_value(k.default)}` | "
+                    f"{flag} | {live} | {meaning} |")
+    return "\n".join(rows) + "\n"
+
+
+def replace_table(text: str, table: str | None = None) -> str:
+    """``text`` with the part between the config-table markers replaced by the table."""
+    start, end = text.find(TABLE_START), text.find(TABLE_END)
+    if start < 0 or end < start:
+        raise ValueError(f"no {TABLE_START} ... {TABLE_END} markers")
+    head = text[:start + len(TABLE_START)]
+    return f"{head}\n{table or markdown_table()}{text[end:]}"

@@ -20,6 +20,8 @@ from typing import Any
 import msgpack
 import numpy as np
 
+from rewardscope.plaindata import plain
+
 VERSION = 1
 
 # Topics (first multipart frame). Bytes so that SUB sockets can filter on them.
@@ -119,10 +121,8 @@ def unpack_map(data: bytes, limits: Limits = DEFAULT_LIMITS) -> dict:
 
 def _to_plain(obj: Any) -> Any:
     """msgpack fallback for numpy scalars/arrays that slip into headers."""
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
+    if isinstance(obj, (np.generic, np.ndarray)):
+        return plain(obj)
     if isinstance(obj, (set, frozenset, tuple)):
         return list(obj)
     raise TypeError(f"cannot encode {type(obj).__name__} in a rewardscope message")
@@ -241,24 +241,25 @@ def encode_frame(pixels: np.ndarray, *, session: str, seq: int, t: float | None 
 
 def encode_start(session: str, *, t: float | None = None, lattice_px: float | None = None,
                  meta: dict | None = None) -> list[bytes]:
-    m: dict[str, Any] = {"v": VERSION, "type": "start", "session": session,
-                         "t": time.time() if t is None else float(t)}
-    if lattice_px is not None:
-        m["lattice_px"] = float(lattice_px)
-    if meta:
-        m["meta"] = meta
-    return [TOPIC_START, pack(m)]
+    return _encode_marker(TOPIC_START, "start", session, t, meta,
+                          lattice_px=None if lattice_px is None else float(lattice_px))
 
 
 def encode_end(session: str, *, t: float | None = None, n_frames: int | None = None,
                meta: dict | None = None) -> list[bytes]:
-    m: dict[str, Any] = {"v": VERSION, "type": "end", "session": session,
+    return _encode_marker(TOPIC_END, "end", session, t, meta,
+                          n_frames=None if n_frames is None else int(n_frames))
+
+
+def _encode_marker(topic: bytes, kind: str, session: str, t: float | None, meta: dict | None,
+                   **fields: Any) -> list[bytes]:
+    """A start/end marker; ``fields`` that are None are left out, as is an empty ``meta``."""
+    m: dict[str, Any] = {"v": VERSION, "type": kind, "session": session,
                          "t": time.time() if t is None else float(t)}
-    if n_frames is not None:
-        m["n_frames"] = int(n_frames)
+    m.update({k: v for k, v in fields.items() if v is not None})
     if meta:
         m["meta"] = meta
-    return [TOPIC_END, pack(m)]
+    return [topic, pack(m)]
 
 
 def decode_instrument(parts: list[bytes], limits: Limits = DEFAULT_LIMITS

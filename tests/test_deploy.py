@@ -3,6 +3,9 @@
 promtool validates what it can; the rest are consistency checks that catch the usual drift: a
 dashboard or alert querying a metric the service no longer exports, a provisioning path that
 does not match the compose mount, a Dockerfile losing the torch pin.
+
+promtool comes from the system (``make install`` installs Debian's ``prometheus`` package when
+it can); tests never install anything and skip, saying why, when it is missing.
 """
 
 from __future__ import annotations
@@ -37,47 +40,19 @@ COMPOSE = DEPLOY / "docker-compose.yml"
 DATASOURCE_UID = "rewardscope-prometheus"
 # Series Prometheus itself creates for every target.
 SYNTHETIC = {"up", "scrape_duration_seconds", "scrape_samples_scraped"}
-SERVE_FLAGS = {"--config", "--frames", "--frames-mode", "--results", "--control",
-               "--metrics-port", "--metrics-addr", "--store", "--allow-insecure-bind"}
-APT_TIMEOUT_S = 300
+# generated from the keys declared with flag=True in rewardscope.config
+SERVE_FLAGS = {"--config"} | {config.KEYS[name].option for name in config.FLAG_KEYS}
 
 
 # ----------------------------------------------------------------------------- promtool
 
-def _apt(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    return subprocess.run(["apt-get", *args], capture_output=True, text=True, env=env,
-                          timeout=APT_TIMEOUT_S, check=False)
-
-
-def _install_promtool() -> str:
-    """Try the Debian ``prometheus`` package (it ships promtool); return why it failed."""
-    if not hasattr(os, "geteuid") or os.geteuid() != 0:
-        return "not root, so not installing the 'prometheus' package"
-    if shutil.which("apt-get") is None:
-        return "no apt-get to install the 'prometheus' package with"
-    try:
-        if _apt("install", "-y", "-q", "prometheus").returncode == 0:
-            return ""
-        _apt("update", "-q")
-        done = _apt("install", "-y", "-q", "prometheus")
-    except subprocess.TimeoutExpired:
-        return f"apt-get took over {APT_TIMEOUT_S} s"
-    if done.returncode == 0:
-        return ""
-    return f"apt-get install prometheus failed: {done.stderr[-300:]}"
-
-
 @pytest.fixture(scope="session")
 def promtool() -> str:
-    """Path to promtool ($PROMTOOL, then PATH, then apt-get as root); skip if unobtainable."""
+    """Path to promtool ($PROMTOOL, then PATH); skip when absent (never installed here)."""
     path = os.environ.get("PROMTOOL") or shutil.which("promtool")
-    if path:
-        return path
-    reason = _install_promtool()
-    path = shutil.which("promtool")
     if not path:
-        pytest.skip(f"promtool unavailable: {reason or 'installed but not on PATH'}")
+        pytest.skip("promtool not found ($PROMTOOL or PATH); `make install` installs Debian's "
+                    "'prometheus' package, which ships it, when run as root with apt-get")
     return path
 
 
@@ -163,7 +138,7 @@ def exported_names() -> set[str]:
     m.observe_latency(0.5)
     m.evaluations(3)
     m.set_rewards({"atom_count": 1.0})
-    m.set_pareto(2, 0.5)
+    m.set_pareto({"atoms": 2}, {"atoms": 0.5})
     m.set_queue(1)
     m.set_lag_seconds(0.2)
     m.model_swap("vae")
@@ -450,4 +425,8 @@ def test_running_daemon_exports_what_it_did(promtool: str) -> None:
     assert value("rewardscope_frame_latency_seconds_count") == 2
     assert value("rewardscope_reward_value", reward="count_quality") >= 0
     assert value("rewardscope_state", state="running") == 1
+    assert value("rewardscope_connected") == 1  # from the frames socket's monitor events
+    assert value("rewardscope_queue_depth") == 0  # the analysis thread took both frames
+    assert value("rewardscope_pareto_front_size", workflow="atoms") >= 1
+    assert value("rewardscope_pareto_hypervolume", workflow="atoms") >= 0
     run_promtool(promtool, "check", "metrics", stdin=body)

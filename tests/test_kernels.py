@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -22,8 +25,34 @@ def circle_points(r: float, n: int, span: float = 2 * np.pi, centre=(50.0, 60.0)
     return np.c_[centre[0] + r * np.cos(t), centre[1] + r * np.sin(t)]
 
 
+# Kernels called only from other kernels: numba compiles them into their callers, so their own
+# dispatchers never record a signature.
+INLINED_KERNELS = {"_reflect_index", "_cumulative_length_kernel", "_label_at"}
+
+_SIGNATURES_SCRIPT = """
+import json
+from numba.core.dispatcher import Dispatcher
+from rewardscope.science import kernels as K
+def signatures():
+    return {n: len(v.signatures) for n, v in vars(K).items() if isinstance(v, Dispatcher)}
+before = signatures()
+K.warmup()
+print(json.dumps([before, signatures()]))
+"""
+
+
 def test_warmup_compiles_everything() -> None:
-    K.warmup()
+    """In a fresh interpreter (here earlier tests have compiled kernels already), ``warmup``
+    leaves every numba kernel with a compiled (or cache-loaded) signature, so the service's
+    first frame pays no JIT; a kernel added without a warmup call fails here."""
+    run = subprocess.run([sys.executable, "-c", _SIGNATURES_SCRIPT], capture_output=True,
+                         text=True, timeout=280)
+    assert run.returncode == 0, run.stderr
+    before, after = json.loads(run.stdout.strip().splitlines()[-1])
+    assert not any(before.values())  # nothing is compiled at import
+    assert set(INLINED_KERNELS) <= set(after)
+    missed = sorted(n for n, count in after.items() if count == 0 and n not in INLINED_KERNELS)
+    assert len(after) > len(INLINED_KERNELS) and missed == []
 
 
 # --- knn ------------------------------------------------------------------------------------

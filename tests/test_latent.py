@@ -18,13 +18,13 @@ from sklearn.mixture import GaussianMixture
 from rewardscope.science import rewards
 from rewardscope.science.atomfind import normalize_frame
 from rewardscope.science.kernels import extract_patches
+from rewardscope.science.rewards import latent_variance
 from rewardscope.science.vae import LatentModel, default_device
 from rewardscope.simulators.perovskite import PerovskiteSimulator, SimConfig
 from rewardscope.workflows.base import FrameContext
 from rewardscope.workflows.latent import (
     LatentWorkflow,
     half_window,
-    latent_variance,
 )
 
 LATTICE = 12.0
@@ -77,12 +77,12 @@ def model(patches):
 
 
 def test_training_loss_decreases(model, patches):
-    h = model.history
+    h = model.history_
     assert h.n_patches == len(patches) and len(h.loss) == 10
     assert all(math.isfinite(v) for v in h.loss)
     assert h.loss[-1] < 0.8 * h.loss[0]
     assert min(h.loss[-3:]) <= min(h.loss[:3])
-    assert 0.0 < h.seconds < 60.0
+    assert h.seconds > 0.0  # recorded; how long it takes is the benchmarks' business
 
 
 def test_encode_shapes(model, patches):
@@ -136,7 +136,7 @@ def test_fit_is_reproducible(patches):
     for _ in range(2):
         m = LatentModel(2 * HALF + 1, latent_dim=2, hidden=(8,), seed=3)
         m.fit(patches[:64], epochs=2, batch_size=32)
-        runs.append((m.history.loss, m.encode(patches[:10])[0]))
+        runs.append((m.history_.loss, m.encode(patches[:10])[0]))
     assert runs[0][0] == runs[1][0]
     np.testing.assert_array_equal(runs[0][1], runs[1][1])
 
@@ -160,10 +160,11 @@ def test_state_dict_round_trip(model, patches, tmp_path):
 
 def test_device_selection(model):
     expected = "cuda" if torch.cuda.is_available() else "cpu"
-    assert default_device() == expected and model.device == expected
-    assert {p.device.type for p in model.vae.parameters()} == {expected}
+    assert default_device() == expected and model.device_ == expected
+    assert model.device is None  # the configuration as given; device_ is what it resolved to
+    assert {p.device.type for p in model.vae_.parameters()} == {expected}
     if not torch.cuda.is_available():
-        assert model.device == "cpu"
+        assert model.device_ == "cpu"
 
 
 def test_bad_arguments():
@@ -171,7 +172,7 @@ def test_bad_arguments():
         LatentModel(13, invariances=("x",))
     with pytest.raises(ValueError, match="patch_px"):
         LatentModel(2)
-    with pytest.raises(ValueError, match="fit needs"):
+    with pytest.raises(ValueError, match="patches must hold at least one patch"):
         LatentModel(13, hidden=(8,)).fit(np.zeros((0, 13, 13), np.float32), epochs=1)
 
 
@@ -182,9 +183,7 @@ def test_bad_arguments():
 
 def test_rewards_registered_with_directions():
     wf = LatentWorkflow()
-    for spec in wf.rewards:
-        assert rewards.REGISTRY[spec.name].direction == spec.direction
-    assert {s.name: s.direction for s in wf.rewards} == {
+    assert {n: rewards.REGISTRY[n].direction for n in wf.rewards} == {
         "latent_bic": "min", "latent_variance": "max", "latent_reconstruction": "min"}
 
 
@@ -224,7 +223,7 @@ def test_workflow_separates_sites(single_domain):
     assert adjusted_rand_score(single_domain.truth.site, labels) >= 0.8
     assert ev.output["latent"].shape == (len(ctx.atoms), 2)
     assert ev.output["model"].startswith("ivae-r-d2-p13-")
-    assert ev.output["timings"]["vae"] > 0
+    assert ev.timings["vae"] > 0
     assert 0.0 < ev.rewards["latent_reconstruction"] < 0.1
 
 
@@ -248,16 +247,16 @@ def test_workflow_trains_once_per_architecture(two_domains):
     wf = LatentWorkflow(sublattice="B", epochs=2)
     base = wf.default_params(LATTICE)
     first = wf.evaluate(ctx, base)
-    assert (wf.trainings, wf.model_swaps) == (1, 1)
+    assert (wf.trainings_, wf.model_swaps_) == (1, 1)
     again = wf.evaluate(ctx, {**base, "n_components": 3, "covariance_type": "diag"})
-    assert (wf.trainings, wf.model_swaps) == (1, 1)  # GMM-only change: same model, cached
+    assert (wf.trainings_, wf.model_swaps_) == (1, 1)  # GMM-only change: same model, cached
     assert again.output["model"] == first.output["model"]
     assert again.rewards["latent_variance"] == first.rewards["latent_variance"]
     wider = wf.evaluate(ctx, {**base, "window": 5})
-    assert (wf.trainings, wf.model_swaps) == (2, 2)
+    assert (wf.trainings_, wf.model_swaps_) == (2, 2)
     assert wider.output["model"] != first.output["model"]
     wf.evaluate(_ctx(two_domains), base)  # next frame, old architecture: swap, no training
-    assert (wf.trainings, wf.model_swaps) == (2, 3)
+    assert (wf.trainings_, wf.model_swaps_) == (2, 3)
 
 
 def test_workflow_checkpoint_reuse(two_domains, tmp_path):
@@ -265,10 +264,10 @@ def test_workflow_checkpoint_reuse(two_domains, tmp_path):
     params = LatentWorkflow().default_params(LATTICE)
     a = LatentWorkflow(sublattice="B", epochs=2, checkpoint_dir=tmp_path)
     ev_a = a.evaluate(ctx, params)
-    assert a.trainings == 1 and (tmp_path / f"{ev_a.output['model']}.pt").is_file()
+    assert a.trainings_ == 1 and (tmp_path / f"{ev_a.output['model']}.pt").is_file()
     b = LatentWorkflow(sublattice="B", epochs=2, checkpoint_dir=tmp_path)
     ev_b = b.evaluate(_ctx(two_domains), params)
-    assert b.trainings == 0 and b.model_swaps == 1
+    assert b.trainings_ == 0 and b.model_swaps_ == 1
     np.testing.assert_array_equal(ev_a.output["latent"], ev_b.output["latent"])
 
 
@@ -279,5 +278,5 @@ def test_workflow_needs_atoms_and_enough_of_them(single_domain):
         wf.evaluate(ctx, wf.default_params(LATTICE))
     ctx.atoms = np.asarray(single_domain.truth.atoms[:3], dtype=np.float64)
     ev = wf.evaluate(ctx, wf.default_params(LATTICE))
-    assert np.all(ev.output["labels"] == -1) and wf.trainings == 0
+    assert np.all(ev.output["labels"] == -1) and wf.trainings_ == 0
     assert np.all(np.isinf(wf.objective_vector(ev)))

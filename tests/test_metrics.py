@@ -43,7 +43,7 @@ def exercise(m: Metrics) -> None:
     m.observe_latency(0.4)
     m.evaluations(8)
     m.set_rewards({"atom_count": 412.0, "fit_residual": 0.07})
-    m.set_pareto(5, 0.83)
+    m.set_pareto({"atoms": 5, "domains": 2}, {"atoms": 0.83, "domains": 12.5})
     m.set_queue(2)
     m.set_lag_seconds(0.6)
     m.model_swap("vae-2026-05")
@@ -51,10 +51,11 @@ def exercise(m: Metrics) -> None:
     m.set_connected(True)
     m.set_state("running")
     m.set_warm(True)
+    m.checkpoint_failed()
 
 
 def test_preinitialised_series_are_zero_before_any_event() -> None:
-    s = samples(Metrics(rewards=["atom_count"]))
+    s = samples(Metrics(rewards=["atom_count"], workflows=["atoms"]))
     for reason in DROP_REASONS:
         assert s[("rewardscope_frames_dropped_total", (("reason", reason),))] == 0
     for code in (*protocol.ERROR_CODES, "other"):
@@ -66,10 +67,12 @@ def test_preinitialised_series_are_zero_before_any_event() -> None:
     for state in STATES:
         assert s[("rewardscope_state", (("state", state),))] == (state == "starting")
     assert s[("rewardscope_reward_value", (("reward", "atom_count"),))] == 0
+    for name in ("pareto_front_size", "pareto_hypervolume"):
+        assert s[(f"rewardscope_{name}", (("workflow", "atoms"),))] == 0, name
     for name in ("frames_received_total", "frames_processed_total", "optimizer_evaluations_total",
                  "model_swaps_total", "frame_latency_seconds_count", "connected", "warm",
-                 "queue_depth", "lag_seconds", "pareto_front_size", "pareto_hypervolume",
-                 "last_frame_timestamp_seconds"):
+                 "queue_depth", "lag_seconds", "last_frame_timestamp_seconds",
+                 "checkpoint_failures_total"):
         assert s[(f"rewardscope_{name}", ())] == 0, name
     assert s[("rewardscope_model_info", (("model", "none"),))] == 1
     assert s[("rewardscope_build_info", (("version", __version__),))] == 1
@@ -92,8 +95,11 @@ def test_every_method_updates_its_series() -> None:
     assert value(m, "rewardscope_frame_latency_seconds_bucket", le="0.5") == 1
     assert value(m, "rewardscope_optimizer_evaluations_total") == 8
     assert value(m, "rewardscope_reward_value", reward="fit_residual") == pytest.approx(0.07)
-    assert value(m, "rewardscope_pareto_front_size") == 5
-    assert value(m, "rewardscope_pareto_hypervolume") == pytest.approx(0.83)
+    assert value(m, "rewardscope_pareto_front_size", workflow="atoms") == 5
+    assert value(m, "rewardscope_pareto_front_size", workflow="domains") == 2
+    assert value(m, "rewardscope_pareto_hypervolume", workflow="atoms") == pytest.approx(0.83)
+    assert value(m, "rewardscope_pareto_hypervolume", workflow="domains") == pytest.approx(12.5)
+    assert value(m, "rewardscope_checkpoint_failures_total") == 1
     assert value(m, "rewardscope_queue_depth") == 2
     assert value(m, "rewardscope_lag_seconds") == pytest.approx(0.6)
     assert value(m, "rewardscope_model_swaps_total") == 1
@@ -107,11 +113,40 @@ def test_every_method_updates_its_series() -> None:
 
     m.set_connected(False)
     m.set_state("paused")
-    m.set_pareto(3, None)
+    m.set_pareto({"atoms": 3}, None)
     assert value(m, "rewardscope_connected") == 0
     assert value(m, "rewardscope_state", state="paused") == 1
     assert value(m, "rewardscope_state", state="running") == 0
-    assert value(m, "rewardscope_pareto_hypervolume") == pytest.approx(0.83)
+    assert value(m, "rewardscope_pareto_front_size", workflow="atoms") == 3
+    assert value(m, "rewardscope_pareto_front_size", workflow="domains") == 0  # no front now
+    assert value(m, "rewardscope_pareto_hypervolume", workflow="atoms") == pytest.approx(0.83)
+
+
+def test_hypervolume_is_per_workflow_never_summed() -> None:
+    m = Metrics()
+    m.set_pareto({"atoms": 4, "domains": 3}, {"atoms": 0.5, "domains": 40.0})
+    m.set_pareto({"atoms": 2}, {"atoms": 0.25})  # this frame ran atoms only
+    s = samples(m)
+    hv = {dict(labels)["workflow"]: v for (name, labels), v in s.items()
+          if name == "rewardscope_pareto_hypervolume"}
+    assert hv == {"atoms": 0.25, "domains": 0.0}
+    assert ("rewardscope_pareto_hypervolume", ()) not in s  # no unlabelled sum
+    m.set_pareto({}, {f"wf{i}": 1.0 for i in range(40)})  # bounded like reward names
+    assert sum(1 for name, _ in samples(m) if name == "rewardscope_pareto_hypervolume") == 16
+
+
+def test_lag_follows_the_frame_in_analysis() -> None:
+    m = Metrics()
+    assert value(m, "rewardscope_lag_seconds") == 0
+    received = time.monotonic() - 5.0  # a frame received 5 s ago is taken for analysis
+    m.set_analysing(received)
+    first = value(m, "rewardscope_lag_seconds")
+    assert first >= 5.0
+    assert value(m, "rewardscope_lag_seconds") >= first  # measured at each scrape
+    m.set_analysing(None)  # result published, nothing in analysis
+    assert value(m, "rewardscope_lag_seconds") == 0
+    m.set_lag_seconds(0.25)
+    assert value(m, "rewardscope_lag_seconds") == 0.25
 
 
 def test_frame_received_stamps_wall_clock() -> None:

@@ -166,3 +166,18 @@ def test_ingest_joins_mid_session_without_counting_leading_frames():
     ing = Ingest()
     assert ing.accept(_frame(session="late", seq=40)).gap == 0
     assert ing.accept(_frame(session="late", seq=41)).gap == 0
+
+
+def test_ingest_gives_frames_the_session_start_lattice_unless_the_header_has_one():
+    ing = Ingest()
+    ing.accept(protocol.encode_start("a", lattice_px=11.0))
+    assert ing.accept(_frame(session="a", seq=0)).frame.header.lattice_px == 11.0
+    assert ing.accept(_frame(session="a", seq=1, lattice_px=13.5)).frame.header.lattice_px == 13.5
+    ing.accept(protocol.encode_start("a", lattice_px=9.0))  # a restart may change it
+    assert ing.accept(_frame(session="a", seq=0)).frame.header.lattice_px == 9.0
+    ing.accept(protocol.encode_start("a"))  # ... or drop it: the config value applies again
+    assert ing.accept(_frame(session="a", seq=0)).frame.header.lattice_px is None
+    ing.accept(protocol.encode_start("b", lattice_px=10.0))
+    ing.accept(protocol.encode_end("b", n_frames=0))
+    assert ing.accept(_frame(session="b", seq=0)).frame.header.lattice_px is None  # ended
+    assert ing.accept(_frame(session="late", seq=5)).frame.header.lattice_px is None

@@ -24,6 +24,8 @@ from rewardscope.simulators.publisher import publish
 from rewardscope.storage.recordlog import RecordReader
 
 LATTICE = 12.0
+# The daemon end to end over real sockets and subprocesses: `make test-fast` leaves it out.
+pytestmark = pytest.mark.slow
 
 
 def _daemon(frames_url: str, **overrides) -> tuple[Daemon, threading.Thread]:

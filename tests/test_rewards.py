@@ -50,7 +50,8 @@ def test_built_ins_are_registered_with_metadata() -> None:
         assert reward is R.REGISTRY[name]
         assert reward.name == name and reward.direction == direction
         assert reward.meaning and "\n" not in reward.meaning
-        assert callable(reward.func) and reward.func.reward is reward
+        assert callable(reward.func) and reward.scale >= 0
+        assert reward in R.BUILTIN  # declared once, in the registry table
     with pytest.raises(dataclasses.FrozenInstanceError):
         R.REGISTRY["count_quality"].direction = "max"
 
@@ -66,10 +67,11 @@ def test_to_minimisation() -> None:
     lo, hi = R.get_reward("count_quality"), R.get_reward("wall_straightness")
     assert R.to_minimisation(lo, 0.25) == 0.25
     assert R.to_minimisation(hi, 0.25) == -0.25
-    assert R.to_minimisation(lo, math.inf) == R.PENALTY
-    assert R.to_minimisation(lo, math.nan) == R.PENALTY
-    assert R.to_minimisation(hi, -math.inf) == R.PENALTY
-    assert R.to_minimisation(hi, math.inf) == -R.PENALTY
+    # one rule: NaN and any infinity are a failed candidate, +inf in every objective
+    for r, v in ((lo, math.inf), (lo, math.nan), (hi, -math.inf), (hi, math.inf), (hi, math.nan)):
+        assert R.to_minimisation(r, v) == math.inf
+    np.testing.assert_array_equal(R.objective_vector([lo, hi], {"count_quality": 0.1}),
+                                  [0.1, math.inf])  # a missing reward is a failure too
 
 
 def test_evaluate_picks_arguments_from_context() -> None:

@@ -75,11 +75,17 @@ def _bound(ctx: zmq.Context, kind: int, server: CurveServer) -> tuple[zmq.Socket
     return sock, sock.getsockopt_string(zmq.LAST_ENDPOINT)
 
 
-def _statuses_seen(pub: zmq.Socket, subscribers: list[ResultsClient], seconds: float) -> list[int]:
-    """Publish heartbeats for ``seconds``; count what each subscriber received."""
+def _statuses_seen(pub: zmq.Socket, subscribers: list[ResultsClient], seconds: float,
+                   wait_for: tuple[int, ...] = (), guard_s: float = 30.0) -> list[int]:
+    """Publish heartbeats for ``seconds``, and on until each subscriber in ``wait_for`` has
+    received one (a CURVE handshake on a loaded host may take longer than ``seconds``;
+    ``guard_s`` only stops a hang); count what each subscriber received."""
     seen = [0] * len(subscribers)
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
+    start = time.monotonic()
+    while True:
+        elapsed = time.monotonic() - start
+        if elapsed >= seconds and (all(seen[i] for i in wait_for) or elapsed >= guard_s):
+            break
         pub.send_multipart(protocol.encode_status({"state": "running"}))
         for i, sub in enumerate(subscribers):
             while sub.recv(timeout=0.02) is not None:
@@ -171,7 +177,7 @@ def test_only_authorised_subscribers_receive(keys, contexts):
                 ResultsClient(url, context=client_ctx, **keys.client("mallory")),
                 ResultsClient(url, context=client_ctx)]
         try:
-            alice, mallory, plain = _statuses_seen(pub, subs, QUIET_S + 0.5)
+            alice, mallory, plain = _statuses_seen(pub, subs, QUIET_S + 0.5, wait_for=(0,))
         finally:
             for s in subs:
                 s.close()

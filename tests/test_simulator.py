@@ -18,6 +18,7 @@ from scipy.spatial import cKDTree
 from rewardscope import protocol
 from rewardscope.protocol import ProtocolError, SessionMarker
 from rewardscope.simulators import faults as F
+from rewardscope.simulators import perovskite as perovskite_mod
 from rewardscope.simulators import publisher as P
 from rewardscope.simulators.perovskite import PerovskiteSimulator, SimConfig
 
@@ -247,26 +248,32 @@ def test_wire_dtypes_and_scaling():
     assert PerovskiteSimulator(SimConfig(seed=3), lattice_px=9.0).config.lattice_px == 9.0
 
 
-def _best_of(fn, n: int) -> float:
-    best = np.inf
-    for i in range(n):
-        t0 = time.perf_counter()
-        fn(i)
-        best = min(best, time.perf_counter() - t0)
-    return best
+def test_1024_render_work_is_proportional_to_the_frame(monkeypatch):
+    """What keeps a 1024^2 frame cheap, counted rather than timed (a timing bound is noise on
+    a shared 2-core host): the columns are drawn once per frame, in +-4 sigma windows with
+    one accumulation pass per column width, so the pixels touched are a small multiple of
+    the frame's (not columns x frame)."""
+    renders = []
 
+    def counted(shape, x, y, peak, sigma):
+        widths = np.unique(sigma)
+        window_px = sum(int((sigma == s).sum()) * (2 * int(np.ceil(4 * s)) + 1) ** 2
+                        for s in widths)
+        renders.append((len(widths), window_px))
+        return render(shape, x, y, peak, sigma)
 
-def test_renders_1024_quickly():
-    """Rendering (columns, walls, blobs) is well under 1 s; shot noise adds numpy's Poisson
-    (~0.1 s idle). Bounds are loose because the CI box is small and shared."""
+    render = perovskite_mod._render_gaussians
+    monkeypatch.setattr(perovskite_mod, "_render_gaussians", counted)
     clean = PerovskiteSimulator(shape=(1024, 1024), amorphous_regions=3, n_walls=3)
-    assert clean.frame(0).pixels.shape == (1024, 1024)
-    t_clean = _best_of(clean.frame, 3)
-    assert t_clean < 1.0, f"clean 1024x1024 frame took {t_clean:.3f} s"
     noisy = PerovskiteSimulator(shape=(1024, 1024), amorphous_regions=3, dose=50.0,
                                 noise_sigma=0.35, scan_noise_px=0.3, gradient=0.1)
-    t_noisy = _best_of(noisy.frame, 2)
-    assert t_noisy < 2.5, f"noisy 1024x1024 frame took {t_noisy:.3f} s"
+    for sim in (clean, noisy):
+        px = sim.frame(0).pixels
+        assert px.shape == (1024, 1024) and np.isfinite(px.astype(np.float64)).all()
+    assert len(renders) == 2  # one render per frame
+    for n_widths, window_px in renders:
+        assert n_widths <= 2  # crystalline and amorphous column widths: two passes at most
+        assert window_px < 4 * 1024 * 1024
 
 
 # ---------------------------------------------------------------------- faults

@@ -7,8 +7,7 @@ Measured values are printed (``pytest -s`` shows them).
 
 from __future__ import annotations
 
-import time
-import warnings
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -16,9 +15,10 @@ from skopt.space import Space
 
 from rewardscope.optimize.knee import knee_index
 from rewardscope.science.atomfind import atoms_xy, find_atoms, normalize_frame
-from rewardscope.science.rewards import REGISTRY
+from rewardscope.science.rewards import REGISTRY, order_contrast
 from rewardscope.simulators.perovskite import PerovskiteSimulator, SimConfig
-from rewardscope.workflows.amorphous import AmorphousWorkflow, order_contrast
+from rewardscope.workflows import amorphous as amorphous_mod
+from rewardscope.workflows.amorphous import AmorphousWorkflow
 from rewardscope.workflows.base import FrameContext
 
 LATTICE = 12.0
@@ -83,10 +83,9 @@ def run_default(wf: AmorphousWorkflow, ctx: FrameContext):
 def test_declares_space_rewards_and_defaults(workflow: AmorphousWorkflow) -> None:
     assert workflow.name == "amorphous"
     assert workflow.param_names() == ["threshold", "covariance_type", "window", "n_components"]
-    names = [r.name for r in workflow.rewards]
+    names = list(workflow.rewards)
     assert names[:2] == ["region_compactness", "normalised_perimeter"]
-    for spec in workflow.rewards:  # every reward resolves in the registry, same direction
-        assert REGISTRY[spec.name].direction == spec.direction
+    assert [REGISTRY[n].direction for n in names] == ["max", "min", "max"]
     defaults = workflow.default_params(LATTICE)
     point = [defaults[n] for n in workflow.param_names()]
     assert point in Space(workflow.space)
@@ -105,7 +104,7 @@ def test_output_shapes_and_label_consistency(frames, workflow) -> None:
     ix = np.clip(np.floor(ctx.atoms[:, 0] + 0.5).astype(int), 0, mask.shape[1] - 1)
     iy = np.clip(np.floor(ctx.atoms[:, 1] + 0.5).astype(int), 0, mask.shape[0] - 1)
     np.testing.assert_array_equal(labels, mask[iy, ix])
-    assert set(ev.rewards) == {r.name for r in workflow.rewards}
+    assert set(ev.rewards) == set(workflow.rewards)
     assert np.all(np.isfinite(workflow.objective_vector(ev)))
 
 
@@ -201,25 +200,35 @@ def test_noisy_frame_still_matches_truth(frames, workflow, source) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def test_one_evaluation_is_fast() -> None:
-    """384^2, lattice 17 px -> ~1000 atoms: a cold evaluation (per-frame state, descriptors,
-    GMM, mask, rewards) and a warm one (new GMM parameters, cached descriptors)."""
+def test_candidates_share_the_expensive_per_frame_work(monkeypatch) -> None:
+    """What keeps a candidate cheap, counted rather than timed (a timing bound is noise on a
+    shared 2-core host; ``python -m benchmarks`` measures speed): local order once per frame
+    and atom set, descriptors once per window, the GMM once per (window, components,
+    covariance); a candidate that changes only the threshold reuses the fit."""
+    calls: Counter = Counter()
+
+    def counted(name, func):
+        def wrapper(*args, **kwargs):
+            calls[name] += 1
+            return func(*args, **kwargs)
+        return wrapper
+
+    for name in ("local_disorder", "patch_residuals", "disordered_posterior"):
+        monkeypatch.setattr(amorphous_mod, name, counted(name, getattr(amorphous_mod, name)))
     fr = Frame(lattice_px=17.0, amorphous_regions=2, seed=5)
     wf = AmorphousWorkflow(17.0)
     ctx = fr.ctx("truth")
     params = wf.default_params(17.0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        wf.evaluate(FrameContext(fr.image, 17.0, atoms=fr.atoms["found"]), params)  # warm-up
-        t0 = time.perf_counter()
-        ev = wf.evaluate(ctx, params)
-        t1 = time.perf_counter()
-        wf.evaluate(ctx, {**params, "threshold": 0.5, "covariance_type": "full"})
-        t2 = time.perf_counter()
-    score = iou(ev.output["amorphous_mask"], fr.truth.amorphous_mask)
-    print(
-        f"N={len(ctx.atoms)} atoms: cold eval {1e3 * (t1 - t0):.0f} ms, "
-        f"warm eval {1e3 * (t2 - t1):.0f} ms, IoU {score:.3f}"
-    )
-    assert t1 - t0 < 1.0
-    assert t2 - t1 < 1.0
+    ev = wf.evaluate(ctx, params)
+    assert calls == {"local_disorder": 1, "patch_residuals": 1, "disordered_posterior": 1}
+    wf.evaluate(ctx, {**params, "threshold": 0.5})
+    assert calls == {"local_disorder": 1, "patch_residuals": 1, "disordered_posterior": 1}
+    wf.evaluate(ctx, {**params, "threshold": 0.5, "covariance_type": "full"})
+    assert calls == {"local_disorder": 1, "patch_residuals": 1, "disordered_posterior": 2}
+    wf.evaluate(ctx, {**params, "window": params["window"] + 1})
+    assert calls == {"local_disorder": 1, "patch_residuals": 2, "disordered_posterior": 3}
+    ctx.atoms = fr.atoms["found"]  # another atom set: the per-frame state is rebuilt
+    wf.evaluate(ctx, params)
+    assert calls == {"local_disorder": 2, "patch_residuals": 3, "disordered_posterior": 4}
+    print(f"N={len(fr.atoms['truth'])} atoms: IoU "
+          f"{iou(ev.output['amorphous_mask'], fr.truth.amorphous_mask):.3f}")

@@ -9,7 +9,7 @@ sublattice >= 0.9; median distance detected-wall -> true wall and true wall -> d
 
 from __future__ import annotations
 
-import time
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,21 +18,19 @@ from scipy import ndimage
 from sklearn.metrics import adjusted_rand_score
 from skopt.space import Space
 
-from rewardscope.science import atomfind, descriptors, kernels, rewards
+from rewardscope.science import atomfind, descriptors, kernels, mixtures, rewards
+from rewardscope.science.rewards import domain_interior, frame_chords, wall_span
 from rewardscope.science.scoring import match_points
 from rewardscope.simulators.perovskite import PerovskiteSimulator, SimConfig
 from rewardscope.workflows.base import Evaluation, FrameContext
 from rewardscope.workflows.domains import (
     DomainsWorkflow,
     _absorb_wall_clusters,
-    domain_interior,
-    frame_chords,
     hough_segments,
     merge_collinear,
     polarization_silhouette,
     rasterise_tree,
     wall_chains,
-    wall_span,
 )
 
 try:
@@ -218,10 +216,10 @@ def test_fft_features_equal_full_fft_crop():
 def test_fit_sample_is_fixed_and_bounded():
     rows = np.zeros(10_000, bool)
     rows[::2] = True
-    a = descriptors.fit_sample(rows, 1000, seed=0)
+    a = mixtures.fit_sample(rows, 1000, seed=0)
     assert len(a) == 1000 and rows[a].all() and np.all(np.diff(a) > 0)
-    np.testing.assert_array_equal(a, descriptors.fit_sample(rows, 1000, seed=0))
-    np.testing.assert_array_equal(descriptors.fit_sample(rows[:100], 1000),
+    np.testing.assert_array_equal(a, mixtures.fit_sample(rows, 1000, seed=0))
+    np.testing.assert_array_equal(mixtures.fit_sample(rows[:100], 1000),
                                   np.flatnonzero(rows[:100]))
 
 
@@ -353,7 +351,7 @@ def test_output_schema(frames):
     assert all(p.ndim == 2 and p.shape[1] == 2 for p in out["wall_points"])
     assert out["sublattice"]["labelled"] == "B"
     np.testing.assert_array_equal(out["sublattice"]["site"], fr.truth.site)
-    assert {spec.name for spec in wf.rewards} <= set(ev.rewards)
+    assert set(wf.rewards) <= set(ev.rewards)
     assert np.all(np.isfinite(wf.objective_vector(ev)))
     assert ctx.sites is not None  # classification is shared with later workflows
 
@@ -363,8 +361,7 @@ def test_space_and_default_params_agree():
     default = wf.default_params(12.0)
     assert wf.param_names() == list(default)
     assert [default[n] for n in wf.param_names()] in Space(wf.space)
-    for spec in wf.rewards:
-        assert rewards.get_reward(spec.name).direction == spec.direction
+    assert [rewards.get_reward(n).direction for n in wf.rewards] == ["min", "max", "max"]
 
 
 def test_degenerate_atom_sets_score_worst(frames):
@@ -404,20 +401,35 @@ def test_knee_of_random_candidates_is_a_good_analysis(frames, case, source):
         _check_quality(evals[k], fr, source, what)
 
 
-def test_one_evaluation_is_fast(frames):
+def test_candidates_share_the_expensive_per_frame_work(frames, monkeypatch):
+    """What keeps a candidate cheap, counted rather than timed (a timing bound is noise on a
+    shared 2-core host; ``python -m benchmarks`` measures speed): the sites are placed once
+    per frame and atom set, the descriptors (patches + SVD) once per window, blur and
+    family, and candidates that change only the PCA depth or the mixture reuse them."""
+    calls: Counter = Counter()
+
+    def counted(name, func):
+        def wrapper(*args, **kwargs):
+            calls[name] += 1
+            return func(*args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(descriptors, "cage_centres", counted("sites", descriptors.cage_centres))
+    monkeypatch.setattr(descriptors, "pca_scores", counted("svd", descriptors.pca_scores))
     fr = frames["100"]
     wf = DomainsWorkflow()
     params = wf.default_params(fr.lattice_px)
-    warm = _ctx(fr, "found")
-    wf.evaluate(warm, params)  # warm-up: numba, sklearn imports, BLAS
     ctx = _ctx(fr, "found")
-    t0 = time.perf_counter()
     wf.prepare(ctx)
-    t1 = time.perf_counter()
-    wf.evaluate(ctx, params)  # new descriptors: patches + SVD + GMM + walls
-    t2 = time.perf_counter()
-    wf.evaluate(ctx, dict(params, n_components=3, covariance_type="tied"))  # cached descriptors
-    t3 = time.perf_counter()
-    print(f"{len(ctx.atoms)} atoms on {fr.image.shape}: prepare {1e3 * (t1 - t0):.0f} ms, "
-          f"evaluation {1e3 * (t2 - t1):.0f} ms, with cached descriptors {1e3 * (t3 - t2):.0f} ms")
-    assert t2 - t1 < 1.0 and t3 - t2 < 1.0
+    assert calls == {"sites": 1}
+    wf.evaluate(ctx, params)
+    assert calls == {"sites": 1, "svd": 1}
+    wf.evaluate(ctx, dict(params, n_components=3, covariance_type="tied"))
+    wf.evaluate(ctx, dict(params, pca_dims=4))
+    wf.evaluate(ctx, dict(params, blur=params["blur"] + 0.1))  # same quantised blur
+    assert calls == {"sites": 1, "svd": 1}
+    wf.evaluate(ctx, dict(params, descriptor="fft"))
+    assert calls == {"sites": 1, "svd": 2}
+    ctx.atoms = ctx.atoms[1:]  # another atom set: new sites, new descriptors
+    wf.evaluate(ctx, params)
+    assert calls == {"sites": 2, "svd": 3}

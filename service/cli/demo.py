@@ -14,7 +14,6 @@ import time
 
 from rewardscope import config, logs
 from rewardscope.science.scoring import match_points
-from rewardscope.workflows import WORKFLOW_CHAINS
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -24,7 +23,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lattice-px", type=float, default=12.0)
     p.add_argument("--noise", type=float, default=0.1, help="noise sigma / A-column peak")
     p.add_argument("--workflow", default="atoms",
-                   choices=tuple(WORKFLOW_CHAINS))
+                   help="atoms|domains|amorphous|all|latent, a comma-separated list, or "
+                        "package.module:Class (default atoms)")
     p.add_argument("--budget", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--metrics-port", type=int, default=0, help="0 = no metrics endpoint")

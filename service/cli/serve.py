@@ -1,5 +1,9 @@
 """``rewardscope serve`` and ``rewardscope config``: flags override the TOML, which overrides the
-environment, which overrides the defaults."""
+environment, which overrides the defaults.
+
+The flags are generated from the keys declared on :class:`rewardscope.config.ServiceConfig`
+(those with ``flag=True``); add a key there, not here.
+"""
 
 from __future__ import annotations
 
@@ -9,46 +13,26 @@ import logging
 import sys
 
 from rewardscope import config, logs
-from rewardscope.workflows import WORKFLOW_CHAINS
-
-# flag -> config key
-FLAGS = {
-    "frames": "frames", "frames_mode": "frames_mode", "results": "results",
-    "control": "control", "metrics_port": "metrics_port", "metrics_addr": "metrics_addr",
-    "lattice_px": "lattice_px", "store": "store", "workflow": "workflow", "budget": "budget",
-    "deadline_s": "deadline_s", "curve_secret": "curve_secret", "curve_allow": "curve_allow",
-    "curve_instrument_public": "curve_instrument_public",
-    "log_format": "log_format", "log_level": "log_level",
-}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="TOML file (sections [service], [limits], [analysis])")
-    p.add_argument("--frames", help="instrument frames URL (default tcp://127.0.0.1:5555)")
-    p.add_argument("--frames-mode", choices=("sub", "pull"), help="SUB (default) or PULL")
-    p.add_argument("--results", help="results PUB bind URL (default tcp://127.0.0.1:5556)")
-    p.add_argument("--control", help="control REP bind URL (default tcp://127.0.0.1:5557)")
-    p.add_argument("--metrics-port", type=int, help="Prometheus port (default 9108, 0 = off)")
-    p.add_argument("--metrics-addr", help="Prometheus bind address (default 127.0.0.1)")
-    p.add_argument("--lattice-px", type=float, help="expected lattice spacing in pixels")
-    p.add_argument("--store", help="session store directory (record logs, checkpoints)")
-    p.add_argument("--workflow", choices=tuple(WORKFLOW_CHAINS))
-    p.add_argument("--budget", type=int, help="optimizer evaluations per warm frame")
-    p.add_argument("--deadline-s", type=float, help="wall-clock cap per frame search")
-    p.add_argument("--curve-secret", help="server secret certificate (enables CURVE)")
-    p.add_argument("--curve-allow", help="folder of authorised client public certificates")
-    p.add_argument("--curve-instrument-public",
-                   help="instrument's public certificate (CURVE on a connected frames socket)")
-    p.add_argument("--allow-insecure-bind", action="store_true", default=None,
-                   help="permit binding beyond loopback without CURVE")
-    p.add_argument("--log-format", choices=("json", "text"))
-    p.add_argument("--log-level")
+    p.add_argument("--config", help="TOML file (sections [service], [limits], [analysis], "
+                                    "[security], [workflows.NAME])")
+    config.add_flags(p)
 
 
 def effective_config(args: argparse.Namespace) -> config.ServiceConfig:
-    overrides = {key: getattr(args, flag, None) for flag, key in FLAGS.items()}
-    overrides["allow_insecure_bind"] = getattr(args, "allow_insecure_bind", None)
-    return config.load(getattr(args, "config", None), overrides)
+    return config.load(getattr(args, "config", None), config.flag_values(args))
+
+
+def check_settings(cfg: config.ServiceConfig) -> None:
+    """The engine's check that the configured workflows and rewards resolve (raises
+    ConfigError); skipped when the engine does not offer one."""
+    from rewardscope import engine  # imports the workflows: only once a config is built
+
+    check = getattr(engine, "check_settings", None)
+    if check is not None:
+        check(cfg)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -56,6 +40,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         cfg = effective_config(args)
+        check_settings(cfg)
     except config.ConfigError as exc:
         print(f"rewardscope serve: {exc}", file=sys.stderr)
         return 2
@@ -72,11 +57,17 @@ def run(args: argparse.Namespace) -> int:
 
 def add_config_arguments(p: argparse.ArgumentParser) -> None:
     add_arguments(p)
+    p.add_argument("--markdown", action="store_true",
+                   help="print the table of configuration keys (docs/OPERATIONS.md) and exit")
 
 
 def run_config(args: argparse.Namespace) -> int:
+    if getattr(args, "markdown", False):
+        sys.stdout.write(config.markdown_table())
+        return 0
     try:
         cfg = effective_config(args)
+        check_settings(cfg)
     except config.ConfigError as exc:
         print(f"rewardscope config: {exc}", file=sys.stderr)
         return 2

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from rewardscope.config import ServiceConfig
 from rewardscope.engine.analysis import Analysis
-from rewardscope.engine.session import SessionEngine
+from rewardscope.engine.session import SessionEngine, check_settings, resolve_chain
 
 
 def make_engine(session: str, settings: ServiceConfig) -> SessionEngine:
@@ -25,4 +25,4 @@ def warmup() -> None:
     kernels.warmup()
 
 
-__all__ = ["Analysis", "SessionEngine", "make_engine", "warmup"]
+__all__ = ["Analysis", "SessionEngine", "check_settings", "make_engine", "resolve_chain", "warmup"]

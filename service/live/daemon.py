@@ -12,24 +12,32 @@ When analysis is slower than acquisition the mailbox keeps only the newest frame
 replaced one as dropped ("stale"), so latency stays bounded instead of a queue growing without
 limit. A malformed message is counted under its code, published on the error topic, and the
 loop goes on with the next one: nothing the instrument sends can stop the daemon.
+
+Operations tell the truth: ``connected`` follows the frames socket's ZeroMQ monitor events (polled
+by the I/O thread), ``queue_depth`` and ``lag_seconds`` follow the mailbox and the frame in
+analysis, and optimizer checkpoints are written by a background writer, off the latency path.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import signal
 import threading
 import time
 import traceback
 from collections import Counter, OrderedDict
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from rewardscope import __version__, protocol, security
 from rewardscope.config import ConfigError, ServiceConfig
-from rewardscope.engine import SessionEngine, make_engine
+from rewardscope.engine import SessionEngine, check_settings, make_engine
 from rewardscope.engine import warmup as engine_warmup
+from rewardscope.live.checkpoints import CheckpointWriter
 from rewardscope.live.ingest import Accepted, Ingest, Marker
 from rewardscope.live.metrics import Metrics
 from rewardscope.live.publish import result_message
@@ -39,9 +47,15 @@ from rewardscope.security import is_loopback_url
 log = logging.getLogger("rewardscope.live.daemon")
 
 DROP_REASONS = ("seq_gap", "stale", "invalid", "duplicate")
-SETTABLE = ("lattice_px", "budget", "cold_budget", "deadline_s", "cold_deadline_s", "eval_workers",
-            "workflow", "knee", "seed", "heartbeat_s", "session_gap_timeout_s")
 _INPROC = "inproc://rewardscope-results-{}"
+# Frames-socket monitor events. A connecting socket is up once the ZMTP handshake succeeded
+# (libzmq >= 4.3; TCP-connected is not enough: a CURVE refusal or a non-ZeroMQ peer fails there)
+# and down on disconnect/close; a binding socket counts accepted peers minus disconnected ones.
+_LINK_UP = (zmq.EVENT_HANDSHAKE_SUCCEEDED if zmq.zmq_version_info() >= (4, 3)
+            else zmq.EVENT_CONNECTED)
+_CONNECT_EVENTS = _LINK_UP | zmq.EVENT_DISCONNECTED | zmq.EVENT_CLOSED
+_BIND_EVENTS = zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED
+CHECKPOINT_FLUSH_S = 10.0  # a new session's engine waits this long for pending checkpoints
 CURVE_WIRED = True  # Daemon.start applies rewardscope.security to its sockets
 
 
@@ -64,17 +78,27 @@ def check_bind_policy(cfg: ServiceConfig) -> None:
 
 
 class LatestFrameSlot:
-    """A one-frame mailbox: ``put`` replaces what the analysis thread has not taken yet."""
+    """A one-frame mailbox: ``put`` replaces what the analysis thread has not taken yet.
 
-    def __init__(self) -> None:
+    ``on_depth(depth)`` is called, under the mailbox's lock, whenever the depth may have changed
+    (put, take, close), so a depth gauge never shows a stale value.
+    """
+
+    def __init__(self, on_depth: Callable[[int], None] | None = None) -> None:
         self._cond = threading.Condition()
         self._item: Accepted | None = None
         self._closed = False
+        self._on_depth = on_depth
         self.paused = False
+
+    def _depth_changed(self) -> None:
+        if self._on_depth is not None:
+            self._on_depth(self.depth())
 
     def put(self, item: Accepted) -> Accepted | None:
         with self._cond:
             replaced, self._item = self._item, item
+            self._depth_changed()
             self._cond.notify()
             return replaced
 
@@ -86,6 +110,7 @@ class LatestFrameSlot:
             if self._closed:
                 return None
             item, self._item = self._item, None
+            self._depth_changed()
             return item
 
     def set_paused(self, paused: bool) -> None:
@@ -97,6 +122,7 @@ class LatestFrameSlot:
         with self._cond:
             self._closed = True
             item, self._item = self._item, None
+            self._depth_changed()
             self._cond.notify_all()
             return item
 
@@ -124,12 +150,13 @@ class Daemon:
     def __init__(self, cfg: ServiceConfig, *, context: zmq.Context | None = None,
                  metrics: Metrics | None = None) -> None:
         cfg.validate()
+        check_settings(cfg)
         check_bind_policy(cfg)
         self.cfg = cfg
         self.ctx = context or zmq.Context.instance()
         self.metrics = metrics or Metrics()
         self.ingest = Ingest(cfg.limits())
-        self.slot = LatestFrameSlot()
+        self.slot = LatestFrameSlot(on_depth=self.metrics.set_queue)
         self.stats = Stats()
         self.dropped: Counter[str] = Counter({r: 0 for r in DROP_REASONS})
         self.errors: Counter[str] = Counter({c: 0 for c in protocol.ERROR_CODES})
@@ -139,6 +166,9 @@ class Daemon:
             from rewardscope.storage.sessions import SessionStore
 
             self.store = SessionStore(cfg.store)
+        self.checkpoints: CheckpointWriter | None = None  # started with the service
+        self.connected = False  # the frames socket's link to the instrument (monitor events)
+        self._peers = 0
         self._engines_lock = threading.Lock()
         self._stop = threading.Event()
         self._started_monotonic = time.monotonic()
@@ -166,12 +196,16 @@ class Daemon:
         if cfg.metrics_port:
             self.metrics.serve(cfg.metrics_port, cfg.metrics_addr)
         engine_warmup()
+        if self.store is not None:
+            self.checkpoints = CheckpointWriter(
+                self.store.checkpoint,
+                on_written=lambda seconds: self.metrics.observe_stage("checkpoint", seconds),
+                on_failed=self.metrics.checkpoint_failed)
         self._worker = threading.Thread(target=self._analysis_loop, name="analysis",
                                         daemon=True)
         self._worker.start()
         self.state = "running"
         self.metrics.set_state("running")
-        self.metrics.set_connected(True)
         log.info("service started", extra={"frames": self.frames_endpoint,
                                            "frames_mode": cfg.frames_mode,
                                            "results": self.results_endpoint,
@@ -189,6 +223,10 @@ class Daemon:
         self.frames.setsockopt(zmq.MAXMSGSIZE, cfg.max_message_bytes + 65536)
         self.frames.setsockopt(zmq.LINGER, 0)
         security.secure(self.curve, self.frames, bind=cfg.frames_bind, url=cfg.frames)
+        # before bind/connect, so the first connection's events are not missed
+        self._frames_bound = cfg.frames_bind
+        self.frames_monitor = self.frames.get_monitor_socket(
+            _BIND_EVENTS if cfg.frames_bind else _CONNECT_EVENTS)
         if cfg.frames_bind:
             self.frames.bind(cfg.frames)
             self.frames_endpoint = self.frames.getsockopt_string(zmq.LAST_ENDPOINT)
@@ -225,6 +263,7 @@ class Daemon:
         poller.register(self.frames, zmq.POLLIN)
         poller.register(self.control, zmq.POLLIN)
         poller.register(self.from_worker, zmq.POLLIN)
+        poller.register(self.frames_monitor, zmq.POLLIN)
         next_beat = time.monotonic()
         try:
             while not self._stop.is_set():
@@ -241,6 +280,8 @@ class Daemon:
                     self._drain_frames()
                 if self.control in events:
                     self._handle_control()
+                if self.frames_monitor in events:
+                    self._drain_link_events()
         finally:
             self._shutdown()
         return 0
@@ -255,10 +296,15 @@ class Daemon:
             self._worker.join(timeout=max(5.0, 2 * self.cfg.cold_deadline_s + 5))
         while self.from_worker.poll(0):
             self._forward_from_worker()
+        if self.checkpoints is not None:  # the last frame's state, so a restart continues warm
+            self.checkpoints.close(timeout=30.0)
         self._heartbeat()
         self.state = "stopped"
+        self.connected = False
         self.metrics.set_connected(False)
-        for s in (self.frames, self.control, self.from_worker, self.results):
+        self.frames.disable_monitor()
+        for s in (self.frames_monitor, self.frames, self.control, self.from_worker,
+                  self.results):
             s.close()
         if self.curve is not None:  # only after the sockets: a CURVE socket without ZAP admits all
             self.curve.stop()
@@ -276,6 +322,32 @@ class Daemon:
             except zmq.Again:
                 return
             self._on_message(parts)
+
+    def _drain_link_events(self) -> None:
+        """Follow the frames socket's connection state from its monitor events."""
+        for _ in range(256):
+            try:
+                event = recv_monitor_message(self.frames_monitor, zmq.NOBLOCK)["event"]
+            except zmq.Again:
+                return
+            self._on_link_event(event)
+
+    def _on_link_event(self, event: int) -> None:
+        if self._frames_bound:  # any number of instruments may connect to a bound socket
+            if event == zmq.EVENT_ACCEPTED:
+                self._peers += 1
+            elif event == zmq.EVENT_DISCONNECTED:
+                self._peers = max(0, self._peers - 1)
+        elif event == _LINK_UP:
+            self._peers = 1
+        elif event in (zmq.EVENT_DISCONNECTED, zmq.EVENT_CLOSED):
+            self._peers = 0
+        connected = self._peers > 0
+        if connected != self.connected:
+            self.connected = connected
+            self.metrics.set_connected(connected)
+            log.info("instrument connected" if connected else "instrument disconnected",
+                     extra={"frames": self.frames_endpoint, "peers": self._peers})
 
     def _on_message(self, parts: list[bytes]) -> None:
         self.stats.received += 1
@@ -299,9 +371,8 @@ class Daemon:
         self.metrics.set_last_frame_timestamp(msg.frame.header.t)
         if msg.gap:
             self._drop("seq_gap", msg.gap)
-        if self.slot.put(msg) is not None:
+        if self.slot.put(msg) is not None:  # the slot reports its depth to the metrics
             self._drop("stale")
-        self.metrics.set_queue(self.slot.depth())
 
     def _on_marker(self, m: Marker) -> None:
         mk = m.marker
@@ -373,6 +444,10 @@ class Daemon:
         """Load the session's checkpoint (if any) so a restarted service continues warm."""
         if self.store is None or not hasattr(eng, "load_state_dict"):
             return
+        # An evicted engine's last snapshot may still be on its way to disk: let it land.
+        if self.checkpoints is not None and not self.checkpoints.flush(CHECKPOINT_FLUSH_S):
+            log.warning("pending checkpoints not written yet; restoring an older one",
+                        extra={"session": eng.session})
         state = self.store.load_checkpoint(eng.session)
         if state is None:
             return
@@ -384,14 +459,16 @@ class Daemon:
                                                                  "error": repr(exc)})
 
     def _checkpoint(self, eng: SessionEngine) -> None:
-        if self.store is None:
+        """Snapshot the engine's state as of this frame for the background writer (no I/O)."""
+        if self.checkpoints is None:
             return
-        t0 = time.perf_counter()
-        try:
-            self.store.checkpoint(eng.session, eng.state_dict())
-        except (OSError, TypeError, ValueError) as exc:
+        try:  # a copy: the engine goes on mutating its optimizers with the next frame
+            state = copy.deepcopy(eng.state_dict())
+        except Exception as exc:  # never worth a frame
             log.error("checkpoint failed", extra={"session": eng.session, "error": repr(exc)})
-        self.metrics.observe_stage("store", time.perf_counter() - t0)
+            self.metrics.checkpoint_failed()
+            return
+        self.checkpoints.submit(eng.session, state)
 
     # ------------------------------------------------------------------ analysis thread
     def _analysis_loop(self) -> None:
@@ -399,10 +476,14 @@ class Daemon:
         out.connect(self._inproc)
         try:
             while True:
-                item = self.slot.take()
+                item = self.slot.take()  # the slot sets queue_depth back to 0
                 if item is None:
                     return
-                out.send_multipart(self._analyse(item))
+                self.metrics.set_analysing(item.received_monotonic)  # lag: this frame's age
+                try:
+                    out.send_multipart(self._analyse(item))
+                finally:
+                    self.metrics.set_analysing(None)  # result out: idle, lag 0
         finally:
             out.close(linger=1000)
 
@@ -426,12 +507,27 @@ class Daemon:
         self.metrics.evaluations(analysis.n_evaluations)
         if analysis.rewards:
             self.metrics.set_rewards(analysis.rewards)
-        if analysis.hypervolume is not None:
-            self.metrics.set_pareto(len(analysis.pareto), analysis.hypervolume)
+        self._pareto_metrics(analysis.pareto, analysis.hypervolume)
         t0 = time.perf_counter()
         parts = result_message(frame, analysis, item.received_monotonic)
         self.metrics.observe_stage("publish", time.perf_counter() - t0)
         return parts
+
+    def _pareto_metrics(self, pareto: list, hypervolume: Mapping[str, float] | float | None
+                        ) -> None:
+        """Per-workflow front sizes and hypervolumes (each workflow's own units, never summed).
+
+        ``hypervolume`` is ``{workflow: hv}``; a bare number (an engine that sums them) is
+        reported under the workflow label ``all``.
+        """
+        sizes = Counter(str(p.get("workflow", "all")) for p in pareto if isinstance(p, Mapping))
+        if hypervolume is None:
+            hv = None
+        elif isinstance(hypervolume, Mapping):
+            hv = {str(k): float(v) for k, v in hypervolume.items()}
+        else:
+            hv = {"all": float(hypervolume)}
+        self.metrics.set_pareto(sizes, hv)
 
     def _forward_from_worker(self) -> None:
         parts = self.from_worker.recv_multipart()
@@ -459,7 +555,8 @@ class Daemon:
                 "frames_dropped": dict(self.dropped), "errors": dict(self.errors),
                 "last_seq": self.stats.last_seq, "last_session": self.stats.last_session,
                 "uptime_s": round(time.monotonic() - self._started_monotonic, 3),
-                "sessions": len(self.ingest.sessions), "queue_depth": self.slot.depth()}
+                "sessions": len(self.ingest.sessions), "queue_depth": self.slot.depth(),
+                "connected": self.connected}
 
     def _heartbeat(self) -> None:
         self.results.send_multipart(protocol.encode_status(self.stats_dict()))
@@ -492,12 +589,10 @@ class Daemon:
             return {"ok": True, "state": self.state}
         if cmd == "set":
             values = {k: v for k, v in req.items() if k != "cmd"}
-            bad = [k for k in values if k not in SETTABLE]
-            if bad:
-                return {"ok": False, "error": f"cannot set {', '.join(sorted(bad))} live; "
-                                              f"settable: {', '.join(SETTABLE)}"}
-            try:
-                self.cfg = self.cfg.updated(values, source="set")
+            try:  # keys and values: config.SETTABLE; workflow/reward names: the engine
+                new_cfg = self.cfg.updated_live(values, source="set")
+                check_settings(new_cfg)
+                self.cfg = new_cfg
             except ConfigError as exc:
                 return {"ok": False, "error": str(exc)}
             log.info("settings changed", extra={k: str(v) for k, v in values.items()})

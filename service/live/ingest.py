@@ -2,15 +2,17 @@
 
 Knows nothing about analysis. The daemon feeds it every message from the frames socket; it
 decodes (via :mod:`rewardscope.protocol`), tracks each session's sequence numbers and returns
-what the daemon should do. Rejections raise :class:`~rewardscope.protocol.ProtocolError`, whose
-code the daemon counts and publishes.
+what the daemon should do. A frame whose header has no ``lattice_px`` gets its session start
+marker's (frame header > session start > config ``lattice_px``, the engine's fallback).
+Rejections raise :class:`~rewardscope.protocol.ProtocolError`, whose code the daemon counts and
+publishes.
 """
 
 from __future__ import annotations
 
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from rewardscope import protocol
 from rewardscope.protocol import Frame, ProtocolError, SessionMarker
@@ -29,6 +31,7 @@ class SessionSequence:
     restarts: int = 0
     last_seen_monotonic: float = field(default_factory=time.monotonic)
     ended: bool = False
+    lattice_px: float | None = None  # from the start marker; for frames whose header has none
 
 
 @dataclass
@@ -76,9 +79,11 @@ class Ingest:
                 # A start inside a live session: the instrument restarted; seq starts afresh.
                 seq.restarts += 1
                 seq.started, seq.last_seq, seq.last_seen_monotonic = True, None, now
+                seq.lattice_px = m.lattice_px
             else:
                 self.sessions[m.session] = SessionSequence(m.session, started=True,
-                                                           last_seen_monotonic=now)
+                                                           last_seen_monotonic=now,
+                                                           lattice_px=m.lattice_px)
             return Marker(m)
         if seq is None:
             seq = self.sessions[m.session] = SessionSequence(m.session, last_seen_monotonic=now)
@@ -115,6 +120,9 @@ class Ingest:
         seq.gaps += gap
         seq.last_seen_monotonic = now
         self.gaps_total += gap
+        if f.header.lattice_px is None and seq.lattice_px is not None:
+            # precedence: frame header > session start > config (the engine's fallback)
+            f = replace(f, header=replace(f.header, lattice_px=seq.lattice_px))
         return Accepted(f, gap=gap, received_monotonic=now)
 
     def silent_sessions(self, timeout_s: float) -> list[str]:

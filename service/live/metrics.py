@@ -4,7 +4,8 @@ Names follow the Prometheus naming guide: prefix ``rewardscope_``, base units (s
 end in ``_total``. Every labelled series whose label values are known up front is created at
 zero in ``__init__`` so dashboards and ``rate()`` show zeros, not gaps, before the first event.
 Labels are always drawn from small fixed sets (drop reasons, error codes, stages, states, reward
-names from the workflow registry); session ids and sequence numbers never become labels.
+and workflow names from the workflow registry); session ids and sequence numbers never become
+labels.
 
 Each :class:`Metrics` owns its own ``CollectorRegistry`` so that tests, and several services in
 one process, never clash on the global default registry.
@@ -38,7 +39,7 @@ PREFIX = "rewardscope"
 
 DROP_REASONS = ("seq_gap", "stale", "invalid", "duplicate")
 STAGES = ("decode", "atoms", "descriptors", "cluster", "walls", "optimizer", "publish", "vae",
-          "store")
+          "store", "checkpoint")
 STATES = ("starting", "running", "paused", "stopping")
 # Error codes come from the protocol module; anything else is counted as "other" rather than
 # raising inside error handling or growing the label set.
@@ -47,6 +48,8 @@ ERROR_LABELS = (*protocol.ERROR_CODES, OTHER_ERROR)
 # Reward names are bounded by the workflow registry; this cap only guards against a bug that
 # would feed unbounded names (one series each) into the time-series database.
 MAX_REWARDS = 64
+# Workflow names (the ``workflow`` label of the Pareto gauges) are bounded the same way.
+MAX_WORKFLOWS = 16
 NO_MODEL = "none"
 
 # Stage timings: 1 ms .. 30 s; frame-to-result latency: 10 ms .. 30 s.
@@ -60,7 +63,8 @@ class Metrics:
     """The service's metrics; the daemon calls the methods, Prometheus scrapes ``/metrics``."""
 
     def __init__(self, registry: CollectorRegistry | None = None, *,
-                 rewards: Iterable[str] = (), process: bool = True) -> None:
+                 rewards: Iterable[str] = (), workflows: Iterable[str] = (),
+                 process: bool = True) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
         self._server: WSGIServer | None = None
@@ -92,15 +96,25 @@ class Metrics:
             "reward_value", "Latest value of each reward of the chosen analysis.",
             ["reward"], namespace=PREFIX, registry=r)
         self.pareto_size = Gauge(
-            "pareto_front_size", "Points on the latest frame's Pareto front.",
-            namespace=PREFIX, registry=r)
+            "pareto_front_size", "Points on the latest frame's Pareto front, per workflow.",
+            ["workflow"], namespace=PREFIX, registry=r)
         self.pareto_hypervolume = Gauge(
-            "pareto_hypervolume", "Hypervolume of the latest frame's Pareto front.",
-            namespace=PREFIX, registry=r)
+            "pareto_hypervolume",
+            "Hypervolume of the latest frame's Pareto front of one workflow (its own units).",
+            ["workflow"], namespace=PREFIX, registry=r)
         self.queue_depth = Gauge(
-            "queue_depth", "Frames waiting to be analysed.", namespace=PREFIX, registry=r)
+            "queue_depth", "Frames received and waiting to be analysed (0 or 1).",
+            namespace=PREFIX, registry=r)
         self.lag = Gauge(
-            "lag_seconds", "Age of the oldest frame still waiting to be analysed.",
+            "lag_seconds", "Age of the frame being analysed (since it was received); 0 when idle.",
+            namespace=PREFIX, registry=r)
+        # Measured at scrape time while a frame is in analysis, so a slow frame shows its age
+        # growing instead of the value it had when analysis began.
+        self._analysing_since: float | None = None
+        self._lag_value = 0.0
+        self.lag.set_function(self._lag_now)
+        self.checkpoint_failures = Counter(
+            "checkpoint_failures", "Optimizer checkpoints that could not be written.",
             namespace=PREFIX, registry=r)
         self.model_swaps = Counter(
             "model_swaps", "Times the analysis model was replaced.", namespace=PREFIX,
@@ -110,7 +124,7 @@ class Metrics:
             "last_frame_timestamp_seconds", "Unix time the last frame was received (0 = none).",
             namespace=PREFIX, registry=r)
         self.connected = Gauge(
-            "connected", "1 while the frame socket is connected to the instrument.",
+            "connected", "1 while the frame socket has a live connection to the instrument.",
             namespace=PREFIX, registry=r)
         self.state = Gauge(
             "state", "1 for the service's current state, 0 for the others.", ["state"],
@@ -132,6 +146,9 @@ class Metrics:
         self._reward_names: set[str] = set()
         for name in rewards:
             self._reward_child(str(name))
+        self._workflow_names: set[str] = set()
+        for name in workflows:
+            self._workflow_known(str(name))
         self.model.info({"model": NO_MODEL})
         self.build.info({"version": __version__})
         self.set_state("starting")
@@ -212,19 +229,62 @@ class Metrics:
                 self._reward_names.add(name)
             return self.reward_value.labels(reward=name)
 
-    def set_pareto(self, size: int, hypervolume: float | None) -> None:
-        """Pareto front size and hypervolume (``None`` leaves the hypervolume unchanged)."""
-        self.pareto_size.set(size)
-        if hypervolume is not None:
-            self.pareto_hypervolume.set(hypervolume)
+    def set_pareto(self, sizes: Mapping[str, int],
+                   hypervolumes: Mapping[str, float] | None = None) -> None:
+        """The latest frame's Pareto front, per workflow: points on it and its hypervolume.
+
+        A workflow with a series but missing from ``sizes`` (or from ``hypervolumes``) had no
+        front on this frame and reads 0. ``hypervolumes=None`` leaves the hypervolumes as they
+        were. Hypervolumes of different workflows are in different units: never sum them.
+        """
+        self._set_per_workflow(self.pareto_size, sizes)
+        if hypervolumes is not None:
+            self._set_per_workflow(self.pareto_hypervolume, hypervolumes)
+
+    def _set_per_workflow(self, gauge: Gauge, values: Mapping[str, float]) -> None:
+        values = {str(k): float(v) for k, v in values.items()}
+        for name in [n for n in values if not self._workflow_known(n)]:
+            del values[name]
+        for name in sorted(self._workflow_names):
+            gauge.labels(workflow=name).set(values.get(name, 0.0))
+
+    def _workflow_known(self, name: str) -> bool:
+        """Register ``name`` as a workflow label (both Pareto gauges, at 0); False past the cap."""
+        with self._lock:
+            if name not in self._workflow_names:
+                if len(self._workflow_names) >= MAX_WORKFLOWS:
+                    log.warning("metrics: workflow %r ignored, already %d workflow series", name,
+                                MAX_WORKFLOWS)
+                    return False
+                self._workflow_names.add(name)
+                self.pareto_size.labels(workflow=name)
+                self.pareto_hypervolume.labels(workflow=name)
+            return True
+
+    def checkpoint_failed(self) -> None:
+        """Count an optimizer checkpoint that could not be written."""
+        self.checkpoint_failures.inc()
 
     # ------------------------------------------------------------------ service state
 
     def set_queue(self, depth: int) -> None:
         self.queue_depth.set(depth)
 
+    def set_analysing(self, received_monotonic: float | None) -> None:
+        """A frame received at ``received_monotonic`` (``time.monotonic()``) is being analysed:
+        ``lag_seconds`` reports its age at every scrape from now on. ``None``: idle, lag 0."""
+        if received_monotonic is None:
+            self._lag_value = 0.0
+        self._analysing_since = received_monotonic
+
     def set_lag_seconds(self, seconds: float) -> None:
-        self.lag.set(seconds)
+        """A fixed lag value (stops following a frame's age, see :meth:`set_analysing`)."""
+        self._analysing_since = None
+        self._lag_value = float(seconds)
+
+    def _lag_now(self) -> float:
+        since = self._analysing_since
+        return self._lag_value if since is None else max(0.0, time.monotonic() - since)
 
     def model_swap(self, model_name: str) -> None:
         """Count a model replacement and label the model now in use."""

@@ -12,14 +12,13 @@ from rewardscope.protocol import Frame
 def result_message(frame: Frame, analysis: Analysis, received_monotonic: float) -> list[bytes]:
     """Encode the chosen analysis of ``frame``; latency runs from receipt to now."""
     latency = time.monotonic() - received_monotonic
-    extra = {"warm_started": bool(analysis.warm_started),
+    extra = {**analysis.scalars,
+             "warm_started": bool(analysis.warm_started),
              "timings": {k: round(float(v), 6) for k, v in analysis.timings.items()},
              "optimizer_s": round(float(analysis.optimizer_s), 6),
              "frame_t": frame.header.t}
-    if analysis.model:
-        extra["model"] = analysis.model
-    if analysis.hypervolume is not None:
-        extra["hypervolume"] = float(analysis.hypervolume)
+    if analysis.hypervolume:
+        extra["hypervolume"] = {k: float(v) for k, v in analysis.hypervolume.items()}
     result = protocol.Result(
         session=frame.session, seq=frame.seq, latency_s=latency,
         n_evaluations=analysis.n_evaluations, params=analysis.params, rewards=analysis.rewards,

@@ -61,6 +61,7 @@ from threadpoolctl import ThreadpoolController
 from rewardscope.optimize.hypervolume import hypervolume as _hypervolume
 from rewardscope.optimize.knee import knee_index, normalise_front
 from rewardscope.optimize.pareto import non_dominated_mask
+from rewardscope.plaindata import plain
 
 RHO = 0.05  # augmented Chebyshev term (Knowles 2006)
 NOISE0 = 0.03  # observation noise sd of a current-frame point, standardised units
@@ -85,12 +86,8 @@ def simplex_lattice(n_objectives: int, s: int | None = None) -> np.ndarray:
     return np.array(rows, dtype=np.float64) / s
 
 
-def _native(v):
-    return v.item() if isinstance(v, np.generic) else v
-
-
 def _key(x: Sequence) -> tuple:
-    return tuple(_native(v) for v in x)
+    return tuple(plain(v) for v in x)
 
 
 @dataclass
@@ -211,7 +208,7 @@ class MultiObjectiveOptimizer:
 
     def tell(self, xs: list[list], ys) -> None:
         """Record evaluations; ys is (n, n_objectives), minimised, non-finite = failed/worst."""
-        xs = [[_native(v) for v in x] for x in xs]
+        xs = [[plain(v) for v in x] for x in xs]
         if not xs:
             return
         with self._overhead():
@@ -268,7 +265,7 @@ class MultiObjectiveOptimizer:
 
     def enqueue(self, points: list[list]) -> None:
         """Evaluate these points next (before LHS/BO proposals), e.g. a workflow's defaults."""
-        self._init_queue[:0] = [[_native(v) for v in x] for x in points]
+        self._init_queue[:0] = [[plain(v) for v in x] for x in points]
 
     def observe_jump(self, jumped: bool = True) -> None:
         """External scene-change signal (e.g. a new sample area): same response as detection."""
@@ -466,13 +463,13 @@ class MultiObjectiveOptimizer:
         dims = copy.deepcopy(self.dimensions)
         pts = Lhs(criterion="maximin", iterations=iterations).generate(dims, n,
                                                                        random_state=self._seed())
-        return [[_native(v) for v in x] for x in pts]
+        return [[plain(v) for v in x] for x in pts]
 
     def _random_points(self, n: int, exclude: list[list]) -> list[list]:
         taken = {_key(x) for x in exclude} | self._pending
         out: list[list] = []
         for _ in range(20 * n):
-            x = [_native(v) for v in self.space.rvs(1, random_state=self._seed())[0]]
+            x = [plain(v) for v in self.space.rvs(1, random_state=self._seed())[0]]
             if _key(x) not in taken:
                 out.append(x)
                 taken.add(_key(x))
@@ -607,7 +604,7 @@ class MultiObjectiveOptimizer:
                 break
             picked.append(C[i])
             taken |= np.all(C == C[i], axis=1)  # duplicates of the pick, too
-        out = [[_native(v) for v in x] for x in self.space.inverse_transform(np.array(picked))]
+        out = [[plain(v) for v in x] for x in self.space.inverse_transform(np.array(picked))]
         if len(out) < n:
             out.extend(self._random_points(n - len(out), exclude + out))
         return out

@@ -64,13 +64,29 @@ def normalize_frame(
 ) -> np.ndarray:
     """Robustly rescale a raw frame to float32 in [0, 1].
 
-    Maps the ``low_pct`` percentile to 0 and the ``high_pct`` percentile to 1, then clips.
     Why: raw frames arrive as uint8/uint16/float counts at varying dose, so a LoG threshold
     (which is in image-intensity units) only means the same thing across frames after this
     scaling; percentiles instead of min/max keep hot or dead pixels (cosmic rays, detector
     defects) from compressing the real contrast, and the clip keeps them from producing huge
-    LoG responses. Non-finite pixels are ignored for the percentiles and set to 0. A constant
-    frame maps to all zeros.
+    LoG responses. The ``low_pct`` percentile maps to 0, the ``high_pct`` one to 1, then the
+    result is clipped. Non-finite pixels are ignored for the percentiles and set to 0.
+
+    Parameters
+    ----------
+    pixels : (H, W) array_like
+        The raw frame, detector counts (any real or integer dtype).
+    low_pct, high_pct : float, optional
+        Percentiles mapped to 0 and 1 (default 0.1 and 99.9), 0 <= low < high <= 100.
+
+    Returns
+    -------
+    (H, W) ndarray of float32
+        The normalised frame; all zeros for a constant frame.
+
+    Raises
+    ------
+    ValueError
+        If ``pixels`` is not 2-D or the percentiles are out of order or range.
     """
     arr = np.asarray(pixels)
     if arr.ndim != 2:
@@ -153,16 +169,48 @@ def _circular_transfer(kernel: np.ndarray, n: int, half: bool) -> np.ndarray:
 class LoGScaleSpace:
     """Scale-normalised LoG responses of one frame, computed by FFT and cached per sigma.
 
+    Every optimizer candidate of a frame asks for a few sigmas; computing each response once
+    (one forward FFT per frame, one inverse per sigma) makes a candidate cost milliseconds.
     ``response(sigma)`` returns ``-sigma**2 * gaussian_laplace(image, sigma)`` (bright blobs
     give positive peaks of about half their amplitude at sigma = blob sigma), identical to
-    one slice of ``blob_log``'s cube. Sigmas are rounded to ``sigma_quantum`` px (None: no
-    rounding) so nearby optimiser proposals share work; the cache is LRU-bounded by
-    ``cache_bytes``. ``max_sigma`` only sizes the initial padding: a larger sigma later
-    re-pads (one more forward FFT) and keeps the cache, since responses do not depend on the
-    pad. Counters ``n_forward_fft`` / ``n_inverse_fft`` record the FFT work done and
-    ``n_maxima_scans`` the cube scans (see :meth:`maxima`). Thread-safe: several optimizer
-    candidates of one frame may read it at once (responses are computed under a lock, the
-    cube scans outside it).
+    one slice of ``blob_log``'s cube. Thread-safe: several optimizer candidates of one frame
+    may read it at once (responses are computed under a lock, the cube scans outside it).
+
+    Parameters
+    ----------
+    image : (H, W) array_like
+        The frame; integer images are scaled like ``img_as_float`` (call
+        :func:`normalize_frame` first for raw counts).
+    max_sigma : float, optional
+        Largest sigma expected, px (default 8): it only sizes the initial padding; a larger
+        sigma later re-pads (one more forward FFT) and keeps the cache, since responses do not
+        depend on the pad.
+    dtype : {numpy.float32, numpy.float64}, optional
+        Working precision (default float32).
+    sigma_quantum : float or None, optional
+        Sigmas are rounded to this many px so nearby optimiser proposals share work (default
+        0.01; None: no rounding).
+    workers : int or None, optional
+        ``scipy.fft`` workers (default -1: all cores).
+    cache_bytes : int, optional
+        LRU bound of the response cache, bytes (default 512 MiB).
+
+    Attributes
+    ----------
+    shape : (int, int)
+        Frame (H, W) in px.
+    is_constant : bool
+        True for a constant frame (no blobs).
+    n_forward_fft, n_inverse_fft, n_maxima_scans : int
+        FFT work done and cube scans (see :meth:`maxima`).
+
+    Raises
+    ------
+    ValueError
+        If ``dtype`` is not float32/float64, ``max_sigma`` or ``sigma_quantum`` is not finite
+        and > 0, or ``image`` is not a non-empty, finite 2-D array.
+    TypeError
+        If ``image`` is not real-valued, or ``max_sigma`` / ``sigma_quantum`` not a scalar.
     """
 
     def __init__(
@@ -216,11 +264,33 @@ class LoGScaleSpace:
         return view
 
     def quantize(self, sigma: float) -> float:
-        """The sigma actually used for a requested ``sigma`` (px)."""
+        """The sigma actually used for a requested ``sigma``.
+
+        Parameters
+        ----------
+        sigma : float
+            Requested sigma, px.
+
+        Returns
+        -------
+        float
+            ``sigma`` rounded to ``sigma_quantum`` px.
+        """
         return self._sigma_of(self._key(sigma))
 
     def response(self, sigma: float) -> np.ndarray:
-        """Read-only (H, W) scale-normalised LoG response at ``quantize(sigma)``."""
+        """Scale-normalised LoG response at ``quantize(sigma)``, computed once and cached.
+
+        Parameters
+        ----------
+        sigma : float
+            Gaussian sigma, px.
+
+        Returns
+        -------
+        (H, W) ndarray
+            Read-only response, in image-intensity units.
+        """
         _check_positive("sigma", sigma)
         key = self._key(sigma)
         with self._lock:  # the FFT is multi-threaded already: nothing lost by serialising it
@@ -236,7 +306,19 @@ class LoGScaleSpace:
             return resp
 
     def extrema(self, sigma: float) -> tuple[float, float]:
-        """(min, max) of ``response(sigma)``, cached; for threshold=None / threshold_rel."""
+        """Minimum and maximum of ``response(sigma)``, cached (for ``threshold=None`` and
+        ``threshold_rel``).
+
+        Parameters
+        ----------
+        sigma : float
+            Gaussian sigma, px.
+
+        Returns
+        -------
+        (float, float)
+            (min, max) in image-intensity units.
+        """
         key = self._key(sigma)
         with self._lock:
             ext = self._extrema.get(key)
@@ -251,10 +333,25 @@ class LoGScaleSpace:
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Local maxima of the (sigma, y, x) cube above ``threshold``, strongest first.
 
-        Returns ``(y, x, k, value)`` with ``k`` the index into ``sigmas``. The list is cached
-        per sigma ladder and border at the lowest threshold asked so far; since it is sorted
-        by value, any higher threshold is a prefix of it, so optimiser re-runs that only
-        change threshold or overlap skip the cube scan entirely.
+        The list is cached per sigma ladder and border at the lowest threshold asked so far; since
+        it is sorted by value, any higher threshold is a prefix of it, so optimiser re-runs that
+        only change threshold or overlap skip the cube scan entirely.
+
+        Parameters
+        ----------
+        sigmas : (S,) array_like of float
+            Sigma ladder, px (quantised values).
+        threshold : float
+            Least response kept, image-intensity units.
+        border : (int, int), optional
+            Rows and columns at the frame edge excluded, px (default (0, 0)).
+
+        Returns
+        -------
+        y, x, k : ndarray of int
+            Row, column (px) and index into ``sigmas`` of each maximum.
+        value : ndarray
+            Its response.
         """
         thr = self.dtype.type(threshold)
         key = (tuple(self._key(s) for s in sigmas), tuple(border))
@@ -579,17 +676,54 @@ def find_atoms(
     subpixel: bool = False,
     scale_space: LoGScaleSpace | None = None,
 ) -> np.ndarray:
-    """Detect bright blobs (atom columns); returns (N, 3) float64 rows ``(y, x, sigma)``.
+    """Detect bright blobs (atom columns) by Laplacian of Gaussian, as ``blob_log`` does.
 
-    Same parameters and output as ``skimage.feature.blob_log`` for a 2-D image with scalar
-    sigmas: ``sigma`` in px (radius ~ sqrt(2)*sigma), ``threshold`` an absolute bound on the
-    scale-normalised response (about half a blob's peak amplitude in image units, so ~0.1 on
-    a :func:`normalize_frame` image finds columns brighter than ~0.2), rows ordered by
-    decreasing response. Pass a :class:`LoGScaleSpace` of the same frame as ``scale_space``
-    to reuse its cached responses across calls (``image`` may then be None). Differences from
-    blob_log: sigmas are snapped to the scale space's ``sigma_quantum`` (0.01 px) and the
-    returned sigma is the snapped one; overlap pruning is order-independent (module doc);
-    ``subpixel=True`` refines y, x with a parabola fit (off by default for parity).
+    A drop-in for ``skimage.feature.blob_log`` on 2-D frames with scalar sigmas (same
+    parameters, same output), fast enough to run for every optimizer candidate: pass a
+    :class:`LoGScaleSpace` of the same frame as ``scale_space`` to reuse its cached responses
+    across calls (``image`` may then be None). Differences from blob_log: sigmas are snapped
+    to the scale space's ``sigma_quantum`` (0.01 px) and the returned sigma is the snapped one;
+    overlap pruning is order-independent (module doc); ``subpixel=True`` refines y, x with a
+    parabola fit (off by default for parity).
+
+    Parameters
+    ----------
+    image : (H, W) array_like or None
+        The frame (None when ``scale_space`` is given).
+    min_sigma, max_sigma : float, optional
+        Sigma range, px (radius ~ sqrt(2) * sigma; defaults 1 and 3).
+    num_sigma : int, optional
+        Sigmas in the ladder (default 5).
+    threshold : float or None, optional
+        Absolute bound on the scale-normalised response, image-intensity units: about half a
+        blob's peak amplitude, so ~0.1 on a :func:`normalize_frame` image finds columns
+        brighter than ~0.2 (default 0.1).
+    overlap : float, optional
+        Blobs overlapping by more than this area fraction are pruned, the smaller one goes
+        (default 0.5).
+    exclude_border : bool, int or (int, int), optional
+        Frame border excluded, px (default False = none).
+    log_scale : bool, optional
+        Log-spaced sigma ladder (default False).
+    threshold_rel : float or None, optional
+        Threshold relative to the cube's maximum, as in blob_log (default None).
+    subpixel : bool, optional
+        Parabola-refine y, x (default False).
+    scale_space : LoGScaleSpace, optional
+        Cached responses of this frame.
+
+    Returns
+    -------
+    (N, 3) ndarray of float64
+        Rows ``(y, x, sigma)`` in px, ordered by decreasing response.
+
+    Raises
+    ------
+    ValueError
+        For a parameter out of range (the message names it), a missing ``image`` without
+        ``scale_space``, or an ``image`` whose shape does not match ``scale_space``.
+    TypeError
+        If a sigma is not a real scalar.
     """
     _validate_params(min_sigma, max_sigma, num_sigma, threshold, threshold_rel, overlap)
     by, bx = _border_widths(exclude_border)
@@ -656,15 +790,31 @@ def _refine(blobs: np.ndarray, space: LoGScaleSpace) -> None:
 
 
 def atoms_xy(blobs: np.ndarray) -> np.ndarray:
-    """(N, 2) float32 positions ``x = column, y = row`` (px) from (N, 3) ``(y, x, sigma)``."""
+    """Atom positions in the x, y order every other module uses, from :func:`find_atoms` rows.
+
+    Parameters
+    ----------
+    blobs : (N, 3) array_like of float
+        Rows ``(y, x, sigma)`` in px.
+
+    Returns
+    -------
+    (N, 2) ndarray of float32
+        Positions ``x = column, y = row`` in px.
+    """
     b = np.asarray(blobs, dtype=np.float64).reshape(-1, 3)
     return np.ascontiguousarray(b[:, [1, 0]], dtype=np.float32)
 
 
 def warmup() -> float:
-    """Compile (or load from numba's cache) every kernel; returns the seconds it took.
+    """Compile (or load from numba's cache) every kernel, for float32 and float64 frames.
 
     Call once at service start so the first real frame does not pay JIT compilation.
+
+    Returns
+    -------
+    float
+        Seconds it took (for the start-up log).
     """
     t0 = time.perf_counter()
     yy, xx = np.mgrid[0:24, 0:24]

@@ -34,6 +34,7 @@ from scipy.spatial import cKDTree
 from sklearn.utils.extmath import randomized_svd
 
 from rewardscope.science import kernels
+from rewardscope.science.mixtures import fit_sample, trusted_rows
 
 __all__ = [
     "BLUR_QUANTUM",
@@ -44,12 +45,15 @@ __all__ = [
     "classify_sublattices",
     "column_intensity",
     "compute_descriptors",
-    "fit_sample",
     "fft_features",
+    "fingerprint",
     "patch_features",
     "pca_scores",
     "quantise_blur",
     "split_two_means",
+    "standardise_columns",
+    "standardised_pca",
+    "sublattices",
     "subpixel_patches",
 ]
 
@@ -72,10 +76,15 @@ FFT_MAX_FREQ = 2.5
 class DescriptorSet:
     """PCA scores of one descriptor family on one set of centres.
 
-    ``scores`` (N, k) float64, in descending variance, scaled so the first column has unit
-    variance (keeps GMM regularisation meaningful); ``valid`` (N,) True where the window lies
-    wholly inside the frame (only those were used to fit the PCA); ``explained`` (k,) variance
-    ratios.
+    Attributes
+    ----------
+    scores : (N, k) ndarray of float64
+        Scores in descending variance, scaled so the first column has unit variance (keeps
+        the GMM's ``reg_covar`` meaningful whatever the feature scale).
+    valid : (N,) ndarray of bool
+        True where the window lies wholly inside the frame (only those fitted the PCA).
+    explained : (k,) ndarray of float64
+        Variance ratio of each kept component.
     """
 
     scores: np.ndarray
@@ -83,7 +92,18 @@ class DescriptorSet:
     explained: np.ndarray
 
     def take(self, dims: int) -> np.ndarray:
-        """The first ``dims`` score columns (at least 1, at most what was kept)."""
+        """The first ``dims`` score columns: what a candidate's ``pca_dims`` selects.
+
+        Parameters
+        ----------
+        dims : int
+            Number of leading components (clipped to [1, k]).
+
+        Returns
+        -------
+        (N, dims') ndarray of float64
+            A view of :attr:`scores`.
+        """
         return self.scores[:, : max(1, min(int(dims), self.scores.shape[1]))]
 
 
@@ -93,10 +113,30 @@ class DescriptorSet:
 
 
 def column_intensity(image: np.ndarray, xy: np.ndarray, half: int = 1) -> np.ndarray:
-    """(N,) mean intensity in a (2*half+1)^2 window at each (rounded) atom position.
+    """Mean intensity in a small window at each (rounded) atom position.
 
     A small mean instead of the single pixel: robust to shot noise and to atoms found a pixel
     off the column maximum.
+
+    Parameters
+    ----------
+    image : (H, W) array_like
+        The frame (any intensity unit; pixels beyond the edge are mirrored).
+    xy : (N, 2) array_like of float
+        Atom positions x, y in px.
+    half : int, optional
+        Window half size in px: the window is (2*half+1)^2 (default 1).
+
+    Returns
+    -------
+    (N,) ndarray of float64
+        Mean intensity per atom, in the image's unit; empty for no atoms.
+
+    Raises
+    ------
+    ValueError
+        If ``image`` is not a non-empty 2-D array, ``xy`` not (N, 2) finite, or ``half``
+        negative.
     """
     pts = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
     if pts.shape[0] == 0:
@@ -109,8 +149,18 @@ def split_two_means(values: np.ndarray) -> float:
     """Threshold of the exact 1-D 2-means split (Otsu without histogram binning).
 
     Sorts once and scores every split by the between-class variance from cumulative sums, so
-    it is O(N log N) and deterministic. Returns the midpoint between the two classes' nearest
-    members; fewer than 2 distinct values -> +inf (everything in the low class).
+    it is O(N log N) and deterministic, unlike k-means or a binned histogram.
+
+    Parameters
+    ----------
+    values : array_like of float
+        The values to split (flattened), any unit.
+
+    Returns
+    -------
+    float
+        The midpoint between the two classes' nearest members, in the unit of ``values``;
+        +inf (everything in the low class) for fewer than 2 distinct values.
     """
     v = np.sort(np.asarray(values, dtype=np.float64).ravel())
     n = v.size
@@ -127,17 +177,87 @@ def split_two_means(values: np.ndarray) -> float:
 
 
 def classify_sublattices(image: np.ndarray, atoms_xy: np.ndarray, half: int = 1) -> np.ndarray:
-    """(N,) int8 site per atom: 0 = A (bright column), 1 = B (dim), by 2-means on intensity.
+    """A or B site of each atom, by a 2-means split of column intensity.
 
     HAADF contrast grows with Z, so in ABO3 the A columns (e.g. Bi, Sm) are brighter than the
-    B-O columns; the split is on :func:`column_intensity`. No atoms -> empty; a single
-    intensity level (one sublattice visible) -> all A.
+    B-O columns; the split (:func:`split_two_means`) is on :func:`column_intensity`.
+
+    Parameters
+    ----------
+    image : (H, W) array_like
+        The frame.
+    atoms_xy : (N, 2) array_like of float
+        Atom positions x, y in px.
+    half : int, optional
+        Half size in px of the intensity window (default 1).
+
+    Returns
+    -------
+    (N,) ndarray of int8
+        0 = A (bright column), 1 = B (dim); empty for no atoms, all A when only one
+        intensity level is present (one sublattice visible).
+
+    Raises
+    ------
+    ValueError
+        As :func:`column_intensity`.
     """
     inten = column_intensity(image, atoms_xy, half)
     if inten.size == 0:
         return np.zeros(0, dtype=np.int8)
     thr = split_two_means(inten)
     return (inten < thr).astype(np.int8) if np.isfinite(thr) else np.zeros(inten.size, np.int8)
+
+
+def sublattices(image: np.ndarray, atoms_xy: np.ndarray,
+                known: np.ndarray | None = None) -> np.ndarray:
+    """The A/B site of each atom: ``known`` when it fits these atoms, else classified.
+
+    Every workflow that needs sites reads the upstream classification (``ctx.sites``) when
+    one exists for the same atoms, so all of them agree on which column is which, and only
+    classifies by intensity (:func:`classify_sublattices`) when there is none.
+
+    Parameters
+    ----------
+    image : (H, W) array_like
+        The frame.
+    atoms_xy : (N, 2) array_like of float
+        Atom positions x, y in px.
+    known : (N,) array_like of int, optional
+        Sites already known for these atoms (0 = A, 1 = B); ignored when None or of another
+        length (sites of a different atom set).
+
+    Returns
+    -------
+    (N,) ndarray of int8
+        0 = A (bright column), 1 = B (dim).
+    """
+    n = np.asarray(atoms_xy).reshape(-1, 2).shape[0]
+    if known is not None and len(known) == n:
+        return np.asarray(known, dtype=np.int8)
+    return classify_sublattices(image, atoms_xy)
+
+
+def fingerprint(points: np.ndarray) -> tuple[int, float, float]:
+    """Cheap identity of a point set, for per-frame cache keys.
+
+    Work cached per frame (sites, patches, encodings) is keyed by the atoms it was computed
+    on, so that a new ``ctx.atoms`` (another atoms candidate chosen upstream) invalidates it;
+    count, sum and sum of squares of the coordinates tell atom sets apart in O(N) without
+    hashing the array.
+
+    Parameters
+    ----------
+    points : (N, 2) array_like of float
+        Positions x, y in px.
+
+    Returns
+    -------
+    tuple of (int, float, float)
+        Number of points, sum and sum of squares of their coordinates (px, px^2).
+    """
+    a = np.asarray(points, dtype=np.float64)
+    return (a.shape[0], float(a.sum()), float((a * a).sum()))
 
 
 def _quadrant_vectors(r: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -157,7 +277,7 @@ def _quadrant_vectors(r: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def cage_centres(sites_xy: np.ndarray, cage_xy: np.ndarray, lattice_px: float) -> np.ndarray:
-    """(n, 2) lattice position of each site, from the columns of the other sublattice around it.
+    """Lattice position of each site, from the columns of the other sublattice around it.
 
     In a [001] perovskite every B column sits at the centre of a square of four A columns
     (and vice versa), at a / sqrt(2) from each. Each cage neighbour j within CAGE_RADIUS * a
@@ -169,6 +289,21 @@ def cage_centres(sites_xy: np.ndarray, cage_xy: np.ndarray, lattice_px: float) -
     itself was located: on a noisy frame found B positions scatter by 0.6 px, the A cage
     centre by ~0.1 px. The frame-average h_k contains the mean displacement, a constant shift
     of every patch that clustering does not notice.
+
+    Parameters
+    ----------
+    sites_xy : (n, 2) array_like of float
+        Positions x, y in px of the sites to place (e.g. the B columns).
+    cage_xy : (m, 2) array_like of float
+        Positions x, y in px of the other sublattice's columns (e.g. the A columns).
+    lattice_px : float
+        Lattice spacing a in px.
+
+    Returns
+    -------
+    (n, 2) ndarray of float64
+        Cage centre of each site, x, y in px (its own position when no cage neighbour lies
+        within ``CAGE_RADIUS * lattice_px``).
     """
     pts = np.asarray(sites_xy, dtype=np.float64).reshape(-1, 2)
     cage = np.asarray(cage_xy, dtype=np.float64).reshape(-1, 2)
@@ -208,9 +343,26 @@ def _blurred(image: np.ndarray, blur: float) -> np.ndarray:
 def patch_features(
     image: np.ndarray, xy: np.ndarray, w1: int, w2: int, blur: float = 0.0
 ) -> np.ndarray:
-    """(N, (2*w1+1)*(2*w2+1)) float32 z-scored, optionally blurred patches (w1 rows, w2 cols).
+    """The ``"patch"`` family before PCA: z-scored, optionally blurred patches, one row each.
 
-    Blur (Gaussian sigma in px, 0 = none) trades position detail for noise rejection.
+    Each patch is z-scored on its own, so dose, mistilt gradients and thickness changes do
+    not become "domains"; blur trades position detail for noise rejection.
+
+    Parameters
+    ----------
+    image : (H, W) array_like
+        The frame.
+    xy : (N, 2) array_like of float
+        Patch centres x, y in px (resampled exactly there, see :func:`subpixel_patches`).
+    w1, w2 : int
+        Patch half height (rows) and half width (columns) in px.
+    blur : float, optional
+        Gaussian sigma in px applied to the frame first (default 0 = none).
+
+    Returns
+    -------
+    (N, (2*w1+1)*(2*w2+1)) ndarray of float32
+        Each row zero mean, unit standard deviation (constant patches -> zeros).
     """
     return _patch_rows(_blurred(image, blur), xy, w1, w2)
 
@@ -221,12 +373,32 @@ def _patch_rows(blurred: np.ndarray, xy: np.ndarray, w1: int, w2: int) -> np.nda
 
 
 def subpixel_patches(image: np.ndarray, xy: np.ndarray, w1: int, w2: int) -> np.ndarray:
-    """(N, 2*w1+1, 2*w2+1) float32 patches centred exactly on ``xy`` (bilinear resampling).
+    """Patches centred exactly on ``xy`` (bilinear resampling).
 
     :func:`~rewardscope.science.kernels.extract_patches` centres on the rounded position; the
     rounding error (up to 0.5 px, varying smoothly across a rotated lattice) moves the bright
     columns in every patch and would dominate the PCA. See
     :func:`~rewardscope.science.kernels.subpixel_patches`.
+
+    Parameters
+    ----------
+    image : (H, W) array_like
+        The frame (mirrored beyond its edges).
+    xy : (N, 2) array_like of float
+        Patch centres x, y in px.
+    w1, w2 : int
+        Patch half height (rows) and half width (columns) in px.
+
+    Returns
+    -------
+    (N, 2*w1+1, 2*w2+1) ndarray of float32
+        The patches.
+
+    Raises
+    ------
+    ValueError
+        If ``image`` is not a non-empty 2-D array, ``xy`` not (N, 2) finite, or the half
+        sizes negative.
     """
     return kernels.subpixel_patches(image, xy, int(w1), int(w2))
 
@@ -266,11 +438,30 @@ def _low_freq_magnitude(x: np.ndarray, lattice_px: float) -> np.ndarray:
 def fft_features(
     image: np.ndarray, xy: np.ndarray, w1: int, w2: int, lattice_px: float, blur: float = 0.0
 ) -> np.ndarray:
-    """(N, F) log(1 + |FFT|) of Hann-windowed patches, low-frequency crop, rows z-scored.
+    """The ``"fft"`` family before PCA: log(1 + |FFT|) of Hann-windowed patches, rows z-scored.
 
-    The Hann window suppresses the edge discontinuity that would otherwise smear every
-    reflection along the axes; the crop keeps frequencies up to FFT_MAX_FREQ per lattice
-    spacing on the half plane (|FFT| of a real patch is symmetric, the other half is redundant).
+    Insensitive to where exactly the window sits. The Hann window suppresses the edge
+    discontinuity that would otherwise smear every reflection along the axes; the crop keeps
+    frequencies up to FFT_MAX_FREQ per lattice spacing on the half plane (|FFT| of a real
+    patch is symmetric, the other half is redundant).
+
+    Parameters
+    ----------
+    image : (H, W) array_like
+        The frame.
+    xy : (N, 2) array_like of float
+        Patch centres x, y in px.
+    w1, w2 : int
+        Patch half height (rows) and half width (columns) in px.
+    lattice_px : float
+        Lattice spacing in px (sets the low-frequency crop).
+    blur : float, optional
+        Gaussian sigma in px applied to the frame first (default 0 = none).
+
+    Returns
+    -------
+    (N, F) ndarray of float32
+        Each row zero mean, unit standard deviation; F frequencies of the crop.
     """
     return _fft_rows(_blurred(image, blur), xy, w1, w2, lattice_px)
 
@@ -290,23 +481,10 @@ def _fft_rows(blurred: np.ndarray, xy: np.ndarray, w1: int, w2: int,
 # --------------------------------------------------------------------------------------------
 
 
-def fit_sample(rows: np.ndarray, limit: int, seed: int = 0) -> np.ndarray:
-    """Indices of the True entries of ``rows``, or a fixed random ``limit`` of them (sorted).
-
-    Fitting statistics (PCA axes, mixture parameters) on a few thousand rows costs a fraction
-    of fitting on all ~10^4 sites of a large frame and gives the same model; the sample is
-    seeded so one frame always gives the same answer.
-    """
-    idx = np.flatnonzero(np.asarray(rows, bool))
-    if idx.size <= limit:
-        return idx
-    return np.sort(np.random.default_rng(seed).choice(idx, size=limit, replace=False))
-
-
 def pca_scores(
     features: np.ndarray, fit_rows: np.ndarray | None = None, k: int = MAX_PCA_DIMS, seed: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(scores (N, k'), explained ratios (k',)) by randomized SVD fitted on ``fit_rows``.
+    """PCA scores of every row, axes fitted by randomized SVD on (a sample of) ``fit_rows``.
 
     Randomized SVD (Halko et al., 2 power iterations: the leading components, which carry
     the domain contrast, are converged) of a ~1000 x 1000 patch matrix for 12 components
@@ -316,12 +494,28 @@ def pca_scores(
     leading components of a few thousand patches are those of all of them, and a 1024^2
     frame has ~7000 sites. The scores are divided by the
     first component's standard deviation, so they are O(1) whatever the feature scale.
+
+    Parameters
+    ----------
+    features : (N, P) array_like of float
+        One feature row per site (computed in float32).
+    fit_rows : (N,) array_like of bool, optional
+        Rows that may define the axes (default: all; fewer than 3 -> all).
+    k : int, optional
+        Components kept (default MAX_PCA_DIMS; clipped to the fitted rows - 1 and to P).
+    seed : int, optional
+        Seed of the SVD and of the fit sample (default 0).
+
+    Returns
+    -------
+    scores : (N, k') ndarray of float64
+        Scores in descending variance, divided by the first component's standard deviation.
+    explained : (k',) ndarray of float64
+        Variance ratio of each component.
     """
     x = np.asarray(features, dtype=np.float32)
     n = x.shape[0]
-    rows = np.ones(n, bool) if fit_rows is None else np.asarray(fit_rows, bool)
-    if rows.sum() < 3:
-        rows = np.ones(n, bool)
+    rows = trusted_rows(np.ones(n, bool) if fit_rows is None else fit_rows, 3)
     fit = x[fit_sample(rows, PCA_FIT_ROWS, seed)]
     k = int(max(1, min(k, fit.shape[0] - 1, x.shape[1])))
     mean = fit.mean(axis=0)
@@ -334,13 +528,86 @@ def pca_scores(
     return (scores * scale).astype(np.float64), explained.astype(np.float64)
 
 
+def standardise_columns(x: np.ndarray, reference: np.ndarray | None = None,
+                        floor: float = 1e-12) -> np.ndarray:
+    """Columns of ``x`` centred and scaled by the mean and standard deviation of ``reference``.
+
+    Descriptors of different physical units (intensity profiles, bond-order scores) must
+    weigh alike in a mixture or a correlation PCA. A column whose standard deviation is at
+    most ``floor`` (constant) is only centred, not blown up.
+
+    Parameters
+    ----------
+    x : (N, P) array_like of float
+        Rows to standardise.
+    reference : (M, P) array_like of float, optional
+        Rows whose statistics are used (default: ``x`` itself).
+    floor : float, optional
+        Standard deviations at or below this count as zero, in the columns' unit
+        (default 1e-12).
+
+    Returns
+    -------
+    (N, P) ndarray of float
+        (x - mean) / std, column by column.
+    """
+    x = np.asarray(x)
+    ref = x if reference is None else np.asarray(reference)
+    sd = ref.std(axis=0)
+    return (x - ref.mean(axis=0)) / np.where(sd > floor, sd, 1.0)
+
+
+def standardised_pca(x: np.ndarray, fit_rows: np.ndarray, k: int) -> np.ndarray:
+    """Scores on the first ``k`` principal axes of standardised columns (correlation PCA).
+
+    For a few (~10) columns of different units, unlike :func:`pca_scores` (many columns of
+    one unit): each column is standardised on the fitted rows first, and the axes are the
+    eigenvectors of the small P x P correlation matrix, cheaper than an SVD of the N x P data.
+
+    Parameters
+    ----------
+    x : (N, P) array_like of float
+        One descriptor row per site.
+    fit_rows : (N,) array_like of bool
+        Rows that define the axes and the standardisation (all rows when there are at most
+        ``k + 2`` of them).
+    k : int
+        Components kept (<= P).
+
+    Returns
+    -------
+    (N, k) ndarray of float64
+        Scores in descending variance (not rescaled).
+    """
+    fit = x[trusted_rows(fit_rows, k + 3)]
+    z = standardise_columns(fit, floor=1e-9)
+    cov = z.T @ z / max(len(z) - 1, 1)
+    vals, vecs = np.linalg.eigh(cov)
+    axes = vecs[:, ::-1][:, :k]
+    return standardise_columns(x, fit, floor=1e-9) @ axes
+
+
 # --------------------------------------------------------------------------------------------
 # cached entry point
 # --------------------------------------------------------------------------------------------
 
 
 def quantise_blur(blur: float) -> float:
-    """Blur sigma rounded to BLUR_QUANTUM (and >= 0): the value actually applied."""
+    """Blur sigma rounded to BLUR_QUANTUM (and >= 0): the value actually applied.
+
+    Near-identical candidates (blur 0.51 and 0.49 px) then share one cached blurred frame
+    and descriptor set.
+
+    Parameters
+    ----------
+    blur : float
+        Gaussian sigma in px.
+
+    Returns
+    -------
+    float
+        The sigma in px, a multiple of BLUR_QUANTUM, >= 0.
+    """
     return max(0.0, round(float(blur) / BLUR_QUANTUM) * BLUR_QUANTUM)
 
 
@@ -369,8 +636,39 @@ def compute_descriptors(
 ) -> DescriptorSet:
     """PCA-reduced descriptors of ``family`` at ``xy``, cached in ``cache``.
 
-    The cache key is (``cache_tag``, family, w1, w2, quantised blur); ``cache_tag`` must
-    identify the centres (e.g. which sublattice of which atom set), the caller's business.
+    The expensive part of a domain candidate (patches + SVD) is shared by every candidate
+    that only changes ``pca_dims`` or the mixture settings: the cache key is (``cache_tag``,
+    family, w1, w2, quantised blur), and MAX_PCA_DIMS scores are kept.
+
+    Parameters
+    ----------
+    image : (H, W) array_like
+        The frame (the blurred version is cached per frame under its ``id``).
+    xy : (N, 2) array_like of float
+        Patch centres x, y in px.
+    family : {"patch", "fft"}
+        Descriptor family (module doc).
+    w1, w2 : int
+        Patch half height (rows) and half width (columns) in px.
+    blur : float
+        Gaussian sigma in px (quantised by :func:`quantise_blur`).
+    lattice_px : float
+        Lattice spacing in px (the ``"fft"`` family's crop).
+    cache : dict, optional
+        Per-frame cache (``FrameContext.cache``); None computes afresh.
+    cache_tag : hashable, optional
+        Identifies the centres (e.g. which sublattice of which atom set), the caller's
+        business.
+
+    Returns
+    -------
+    DescriptorSet
+        Scores, validity and explained variance.
+
+    Raises
+    ------
+    ValueError
+        If ``family`` is not one of FAMILIES.
     """
     if family not in FAMILIES:
         raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")

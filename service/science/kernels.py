@@ -64,6 +64,14 @@ def _as_segments(segments: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
+def _as_image(image: np.ndarray) -> np.ndarray:
+    """(H, W) C-contiguous float32 of a non-empty 2-D ``image``; ValueError otherwise."""
+    img = np.asarray(image)
+    if img.ndim != 2 or img.size == 0:
+        raise ValueError(f"image must be a non-empty 2-D array, got shape {img.shape}")
+    return np.ascontiguousarray(img, dtype=np.float32)
+
+
 def _as_mask(mask: np.ndarray) -> np.ndarray:
     arr = np.asarray(mask)
     if arr.ndim != 2:
@@ -168,10 +176,29 @@ def _knn_sums_kernel(xy, k):
 def knn_distance_sums(xy: np.ndarray, k: int = 4) -> np.ndarray:
     """Sum of Euclidean distances from each point to its ``k`` nearest other points.
 
-    O(N) on lattice-like data (uniform cell list, ~2 points per cell, ring search that stops
-    once the k-th best distance is closer than any unvisited cell). Coincident points count as
-    neighbours at distance 0, which is what flags double detections. When fewer than ``k``
-    other points exist (N <= k) every sum is ``+inf``: there is no evidence of crowding.
+    The atom-finding reward flags columns crowded closer to their neighbours than the lattice
+    allows (double detections); this is its inner loop. O(N) on lattice-like data (uniform
+    cell list, ~2 points per cell, ring search that stops once the k-th best distance is
+    closer than any unvisited cell). Coincident points count as neighbours at distance 0,
+    which is what flags double detections.
+
+    Parameters
+    ----------
+    xy : (N, 2) array_like of float
+        Positions x, y in px.
+    k : int, optional
+        Neighbours summed (>= 0; default 4, the nearest shell of a square lattice).
+
+    Returns
+    -------
+    (N,) ndarray of float64
+        Sum of the ``k`` nearest distances per point, px; ``+inf`` for every point when
+        N <= k (there is no evidence of crowding).
+
+    Raises
+    ------
+    ValueError
+        If ``xy`` is not (N, 2) finite or ``k`` is not a non-negative integer.
     """
     if int(k) != k or k < 0:
         raise ValueError(f"k must be a non-negative integer, got {k!r}")
@@ -226,25 +253,62 @@ def _check_half(half_h: int, half_w: int) -> tuple[int, int]:
 
 
 def extract_patches(image: np.ndarray, xy: np.ndarray, half_h: int, half_w: int) -> np.ndarray:
-    """Patches (N, 2*half_h+1, 2*half_w+1) float32 centred on the rounded atom positions.
+    """Patches centred on the rounded atom positions, mirror-padded at the frame edge.
 
-    Pixels beyond the frame are filled by mirror reflection (numpy ``mode="reflect"``, applied
-    periodically when the window is larger than the frame), so edge atoms get full-size patches
-    and the descriptor array stays rectangular. Reflected content is synthetic: use
+    Edge atoms get full-size patches, so the descriptor array stays rectangular. Pixels beyond
+    the frame are filled by mirror reflection (numpy ``mode="reflect"``, applied periodically
+    when the window is larger than the frame). Reflected content is synthetic: use
     :func:`patches_valid` to know which patches lie wholly inside the frame, e.g. to keep them
     out of fitting while still labelling every atom. Centres round half up (``floor(v+0.5)``).
+
+    Parameters
+    ----------
+    image : (H, W) array_like
+        The frame (computed in float32).
+    xy : (N, 2) array_like of float
+        Patch centres x, y in px.
+    half_h, half_w : int
+        Patch half height (rows) and half width (columns) in px, >= 0.
+
+    Returns
+    -------
+    (N, 2*half_h+1, 2*half_w+1) ndarray of float32
+        The patches.
+
+    Raises
+    ------
+    ValueError
+        If ``image`` is not a non-empty 2-D array, ``xy`` not (N, 2) finite, or ``half_h`` /
+        ``half_w`` not non-negative integers.
     """
-    img = np.asarray(image)
-    if img.ndim != 2 or img.size == 0:
-        raise ValueError(f"image must be a non-empty 2-D array, got shape {img.shape}")
+    img = _as_image(image)
     hh, hw = _check_half(half_h, half_w)
     rows, cols = _rounded_centres(xy)
-    img = np.ascontiguousarray(img, dtype=np.float32)
     return _patches_kernel(img, rows, cols, hh, hw)
 
 
 def patches_valid(xy: np.ndarray, shape: tuple[int, int], half_h: int, half_w: int) -> np.ndarray:
-    """(N,) bool: True where the patch of :func:`extract_patches` needs no padding at all."""
+    """Which patches of :func:`extract_patches` need no padding: the ones safe to fit on.
+
+    Parameters
+    ----------
+    xy : (N, 2) array_like of float
+        Patch centres x, y in px.
+    shape : (int, int)
+        Frame (H, W) in px.
+    half_h, half_w : int
+        Patch half height and half width in px, >= 0.
+
+    Returns
+    -------
+    (N,) ndarray of bool
+        True where the patch lies wholly inside the frame.
+
+    Raises
+    ------
+    ValueError
+        If ``xy`` is not (N, 2) finite or ``half_h`` / ``half_w`` not non-negative integers.
+    """
     hh, hw = _check_half(half_h, half_w)
     height, width = int(shape[0]), int(shape[1])
     rows, cols = _rounded_centres(xy)
@@ -279,20 +343,37 @@ def _subpixel_kernel(image, xs, ys, hh, hw):
 
 
 def subpixel_patches(image: np.ndarray, xy: np.ndarray, half_h: int, half_w: int) -> np.ndarray:
-    """(N, 2*half_h+1, 2*half_w+1) float32 patches centred exactly on ``xy`` (bilinear).
+    """Patches centred exactly on ``xy``, by bilinear resampling.
 
     :func:`extract_patches` centres on the rounded position; the rounding error (up to
     0.5 px, varying smoothly across a rotated lattice) moves every column in the patch. Here
     each pixel is interpolated from its four neighbours at the centre's fractional offset,
-    mirror-reflected beyond the frame like :func:`extract_patches`. Validity: the patch reads
-    one pixel beyond the half sizes (``patches_valid(xy, shape, half_h + 1, half_w + 1)``).
+    mirror-reflected beyond the frame like :func:`extract_patches`.
+
+    Parameters
+    ----------
+    image : (H, W) array_like
+        The frame (computed in float32).
+    xy : (N, 2) array_like of float
+        Patch centres x, y in px.
+    half_h, half_w : int
+        Patch half height (rows) and half width (columns) in px, >= 0.
+
+    Returns
+    -------
+    (N, 2*half_h+1, 2*half_w+1) ndarray of float32
+        The patches. Validity: a patch reads one pixel beyond the half sizes
+        (``patches_valid(xy, shape, half_h + 1, half_w + 1)``).
+
+    Raises
+    ------
+    ValueError
+        If ``image`` is not a non-empty 2-D array, ``xy`` not (N, 2) finite, or ``half_h`` /
+        ``half_w`` not non-negative integers.
     """
-    img = np.asarray(image)
-    if img.ndim != 2 or img.size == 0:
-        raise ValueError(f"image must be a non-empty 2-D array, got shape {img.shape}")
+    img = _as_image(image)
     hh, hw = _check_half(half_h, half_w)
     pts = _as_points(xy, "xy")
-    img = np.ascontiguousarray(img, dtype=np.float32)
     return _subpixel_kernel(img, np.ascontiguousarray(pts[:, 0]), np.ascontiguousarray(pts[:, 1]),
                             hh, hw)
 
@@ -316,8 +397,26 @@ def _zscore_kernel(x, out):
 
 
 def zscore_rows(x: np.ndarray) -> np.ndarray:
-    """(N, M) float32: each row minus its mean, divided by its (population) std; a constant
-    row becomes zeros. One pass per row in float64 accumulators, no temporaries."""
+    """Each row to zero mean and unit (population) standard deviation.
+
+    Descriptor rows are z-scored so that dose, mistilt gradients and thickness changes do not
+    become "domains". One pass per row in float64 accumulators, no temporaries.
+
+    Parameters
+    ----------
+    x : (N, M) array_like of float
+        Rows to normalise (any unit).
+
+    Returns
+    -------
+    (N, M) ndarray of float32
+        The z-scores (dimensionless); a constant row becomes zeros.
+
+    Raises
+    ------
+    ValueError
+        If ``x`` is not 2-D.
+    """
     arr = np.ascontiguousarray(x, dtype=np.float32)
     if arr.ndim != 2:
         raise ValueError(f"x must be 2-D, got shape {arr.shape}")
@@ -355,10 +454,27 @@ def _draw_kernel(img, r0, c0, r1, c1):
 
 
 def draw_segments(shape: tuple[int, int], p: np.ndarray, q: np.ndarray) -> np.ndarray:
-    """(H, W) bool raster with an 8-connected 1-px line from each ``p[i]`` to ``q[i]``.
+    """A raster with a 1-px, 8-connected line from each ``p[i]`` to ``q[i]``.
 
-    Points are (x, y) pixel coordinates, rounded half up and clipped to the frame. Bresenham
-    lines: the same pixels as ``skimage.draw.line`` up to how ties are broken.
+    Walls drawn as continuous traces are what the Hough transform votes on. Bresenham lines:
+    the same pixels as ``skimage.draw.line`` up to how ties are broken.
+
+    Parameters
+    ----------
+    shape : (int, int)
+        Raster (H, W) in px.
+    p, q : (M, 2) array_like of float
+        Line ends x, y in px, rounded half up and clipped to the frame.
+
+    Returns
+    -------
+    (H, W) ndarray of bool
+        True on the drawn pixels.
+
+    Raises
+    ------
+    ValueError
+        If ``p`` or ``q`` is not (M, 2) finite, or they differ in length.
     """
     h, w = int(shape[0]), int(shape[1])
     img = np.zeros((h, w), dtype=np.bool_)
@@ -410,11 +526,34 @@ def _collinear_kernel(seg, cos_max, max_offset, max_gap):
 
 def collinear_pairs(segments: np.ndarray, max_angle: float, max_offset: float,
                     max_gap: float) -> np.ndarray:
-    """(m, 2) pairs (i, j) where segment j continues segment i (i == j included).
+    """Pairs of segments where one continues the other on the same line.
 
-    Same direction within ``max_angle`` rad (either orientation), both of j's ends within
-    ``max_offset`` px of i's line, and j's extent along i's line at most ``max_gap`` px
-    beyond either end of i. O(S^2) compiled loop without (S, S) temporaries.
+    The probabilistic Hough transform breaks one wall into pieces; these pairs are what is
+    merged again. Segment j continues segment i when it has the same direction within
+    ``max_angle`` (either orientation), both of j's ends lie within ``max_offset`` of i's line,
+    and j's extent along i's line reaches at most ``max_gap`` beyond either end of i.
+    O(S^2) compiled loop without (S, S) temporaries.
+
+    Parameters
+    ----------
+    segments : (S, 4) array_like of float
+        Segments [x0, y0, x1, y1] in px.
+    max_angle : float
+        Largest direction difference, radians.
+    max_offset : float
+        Largest distance of j's ends from i's line, px.
+    max_gap : float
+        Largest reach of j beyond an end of i along i's line, px.
+
+    Returns
+    -------
+    (m, 2) ndarray of int64
+        Pairs (i, j), i == j included.
+
+    Raises
+    ------
+    ValueError
+        If ``segments`` is not (S, 4) finite.
     """
     seg = _as_segments(segments)
     if seg.shape[0] == 0:
@@ -429,22 +568,29 @@ def collinear_pairs(segments: np.ndarray, max_angle: float, max_offset: float,
 
 
 @njit(cache=True)
-def _polyline_length_kernel(points):
-    total = 0.0
-    for i in range(points.shape[0] - 1):
-        total += math.hypot(points[i + 1, 0] - points[i, 0], points[i + 1, 1] - points[i, 1])
-    return total
-
-
-@njit(cache=True)
-def _resample_kernel(points, m):
-    # m + 1 samples at uniform arc length along the polyline (total length must be > 0).
+def _cumulative_length_kernel(points):
+    # Arc length from the first point to each point (0 at the first).
     n = points.shape[0]
     cum = np.zeros(n, dtype=np.float64)
     for i in range(n - 1):
         cum[i + 1] = cum[i] + math.hypot(
             points[i + 1, 0] - points[i, 0], points[i + 1, 1] - points[i, 1]
         )
+    return cum
+
+
+@njit(cache=True)
+def _polyline_length_kernel(points):
+    if points.shape[0] < 2:
+        return 0.0
+    return _cumulative_length_kernel(points)[-1]
+
+
+@njit(cache=True)
+def _resample_kernel(points, m):
+    # m + 1 samples at uniform arc length along the polyline (total length must be > 0).
+    n = points.shape[0]
+    cum = _cumulative_length_kernel(points)
     total = cum[n - 1]
     out = np.empty((m + 1, 2), dtype=np.float64)
     seg = 0
@@ -516,13 +662,14 @@ def _sample_count(length: float, n_steps: int, step: float | None) -> int:
 
 
 def curvature_profile(points: np.ndarray, step: float | None = None, smooth: int = 0) -> np.ndarray:
-    """Pointwise curvature (1/px) at the interior arc-length samples of an ordered polyline.
+    """Pointwise curvature at the arc-length samples of an ordered polyline.
 
-    Definition (shared with :func:`polyline_curvature`):
+    The wall-curvature reward reads it; the definition is shared with
+    :func:`polyline_curvature`:
 
     1. drop consecutive duplicate points; the polyline length is L;
     2. resample at m+1 points uniformly spaced in arc length, ds = L/m, where
-       m = round(L/step) (``step`` in px), or m = number of input steps when ``step`` is None;
+       m = round(L/step), or m = number of input steps when ``step`` is None;
     3. optionally smooth with a centred moving average of half-width ``smooth`` samples,
        shrinking symmetrically at the ends (so straight lines stay exactly straight);
     4. at each interior sample j, central differences w.r.t. arc length
@@ -533,7 +680,26 @@ def curvature_profile(points: np.ndarray, step: float | None = None, smooth: int
     A straight line gives exactly 0; points on a circle of radius r with chord angle theta give
     1/(r cos^2(theta/2)), i.e. 1/r within 1 % for >= 30 samples per turn. Pixel staircases
     need ``step`` of a few px (and/or ``smooth``) or their jitter reads as curvature.
-    Fewer than 3 samples -> empty array.
+
+    Parameters
+    ----------
+    points : (M, 2) array_like of float
+        Ordered points x, y in px.
+    step : float, optional
+        Arc-length sample spacing in px (> 0); None (default) keeps the input's mean spacing.
+    smooth : int, optional
+        Half-width of the moving average, in samples (>= 0; default 0 = none).
+
+    Returns
+    -------
+    ndarray of float64
+        Curvature in 1/px at each interior sample; empty for fewer than 3 samples.
+
+    Raises
+    ------
+    ValueError
+        If ``points`` is not (M, 2) finite, ``step`` is not > 0 or ``smooth`` not a
+        non-negative integer.
     """
     pts = _dedupe(_as_points(points))
     if int(smooth) != smooth or smooth < 0:
@@ -551,25 +717,74 @@ def curvature_profile(points: np.ndarray, step: float | None = None, smooth: int
 
 
 def polyline_curvature(points: np.ndarray, step: float | None = None, smooth: int = 0) -> float:
-    """Mean curvature (1/px) along an ordered polyline; 0.0 when it is too short to bend.
+    """Mean curvature along an ordered polyline: how much a wall bends.
 
     The mean runs over uniformly spaced arc-length samples, so it is the arc-length average of
     kappa. See :func:`curvature_profile` for the exact definition and its accuracy.
+
+    Parameters
+    ----------
+    points : (M, 2) array_like of float
+        Ordered points x, y in px.
+    step : float, optional
+        Arc-length sample spacing in px (default: the input's mean spacing).
+    smooth : int, optional
+        Half-width of the moving average, in samples (default 0).
+
+    Returns
+    -------
+    float
+        Mean curvature in 1/px; 0.0 when the polyline is too short to bend.
+
+    Raises
+    ------
+    ValueError
+        As :func:`curvature_profile`.
     """
     prof = curvature_profile(points, step, smooth)
     return float(prof.mean()) if prof.size else 0.0
 
 
 def polyline_length(points: np.ndarray) -> float:
-    """Arc length (px) of an ordered polyline; 0.0 for fewer than two points."""
+    """Arc length of an ordered polyline.
+
+    Parameters
+    ----------
+    points : (M, 2) array_like of float
+        Ordered points x, y in px.
+
+    Returns
+    -------
+    float
+        Length in px; 0.0 for fewer than two points.
+
+    Raises
+    ------
+    ValueError
+        If ``points`` is not (M, 2) finite.
+    """
     pts = _as_points(points)
     return float(_polyline_length_kernel(pts)) if pts.shape[0] >= 2 else 0.0
 
 
 def chord_to_arc_ratio(points: np.ndarray) -> float:
-    """|end - start| / arc length, in [0, 1]; 1 for a straight line and for degenerate input.
+    """Straightness of an ordered polyline: end-to-end distance over arc length.
 
-    Fewer than two points or zero arc length -> 1.0 (nothing bends); a closed loop -> 0.
+    Parameters
+    ----------
+    points : (M, 2) array_like of float
+        Ordered points x, y in px.
+
+    Returns
+    -------
+    float
+        |end - start| / arc length, in [0, 1]: 1 for a straight line, 0 for a closed loop;
+        1.0 (nothing bends) for fewer than two points or zero arc length.
+
+    Raises
+    ------
+    ValueError
+        If ``points`` is not (M, 2) finite.
     """
     pts = _as_points(points)
     if pts.shape[0] < 2:
@@ -591,7 +806,23 @@ def _segment_lengths_kernel(segments):
 
 
 def segment_lengths(segments: np.ndarray) -> np.ndarray:
-    """(M,) Euclidean lengths of [x0, y0, x1, y1] segments; empty input -> empty array."""
+    """Euclidean lengths of line segments (the wall-length rewards' input).
+
+    Parameters
+    ----------
+    segments : (M, 4) array_like of float
+        Segments [x0, y0, x1, y1] in px.
+
+    Returns
+    -------
+    (M,) ndarray of float64
+        Lengths in px; empty for no segments.
+
+    Raises
+    ------
+    ValueError
+        If ``segments`` is not (M, 4) finite.
+    """
     return _segment_lengths_kernel(_as_segments(segments))
 
 
@@ -657,10 +888,30 @@ def _perimeters_from_counts(counts: np.ndarray, method: str) -> np.ndarray:
 def label_perimeters(
     labels: np.ndarray, n_labels: int | None = None, method: str = "crofton"
 ) -> np.ndarray:
-    """(n_labels + 1,) perimeter (px) of each label of an integer label image; index 0 unused.
+    """Perimeter of every label of an integer label image, in one O(H*W) pass.
 
-    One O(H*W) pass for all components. The frame border counts as boundary (outside is
-    background). Methods as in :func:`mask_perimeter`.
+    The region-shape rewards need the perimeter of each amorphous region; one pass serves all
+    components. The frame border counts as boundary (outside is background).
+
+    Parameters
+    ----------
+    labels : (H, W) array_like of int
+        Label image, 0 = background, labels >= 1.
+    n_labels : int, optional
+        Largest label (default: ``labels.max()``).
+    method : {"crofton", "edges"}, optional
+        Estimator, as in :func:`mask_perimeter` (default "crofton").
+
+    Returns
+    -------
+    (n_labels + 1,) ndarray of float64
+        Perimeter in px of each label; index 0 unused.
+
+    Raises
+    ------
+    ValueError
+        If ``labels`` is not 2-D or has negative values, ``n_labels`` is below the largest
+        label, or ``method`` is unknown.
     """
     lab = np.asarray(labels)
     if lab.ndim != 2:
@@ -678,21 +929,54 @@ def label_perimeters(
 
 
 def mask_perimeter(mask: np.ndarray, method: str = "crofton") -> float:
-    """Boundary length (px) of the True pixels; the frame border counts as boundary.
+    """Boundary length of the True pixels; the frame border counts as boundary.
 
     ``"edges"``: number of exposed pixel edges (4-neighbour changes). Exact for axis-aligned
     rectangles, but overestimates other shapes by up to 4/pi (a disk reads 27 % long).
     ``"crofton"`` (default): Cauchy-Crofton estimate from boundary crossings along rows,
     columns and both diagonals; unbiased for isotropic shapes (a disk gives 2*pi*r within ~1 %
     for r >= 20 px, ~4 % long at r = 10 px), 5-8 % short on axis-aligned squares, and
-    4*pi*A/P^2 is ~1 for a disk. Single pixels read ~2.7 px. Empty mask -> 0.0.
+    4*pi*A/P^2 is ~1 for a disk. Single pixels read ~2.7 px.
+
+    Parameters
+    ----------
+    mask : (H, W) array_like of bool
+        The region(s).
+    method : {"crofton", "edges"}, optional
+        Estimator (default "crofton").
+
+    Returns
+    -------
+    float
+        Perimeter in px; 0.0 for an empty mask.
+
+    Raises
+    ------
+    ValueError
+        If ``mask`` is not 2-D or ``method`` is unknown.
     """
     m = _as_mask(mask)
     return float(label_perimeters(m.view(np.uint8), 1, method)[1])
 
 
 def mask_area(mask: np.ndarray) -> float:
-    """Number of True pixels (px^2), as float."""
+    """Area of the True pixels.
+
+    Parameters
+    ----------
+    mask : (H, W) array_like of bool
+        The region(s).
+
+    Returns
+    -------
+    float
+        Number of True pixels, px^2.
+
+    Raises
+    ------
+    ValueError
+        If ``mask`` is not 2-D.
+    """
     return float(np.count_nonzero(_as_mask(mask)))
 
 
@@ -702,7 +986,10 @@ def mask_area(mask: np.ndarray) -> float:
 
 
 def warmup() -> None:
-    """Compile (or load from cache) every kernel on tiny inputs; the service calls it at start."""
+    """Compile (or load from numba's cache) every kernel on tiny inputs.
+
+    The service calls it at start, so the first frame does not pay JIT compilation.
+    """
     rng = np.random.default_rng(0)
     xy = rng.uniform(0.0, 8.0, size=(9, 2))
     knn_distance_sums(xy, 4)

@@ -24,13 +24,22 @@ __all__ = ["MatchResult", "match_points"]
 
 @dataclass(frozen=True, eq=False)
 class MatchResult:
-    """Outcome of :func:`match_points`.
+    """Outcome of :func:`match_points`: counts, scores and the matched pairs.
 
-    ``distances`` (tp,) float64 px of the matched pairs; ``pairs`` (tp, 2) int indices
-    ``(pred_index, true_index)`` in the same order. Conventions for empty sets: precision is
-    1 when nothing was predicted (no false claims), recall is 1 when there was nothing to
-    find, and F1 is 0 whenever precision + recall is 0, so empty-vs-empty scores 1 and a
-    miss of everything scores 0.
+    Conventions for empty sets: precision is 1 when nothing was predicted (no false claims),
+    recall is 1 when there was nothing to find, and F1 is 0 whenever precision + recall is 0,
+    so empty-vs-empty scores 1 and a miss of everything scores 0.
+
+    Attributes
+    ----------
+    tp, fp, fn : int
+        Matched, unmatched predicted and unmatched true points.
+    precision, recall, f1 : float
+        tp / (tp + fp), tp / (tp + fn) and their harmonic mean.
+    distances : (tp,) ndarray of float64
+        Distance of each matched pair, px.
+    pairs : (tp, 2) ndarray of int
+        ``(pred_index, true_index)`` of each pair, in the order of ``distances``.
     """
 
     tp: int
@@ -44,7 +53,7 @@ class MatchResult:
 
     @property
     def rmse(self) -> float:
-        """Root-mean-square matched distance in px (nan if nothing matched)."""
+        """Root-mean-square matched distance in px (NaN if nothing matched)."""
         d = self.distances
         return float(np.sqrt(np.mean(d * d))) if d.size else float("nan")
 
@@ -87,10 +96,30 @@ def _solve_component(i: np.ndarray, j: np.ndarray, d: np.ndarray, tol: float):
 
 
 def match_points(pred_xy: np.ndarray, true_xy: np.ndarray, tol: float) -> MatchResult:
-    """Optimal one-to-one matching of predicted to true points within ``tol`` px (inclusive).
+    """Optimal one-to-one matching of predicted to true points within ``tol``.
 
-    Both inputs are (N, 2) in the same coordinate convention (x, y or y, x: only distances
-    matter). Returns counts, precision/recall/F1 and the matched pairs (module doc).
+    The yardstick of atom finding against ground truth: among all pairings closer than
+    ``tol`` it takes the largest number of pairs and, among those, the smallest total
+    distance (module doc), so crowded regions are not under-counted as a greedy pairing would.
+
+    Parameters
+    ----------
+    pred_xy, true_xy : (N, 2) array_like of float or None
+        Predicted and true positions in px, in the same coordinate order (x, y or y, x: only
+        distances matter); None or empty = no points.
+    tol : float
+        Largest distance of a matched pair, px (inclusive), > 0.
+
+    Returns
+    -------
+    MatchResult
+        Counts, precision/recall/F1 and the matched pairs.
+
+    Raises
+    ------
+    ValueError
+        If ``tol`` is not a finite number > 0, or ``pred_xy`` / ``true_xy`` is not (N, 2)
+        finite.
     """
     if not (np.isscalar(tol) and np.isfinite(tol) and tol > 0):
         raise ValueError(f"`tol` must be a finite number > 0, got {tol!r}")
@@ -144,8 +173,29 @@ def _match(pred: np.ndarray, true: np.ndarray, tol: float):
 
 def labelled_ari(pred_xy: np.ndarray, pred_labels: np.ndarray, true_xy: np.ndarray,
                  true_labels: np.ndarray, tol: float) -> float:
-    """Adjusted Rand index of predicted vs true labels on the labelled atoms (label >= 0)
-    that match a true atom within ``tol`` px; 0 when fewer than two match."""
+    """Agreement of predicted and true labels on the atoms both sides found.
+
+    Adjusted Rand index (label ids need not agree, only the partition) of the labelled atoms
+    (label >= 0) that match a true atom within ``tol``.
+
+    Parameters
+    ----------
+    pred_xy : (N, 2) array_like of float
+        Predicted positions, px.
+    pred_labels : (N,) array_like of int
+        Predicted labels, -1 = not labelled.
+    true_xy : (M, 2) array_like of float
+        True positions, px.
+    true_labels : (M,) array_like of int
+        True labels.
+    tol : float
+        Matching distance, px.
+
+    Returns
+    -------
+    float
+        ARI in [-1, 1] (1 = same partition); 0.0 when fewer than two atoms match.
+    """
     from sklearn.metrics import adjusted_rand_score
 
     pred_labels = np.asarray(pred_labels)
@@ -160,7 +210,20 @@ def labelled_ari(pred_xy: np.ndarray, pred_labels: np.ndarray, true_xy: np.ndarr
 
 
 def mask_iou(pred: np.ndarray | None, true: np.ndarray) -> float:
-    """Intersection over union of two boolean masks (1.0 when both are empty)."""
+    """Intersection over union of two boolean masks (how well a region was found).
+
+    Parameters
+    ----------
+    pred : (H, W) array_like of bool or None
+        Predicted mask; None = nothing predicted.
+    true : (H, W) array_like of bool
+        True mask.
+
+    Returns
+    -------
+    float
+        IoU in [0, 1]; 1.0 when both are empty, 0.0 for ``pred`` None.
+    """
     if pred is None:
         return 0.0
     pred, true = np.asarray(pred, bool), np.asarray(true, bool)
@@ -188,9 +251,24 @@ def _point_segment_distance(p: np.ndarray, segments: np.ndarray) -> np.ndarray:
 
 def wall_distance_medians(detected: np.ndarray, true: np.ndarray, step: float = 1.0
                           ) -> tuple[float, float]:
-    """Median distance (px) from points every ``step`` px along the detected segments to the
-    nearest true wall, and from the true walls to the nearest detected one (inf if a side is
-    empty). Both small means no wall missed and none invented."""
+    """How far detected walls lie from true ones, both ways.
+
+    Both small means no wall missed and none invented.
+
+    Parameters
+    ----------
+    detected, true : (S, 4) array_like of float
+        Wall segments [x0, y0, x1, y1], px.
+    step : float, optional
+        Sampling step along the segments, px (default 1).
+
+    Returns
+    -------
+    (float, float)
+        Median distance (px) from points every ``step`` along the detected segments to the
+        nearest true wall, and from the true walls to the nearest detected one; (inf, inf)
+        when either side is empty.
+    """
     det = np.asarray(detected, float).reshape(-1, 4)
     tru = np.asarray(true, float).reshape(-1, 4)
     if len(det) == 0 or len(tru) == 0:

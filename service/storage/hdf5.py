@@ -55,6 +55,7 @@ import h5py
 import numpy as np
 
 from rewardscope import __version__, protocol
+from rewardscope.plaindata import as_float, plain
 from rewardscope.protocol import Result
 from rewardscope.storage.sessions import (
     FRAMES_LOG,
@@ -136,7 +137,7 @@ def _write_all(h5: h5py.File, sess: StoredSession, compression: str | None) -> s
 # ----------------------------------------------------------------------------- metadata
 
 def _write_root_attrs(h5: h5py.File, sess: StoredSession) -> None:
-    created = sess.created if sess.created is not None else math.nan
+    created = as_float(sess.created)
     attrs = {"format": FORMAT, "format_version": FORMAT_VERSION, "session": sess.session,
              "rewardscope_version": __version__, "protocol_version": protocol.VERSION,
              "created": created, "created_iso": _iso(created), "exported": time.time(),
@@ -158,13 +159,9 @@ def _write_frame_index(h5: h5py.File, sess: StoredSession) -> None:
     h5["seq"] = np.array([f.seq for f in fr], dtype=np.int64)
     h5["t"] = np.array([f.t for f in fr], dtype=np.float64)
     h5["received_t"] = np.array([f.received_t for f in fr], dtype=np.float64)
-    h5["pixel_size_m"] = np.array([_nan_if_none(f.header.pixel_size_m) for f in fr],
+    h5["pixel_size_m"] = np.array([as_float(f.header.pixel_size_m) for f in fr],
                                   dtype=np.float64)
     _json_dataset(h5, "frame_headers", [f.header.to_map() for f in fr])
-
-
-def _nan_if_none(v: float | None) -> float:
-    return math.nan if v is None else float(v)
 
 
 def _marker_map(m: protocol.SessionMarker) -> dict:
@@ -181,9 +178,7 @@ def _jsonable(obj: Any) -> Any:
         return [_jsonable(v) for v in obj]
     if isinstance(obj, bytes):
         return obj.hex()
-    if isinstance(obj, np.generic):
-        return obj.item()
-    return obj
+    return plain(obj) if isinstance(obj, np.generic) else obj
 
 
 def _json_dataset(h5: h5py.Group, name: str, items: list[Any]) -> None:
@@ -272,14 +267,10 @@ def _write_rewards(grp: h5py.Group, results: list[Result | None]) -> None:
     names = sorted({k for r in results if r is not None for k in r.rewards})
     used: set[str] = set()
     for name in names:
-        col = np.array([_as_float(None if r is None else r.rewards.get(name)) for r in results],
+        col = np.array([as_float(None if r is None else r.rewards.get(name)) for r in results],
                        dtype=np.float64)
         ds = grp.create_dataset(_h5_name(str(name), used), data=col)
         ds.attrs["name"] = str(name)
-
-
-def _as_float(v: Any) -> float:
-    return float(v) if isinstance(v, (int, float)) else math.nan
 
 
 def _h5_name(name: str, used: set[str]) -> str:

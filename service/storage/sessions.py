@@ -41,15 +41,22 @@ import threading
 import time
 import unicodedata
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from rewardscope import protocol
 from rewardscope.protocol import FrameHeader, ProtocolError, Result, SessionMarker
-from rewardscope.storage.recordlog import FILE_HEADER, FILE_HEADER_SIZE, RecordReader, RecordWriter
+from rewardscope.storage.recordlog import (
+    FILE_HEADER,
+    FILE_HEADER_SIZE,
+    Record,
+    RecordReader,
+    RecordWriter,
+)
 
 log = logging.getLogger("rewardscope.store")
 
@@ -241,17 +248,25 @@ def _records(file: Path, stats: LogStats) -> Iterator:
     stats.tail, stats.bytes_skipped = reader.tail_reason, reader.bytes_skipped
 
 
+def _decoded(file: str | os.PathLike[str], stats: LogStats,
+             decode: Callable[[list[bytes]], Any]) -> Iterator[tuple[Record, Any]]:
+    """(record, decoded message) of every record ``decode`` accepts; the others are counted
+    in ``stats.skipped``: a damaged message costs itself, not the session."""
+    for rec in _records(Path(file), stats):
+        try:
+            msg = decode(rec.parts)
+        except ProtocolError:
+            stats.skipped += 1
+            continue
+        yield rec, msg
+
+
 def iter_frames(file: str | os.PathLike[str], stats: LogStats | None = None, *,
                 markers: list[SessionMarker] | None = None) -> Iterator[StoredFrame]:
     """Frames of a ``frames.rsrec`` in arrival order; start/end markers go to ``markers``."""
     stats = LogStats() if stats is None else stats
     index = 0
-    for rec in _records(Path(file), stats):
-        try:
-            msg = protocol.decode_instrument(rec.parts)
-        except ProtocolError:
-            stats.skipped += 1
-            continue
+    for rec, msg in _decoded(file, stats, protocol.decode_instrument):
         if isinstance(msg, SessionMarker):
             if markers is not None:
                 markers.append(msg)
@@ -265,12 +280,7 @@ def iter_results(file: str | os.PathLike[str],
                  stats: LogStats | None = None) -> Iterator[StoredResult]:
     """Results of a ``results.rsrec`` in publication order (undecodable ones counted)."""
     stats = LogStats() if stats is None else stats
-    for rec in _records(Path(file), stats):
-        try:
-            res = protocol.decode_result(rec.parts)
-        except ProtocolError:
-            stats.skipped += 1
-            continue
+    for rec, res in _decoded(file, stats, protocol.decode_result):
         specs = {k: (v.dtype, v.shape) for k, v in res.arrays.items()}
         yield StoredResult(rec.t, res, specs)
 

@@ -37,7 +37,7 @@ One evaluation (everything before the GMM fit is cached per frame, or per frame 
    dropped again. ``labels`` (int16 per atom of ``ctx.atoms``) = the mask at the atom.
 
 Rewards: the paper's ``region_compactness`` (max) and ``normalised_perimeter`` (min) from
-:mod:`rewardscope.science.rewards`, plus ``order_contrast`` (max, registered here): the share of the
+:mod:`rewardscope.science.rewards`, plus ``order_contrast`` (max): the share of the
 variance of the site disorder score explained by the mask (Otsu's between-class criterion).
 Why a third: the two shape rewards are blind to *what* the mask covers. A whole-frame mask
 (compactness ~0.8-0.9, perimeter ratio ~1.1) and a compact half of one region both beat a
@@ -55,13 +55,21 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 from scipy.spatial import cKDTree
-from sklearn.mixture import GaussianMixture
 from skopt.space import Categorical, Integer, Real
 
-from rewardscope.science import kernels
-from rewardscope.science.descriptors import classify_sublattices
-from rewardscope.science.rewards import normalised_perimeter, region_compactness, register
-from rewardscope.workflows.base import Evaluation, FrameContext, RewardSpec, Workflow, single_thread
+from rewardscope.science import kernels, mixtures
+from rewardscope.science.descriptors import standardise_columns, standardised_pca, sublattices
+from rewardscope.science.rewards import normalised_perimeter, order_contrast, region_compactness
+from rewardscope.workflows.base import (
+    ATOMS,
+    LABELS,
+    MASK,
+    Evaluation,
+    FrameContext,
+    Output,
+    Workflow,
+    single_thread,
+)
 
 __all__ = [
     "AmorphousWorkflow",
@@ -71,7 +79,7 @@ __all__ = [
     "order_contrast",
 ]
 
-COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
+COVARIANCE_TYPES = mixtures.COVARIANCE_TYPES
 CACHE_KEY = "amorphous/frame"
 SEED = 0
 PCA_DIMS = 2
@@ -140,7 +148,7 @@ def _neighbourhood_median(
 def local_disorder(
     xy: np.ndarray, shape: tuple[int, int], lattice_px: float, edge_margin: float = 0.0
 ) -> np.ndarray:
-    """(N,) crystalline-disorder score in [0, 1]: neighbourhood median of 1 - |psi4|.
+    """Crystalline-disorder score of each atom: neighbourhood median of 1 - |psi4|.
 
     psi4 = mean over an atom's bonds of exp(4i*theta) is the 4-fold bond-orientational order
     parameter: |psi4| = 1 on the projected square A+B lattice of ABO3 [001] (bond a/sqrt(2),
@@ -149,8 +157,24 @@ def local_disorder(
     (by sublattice and domain), which a GMM then splits instead of order from disorder; bond
     angles change far less. The median over the ~9 atoms within one lattice spacing turns
     per-site values that overlap between crystal and a jittered region into separated ones.
-    Atoms within a bond (+ ``edge_margin`` px, where atoms were dropped) of the border may
-    lack bonds for want of field of view, not order: their missing bonds are not counted.
+    Atoms within a bond (+ ``edge_margin``, where atoms were dropped) of the border may lack
+    bonds for want of field of view, not order: their missing bonds are not counted.
+
+    Parameters
+    ----------
+    xy : (N, 2) array_like of float
+        Atom positions x, y in px.
+    shape : (int, int)
+        Frame (H, W) in px.
+    lattice_px : float
+        Lattice spacing a in px.
+    edge_margin : float, optional
+        Extra border width in px where atoms were dropped upstream (default 0).
+
+    Returns
+    -------
+    (N,) ndarray of float64
+        Score in [0, 1] (0 = perfect square lattice); zeros for fewer than 5 atoms.
     """
     pts = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
     if pts.shape[0] < 5:
@@ -166,27 +190,6 @@ def local_disorder(
 # --------------------------------------------------------------------------------------------
 
 
-def _sublattices(image: np.ndarray, xy: np.ndarray, sites: np.ndarray | None) -> np.ndarray:
-    """``sites`` when given, else bright A / dim B by a 2-means split of column intensity."""
-    if sites is not None:
-        return np.asarray(sites, dtype=np.int8)
-    return classify_sublattices(image, xy)
-
-
-def _pca(x: np.ndarray, fit_rows: np.ndarray, k: int) -> np.ndarray:
-    """Scores on the first ``k`` principal axes of the ``fit_rows`` (standardised columns)."""
-    fit = x[fit_rows] if fit_rows.sum() > k + 2 else x
-    mean = fit.mean(axis=0)
-    sd = fit.std(axis=0)
-    sd = np.where(sd > 1e-9, sd, 1.0)
-    z = (fit - mean) / sd
-    # Eigen-decomposition of the small (P x P) covariance: cheaper than an SVD of N x P.
-    cov = z.T @ z / max(len(z) - 1, 1)
-    vals, vecs = np.linalg.eigh(cov)
-    axes = vecs[:, ::-1][:, :k]
-    return ((x - mean) / sd) @ axes
-
-
 def _ring_index(half: int) -> tuple[np.ndarray, int]:
     """Integer radius of every pixel of a (2*half+1)^2 patch, and the number of rings."""
     yy, xx = np.mgrid[-half : half + 1, -half : half + 1]
@@ -196,13 +199,28 @@ def _ring_index(half: int) -> tuple[np.ndarray, int]:
 
 
 def radial_profiles(image: np.ndarray, xy: np.ndarray, half: int) -> np.ndarray:
-    """(N, half+1) azimuthal means of the patch around each atom, ring by ring (px).
+    """Azimuthal mean of the patch around each atom, ring by ring.
 
     Rotation-averaged patches keep what changes in amorphous regions (dimmer, broader column,
     neighbour shells smeared or missing) and drop the direction of the B displacement, which
     differs between polarization domains and would otherwise be what the GMM splits. Only
     pixels inside the frame are averaged: mirror-padded content near the edge is not the
     sample, and made edge atoms a GMM cluster of their own.
+
+    Parameters
+    ----------
+    image : (H, W) ndarray
+        The frame.
+    xy : (N, 2) ndarray of float
+        Atom positions x, y in px (patches centred on the rounded positions).
+    half : int
+        Patch half size in px; ring r holds the pixels at radius r +- 0.5 px (corners join
+        the outermost ring).
+
+    Returns
+    -------
+    (N, half + 1) ndarray of float64
+        Mean intensity per ring, image units.
     """
     n = len(xy)
     patches = kernels.extract_patches(image, xy, half, half).reshape(n, -1).astype(np.float64)
@@ -227,22 +245,42 @@ def _inside_patch(xy: np.ndarray, shape: tuple[int, int], half: int) -> np.ndarr
 def patch_residuals(
     image: np.ndarray, xy: np.ndarray, sub: np.ndarray, half: int, k: int = PCA_DIMS
 ) -> np.ndarray:
-    """(N, k) PCA scores of radial patch profiles relative to the atom's sublattice.
+    """How each atom's radial profile departs from its sublattice's crystalline motif, PCA-reduced.
 
     Each sublattice's profiles are centred on its median and scaled by its per-ring MAD, so
     the A/B contrast and the A/B noise levels both drop out; what is left is deviation from
-    the crystalline motif of that sublattice.
+    the crystalline motif of that sublattice. The median and MAD come from patches wholly
+    inside the frame (when a sublattice has at least 3), the PCA from
+    :func:`rewardscope.science.descriptors.standardised_pca`.
+
+    Parameters
+    ----------
+    image : (H, W) ndarray
+        The frame.
+    xy : (N, 2) ndarray of float
+        Atom positions x, y in px.
+    sub : (N,) ndarray of int
+        Sublattice of each atom (0 = A, 1 = B).
+    half : int
+        Patch half size in px.
+    k : int, optional
+        Scores kept (default PCA_DIMS; at most half + 1).
+
+    Returns
+    -------
+    (N, k) ndarray of float64
+        PCA scores of the robust z-scores (dimensionless).
     """
     prof = radial_profiles(image, xy, half)
     valid = kernels.patches_valid(xy, image.shape, half, half)
     resid = np.empty_like(prof)
     for s in np.unique(sub):
         rows = sub == s
-        ref = prof[rows & valid] if (rows & valid).sum() >= 3 else prof[rows]
+        ref = prof[rows][mixtures.trusted_rows(valid[rows], 3)]
         med = np.median(ref, axis=0)
         mad = np.median(np.abs(ref - med), axis=0)
         resid[rows] = (prof[rows] - med) / np.where(mad > 1e-9, 1.4826 * mad, 1.0)
-    return _pca(resid, valid, min(k, prof.shape[1]))
+    return standardised_pca(resid, valid, min(k, prof.shape[1]))
 
 
 # --------------------------------------------------------------------------------------------
@@ -250,30 +288,38 @@ def patch_residuals(
 # --------------------------------------------------------------------------------------------
 
 
-def _standardise(x: np.ndarray) -> np.ndarray:
-    sd = x.std(axis=0)
-    return (x - x.mean(axis=0)) / np.where(sd > 1e-12, sd, 1.0)
-
-
 def disordered_posterior(
     x: np.ndarray, disorder: np.ndarray, n_components: int, covariance_type: str
 ) -> np.ndarray:
-    """Per-atom posterior of being in a disordered GMM component.
+    """Per-atom posterior of belonging to a disordered GMM component.
 
     A component is disordered when its posterior-weighted mean ``disorder`` exceeds
     DISORDER_LIMIT; posteriors of all such components add up (with 3 components the GMM
     may split the amorphous sites themselves, e.g. by sublattice, and taking only one half
     gave compact, well-scored masks of half a region). If none qualifies, the single most
     disordered component is used (the site gate in :func:`flag_sites` then decides).
+
+    Parameters
+    ----------
+    x : (N, d) ndarray of float
+        Standardised descriptors, one row per atom.
+    disorder : (N,) ndarray of float
+        :func:`local_disorder` of each atom.
+    n_components : int
+        Mixture components.
+    covariance_type : {"full", "tied", "diag", "spherical"}
+        Covariance type.
+
+    Returns
+    -------
+    (N,) ndarray of float64
+        Posterior in [0, 1]; zeros when the mixture cannot be fitted (degenerate descriptors
+        or an unknown ``covariance_type``).
     """
-    gmm = GaussianMixture(
-        n_components=int(n_components),
-        covariance_type=covariance_type,
-        random_state=SEED,
-        reg_covar=1e-4,
-    )
     try:
-        post = gmm.fit(x).predict_proba(x)
+        gmm = mixtures.fit_gmm(x, int(n_components), covariance_type, seed=SEED,
+                               reg_covar=1e-4)
+        post = gmm.predict_proba(x)
     except ValueError:  # ill-defined covariance (degenerate descriptors): nothing found
         return np.zeros(len(x))
     weight = post.sum(axis=0)
@@ -285,7 +331,7 @@ def disordered_posterior(
 
 
 def flag_sites(post: np.ndarray, disorder: np.ndarray, threshold: float) -> np.ndarray:
-    """Disordered sites: posterior > ``threshold`` *and* own disorder > DISORDER_LIMIT.
+    """Disordered sites: GMM posterior above ``threshold`` *and* own disorder above DISORDER_LIMIT.
 
     Two witnesses must agree: the image (the GMM on the descriptors) and the geometry (bond
     order). Without the second, a candidate whose "disordered" component caught atoms with
@@ -293,12 +339,44 @@ def flag_sites(post: np.ndarray, disorder: np.ndarray, threshold: float) -> np.n
     sites that the closing bridged into one frame-wide mask, which the shape rewards love
     (compactness ~0.88, perimeter ratio ~1.07). It is also what keeps a crystal-only frame
     empty: there the most disordered component is just the crystal's broader tail.
+
+    Parameters
+    ----------
+    post : (N,) ndarray of float
+        :func:`disordered_posterior` of each atom.
+    disorder : (N,) ndarray of float
+        :func:`local_disorder` of each atom.
+    threshold : float
+        Posterior above which a site may be flagged, in [0, 1].
+
+    Returns
+    -------
+    (N,) ndarray of bool
+        True for the disordered sites.
     """
     return (post > threshold) & (disorder > DISORDER_LIMIT)
 
 
 def nearest_site_map(xy: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """(index of the nearest atom, distance to it) per pixel: Voronoi cells, cached per frame."""
+    """Voronoi cells of the atoms on the pixel grid: nearest atom and distance to it per pixel.
+
+    Computed once per frame (one Euclidean distance transform) and reused by every candidate's
+    mask (:func:`mask_from_sites`).
+
+    Parameters
+    ----------
+    xy : (N, 2) ndarray of float
+        Atom positions x, y in px (rounded half up, clipped to the frame).
+    shape : (int, int)
+        Frame (H, W) in px.
+
+    Returns
+    -------
+    owner : (H, W) ndarray of int64
+        Index of the nearest atom (all 0 when there are none).
+    dist : (H, W) ndarray of float64
+        Distance to it, px (inf when there are none).
+    """
     if len(xy) == 0:
         return np.zeros(shape, dtype=np.int64), np.full(shape, np.inf)
     iy, ix = _pixel_of(xy, shape)
@@ -316,11 +394,30 @@ def mask_from_sites(
     lattice_px: float,
     min_sites: int = MIN_SITES,
 ) -> np.ndarray:
-    """(H, W) bool: flagged Voronoi cells within DISK_FRAC*a, de-speckled, closed, filled.
+    """The amorphous mask of the flagged sites: their Voronoi cells, de-speckled, closed, filled.
 
-    Clusters of fewer than ``min_sites`` flagged sites are removed *before* the closing, so
-    scattered false positives cannot be bridged into one frame-wide region; again after it,
-    for what the closing joined but still holds too few sites.
+    Flagged sites paint their Voronoi cell within DISK_FRAC lattice spacings. Clusters of
+    fewer than ``min_sites`` flagged sites are removed *before* the closing, so scattered
+    false positives cannot be bridged into one frame-wide region; again after it, for what
+    the closing joined but still holds too few sites.
+
+    Parameters
+    ----------
+    flags : (N,) ndarray of bool
+        Flagged (disordered) sites, :func:`flag_sites`.
+    xy : (N, 2) ndarray of float
+        Site positions x, y in px.
+    owner, dist : (H, W) ndarray
+        :func:`nearest_site_map` of the sites.
+    lattice_px : float
+        Lattice spacing a in px (disk reach, closing radius a / 2).
+    min_sites : int, optional
+        Fewest flagged sites of a region (default MIN_SITES).
+
+    Returns
+    -------
+    (H, W) ndarray of bool
+        The mask; all False when nothing is flagged.
     """
     if not flags.any():
         return np.zeros(owner.shape, dtype=bool)
@@ -367,30 +464,6 @@ def _pixel_of(xy: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, np.nd
 # --------------------------------------------------------------------------------------------
 
 
-@register(
-    "order_contrast",
-    "max",
-    "share of the site disorder-score variance explained by the amorphous mask (0..1)",
-)
-def order_contrast(score: np.ndarray, labels: np.ndarray) -> float:
-    """Otsu's between-class variance of ``score`` for the split ``labels``, over its total.
-
-    eta = w0 * w1 * (mu1 - mu0)^2 / var: 0 when the mask is empty, covers everything or does
-    not follow the order score; 1 when every amorphous site is more disordered than every
-    crystalline one by a constant. No sites or no score variance -> 0.0 (worst).
-    """
-    s = np.asarray(score, dtype=np.float64).ravel()
-    lab = np.asarray(labels).ravel() != 0
-    if s.size != lab.size:
-        raise ValueError(f"score ({s.size}) and labels ({lab.size}) must have the same length")
-    var = float(s.var()) if s.size else 0.0
-    if s.size == 0 or not var > 0 or lab.all() or not lab.any():
-        return 0.0
-    w1 = lab.mean()
-    diff = s[lab].mean() - s[~lab].mean()
-    return float(w1 * (1.0 - w1) * diff * diff / var)
-
-
 # --------------------------------------------------------------------------------------------
 # workflow
 # --------------------------------------------------------------------------------------------
@@ -410,21 +483,22 @@ class AmorphousWorkflow(Workflow):
 
     name = "amorphous"
     thread_safe = True  # per-frame caches are shared dicts; see base.single_thread
-    rewards = (
-        RewardSpec("region_compactness", "max", "area-weighted 4*pi*A/P^2 of the regions"),
-        RewardSpec("normalised_perimeter", "min", "total boundary over that of one equal disk"),
-        RewardSpec("order_contrast", "max", "site disorder variance explained by the mask"),
+    rewards = ("region_compactness", "normalised_perimeter", "order_contrast")
+    needs = (ATOMS,)
+    produces = (
+        Output("amorphous_mask", MASK),
+        Output("labels", LABELS, name="amorphous_labels"),
     )
 
     def __init__(self, lattice_px: float = 12.0) -> None:
         lo, hi = _window_bounds(lattice_px)
         self.lattice_px = float(lattice_px)
-        self.space = [
+        self.space = (
             Real(0.3, 0.99, name="threshold"),
             Categorical(list(COVARIANCE_TYPES), name="covariance_type"),
             Integer(lo, hi, name="window"),
             Integer(2, 3, name="n_components"),
-        ]
+        )
 
     def default_params(self, lattice_px: float) -> dict[str, Any]:
         """Tied covariance, 2 components, window half a lattice spacing (why: module doc)."""
@@ -451,7 +525,8 @@ class AmorphousWorkflow(Workflow):
         x = st.descriptors.get(int(window))
         if x is None:
             prof = patch_residuals(ctx.image, st.xy, st.sub, int(window))
-            x = np.column_stack([_standardise(prof), _standardise(st.disorder[:, None])])
+            x = np.column_stack([standardise_columns(prof),
+                                 standardise_columns(st.disorder[:, None])])
             st.descriptors[int(window)] = x
         return x
 
@@ -526,8 +601,9 @@ class FrameState:
         all_xy = _atoms(ctx)
         used = ~_near_edge(all_xy, ctx.shape, EDGE_MARGIN * ctx.lattice_px)
         xy = all_xy[used]
-        sites = None if ctx.sites is None or len(ctx.sites) != len(all_xy) else ctx.sites
-        sub = _sublattices(ctx.image, xy, None if sites is None else np.asarray(sites)[used])
+        known = (np.asarray(ctx.sites)[used] if ctx.sites is not None
+                 and len(ctx.sites) == len(all_xy) else None)
+        sub = sublattices(ctx.image, xy, known)
         owner, dist = nearest_site_map(xy, ctx.shape)
         margin = EDGE_MARGIN * ctx.lattice_px
         disorder = local_disorder(xy, ctx.shape, ctx.lattice_px, margin)

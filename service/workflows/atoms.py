@@ -27,7 +27,7 @@ import numpy as np
 from skopt.space import Integer, Real
 
 from rewardscope.science import atomfind, rewards
-from rewardscope.workflows.base import Evaluation, FrameContext, RewardSpec, Workflow
+from rewardscope.workflows.base import ATOMS, Evaluation, FrameContext, Output, Workflow
 
 SITES_PER_CELL = 2  # ABO3 [001]: A and B columns per a x a cell
 
@@ -37,7 +37,7 @@ class AtomsWorkflow(Workflow):
 
     name = "atoms"
     thread_safe = True  # per-frame caches are shared dicts; see base.single_thread
-    space = [
+    space = (
         # x lattice_px. Up to 0.25: under heavy noise the best detector is a LoG wider than the
         # column (more smoothing), measured here as F1 0.89 -> 0.97 at noise 0.35 of the A peak.
         Real(0.04, 0.25, name="min_sigma_frac"),
@@ -45,13 +45,10 @@ class AtomsWorkflow(Workflow):
         Real(0.005, 0.40, prior="log-uniform", name="threshold"),  # on the normalised frame
         Real(0.05, 0.95, name="overlap"),
         Integer(3, 6, name="num_sigma"),
-    ]
-    rewards = (
-        # Both are fractions of the atoms: one common unit for the knee (see optimize.knee).
-        RewardSpec("count_quality", "min", rewards.REGISTRY["count_quality"].meaning, 0.05),
-        RewardSpec("implausible_neighbours", "min",
-                   rewards.REGISTRY["implausible_neighbours"].meaning, 0.05),
     )
+    rewards = ("count_quality", "implausible_neighbours")
+    produces = (Output("atoms", ATOMS),)
+    stage = "atoms"
 
     def __init__(self, sites_per_cell: float = SITES_PER_CELL, subpixel: bool = True) -> None:
         self.sites_per_cell = sites_per_cell

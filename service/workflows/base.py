@@ -22,6 +22,8 @@ from typing import Any
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
+from rewardscope.science import rewards as rewards_mod
+
 _THREADPOOLS: list[ThreadpoolController] = []
 _LIMIT_LOCK = threading.Lock()
 _LIMIT_STATE: dict[str, Any] = {"depth": 0, "limiter": None}
@@ -29,16 +31,23 @@ _LIMIT_STATE: dict[str, Any] = {"depth": 0, "limiter": None}
 
 @contextmanager
 def single_thread() -> Iterator[None]:
-    """Context limiting BLAS and OpenMP to one thread (controller built once: it costs ~5 ms).
+    """Context limiting BLAS and OpenMP to one thread while a workflow fits small matrices.
 
     Workflow matrices are ~1000 x 16: threads only add start-up and, on a busy host,
     contention (measured 20 ms -> 300+ ms per GMM fit with 2 cores shared by other work);
-    the cores are better used evaluating candidates side by side (``eval_workers``).
+    the cores are better used evaluating candidates side by side (``eval_workers``). The
+    controller is built once (it costs ~5 ms).
+
     Safe to use from several threads at once: the BLAS limit is process-wide, so it is set
     by the first thread to enter and lifted when the last one leaves (nested per-thread
     limiters would restore each other's state in the wrong order); OpenMP's limit belongs to
     the calling thread, so each thread sets and restores its own (without it, scikit-learn's
     OpenMP k-means inside two evaluation threads ran 2 x 2 threads on 2 cores).
+
+    Yields
+    ------
+    None
+        Inside the ``with`` block, the limits hold.
     """
     with _LIMIT_LOCK:
         if not _THREADPOOLS:
@@ -58,16 +67,36 @@ def single_thread() -> Iterator[None]:
                 _LIMIT_STATE["limiter"] = None
 
 
-@dataclass(frozen=True)
-class RewardSpec:
-    """An objective a workflow reports: ``direction`` 'min' or 'max', one line of meaning, and
-    ``scale``: a fixed physical unit for the knee's normalisation where one exists (see
-    optimize.knee; 0 = min-max over the front)."""
+# Kinds of workflow output: how the engine merges an output into the frame's result.
+ATOMS = "atoms"  # (N, 2) float x, y px: the frame's key points -> result ``atoms`` (first wins)
+LABELS = "labels"  # (N,) int per atom, -1 = none -> result ``labels`` (first producer wins)
+PER_ATOM = "per_atom"  # (N, ...) arrays aligned with the atoms -> result array ``name``
+MASK = "mask"  # (H, W) per-pixel array -> result array ``name``
+SEGMENTS = "segments"  # list of [x0, y0, x1, y1] px -> result ``walls`` (concatenated)
+POLYLINES = "polylines"  # list of (M_i, 2) ordered points px -> rewards only (``walls``)
+FIELD = "field"  # (rows, cols, 2) per-cell vectors -> result array ``name``
+SCALAR = "scalar"  # a number or short string -> result header field ``name``
+KINDS = (ATOMS, LABELS, PER_ATOM, MASK, SEGMENTS, POLYLINES, FIELD, SCALAR)
 
-    name: str
-    direction: str
-    meaning: str
-    scale: float = 0.0
+
+@dataclass(frozen=True)
+class Output:
+    """One declared output of a workflow: ``key`` in :attr:`Evaluation.output`, its ``kind``
+    (one of :data:`KINDS`) and ``name``, the name it is published under ('' = ``key``; a
+    ``labels`` output is also published as an array when ``name`` is given)."""
+
+    key: str
+    kind: str
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"output {self.key!r}: kind must be one of {KINDS}, got "
+                             f"{self.kind!r}")
+
+    @property
+    def published(self) -> str:
+        return self.name or self.key
 
 
 @dataclass
@@ -75,14 +104,16 @@ class FrameContext:
     """One frame as every workflow sees it.
 
     ``image`` float32 normalised to ~[0, 1]; ``atoms`` (N, 2) x, y of the atoms chosen upstream
-    (set by the atoms workflow for the domain and amorphous workflows); ``cache`` holds per-frame
-    work shared between candidates (keys are the owning workflow's business).
+    (the chosen output of kind ``atoms``, set by the engine); ``upstream`` every chosen output
+    of the workflows that ran before, by key; ``cache`` holds per-frame work shared between
+    candidates (keys are the owning workflow's business).
     """
 
     image: np.ndarray
     lattice_px: float
     atoms: np.ndarray | None = None
     sites: np.ndarray | None = None  # (N,) int8 0 = A (bright), 1 = B, when classified
+    upstream: dict[str, Any] = field(default_factory=dict)
     cache: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -92,21 +123,45 @@ class FrameContext:
 
 @dataclass
 class Evaluation:
-    """One candidate's outcome: rewards by name, and the analysis it produced."""
+    """One candidate's outcome: rewards by name, the analysis it produced (keys: the
+    workflow's declared outputs, plus anything rewards may read), and seconds spent per
+    metric stage when the workflow splits its time (the engine books the rest under the
+    workflow's ``stage``)."""
 
     rewards: dict[str, float]
-    output: dict[str, Any]  # keys among: atoms, labels, walls, wall_points, amorphous_mask
+    output: dict[str, Any]
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 class Workflow(ABC):
-    """Base class. Subclasses set ``name``, ``space`` (skopt dimensions with names) and
-    ``rewards`` and implement ``evaluate``; ``prepare`` is optional per-frame shared work."""
+    """Base class: a unit of analysis declared in one place (the LiberTEM UDF idea).
+
+    A subclass sets, as class attributes:
+
+    * ``name``: short name, used in results, metrics and configs;
+    * ``space``: a tuple of named skopt dimensions, the hyperparameters the optimizer searches;
+    * ``rewards``: the names of the rewards it optimises (registry names of
+      :mod:`rewardscope.science.rewards`, or ``"pkg.mod:func"`` dotted paths);
+    * ``needs``: output kinds it reads from upstream workflows (e.g. ``("atoms",)``: it reads
+      ``ctx.atoms``); the engine runs a producer first, adding one from the registry if the
+      configured chain has none;
+    * ``produces``: its :class:`Output` declarations, merged into the result by kind;
+    * ``stage``: the metric stage its time is booked under;
+    * ``thread_safe``: True when ``evaluate`` may run for several candidates of one frame at
+      once.
+
+    and implements ``evaluate`` (one candidate); ``prepare`` (per-frame work shared by the
+    candidates) and ``default_params`` are optional. A workflow never touches sockets, files,
+    metrics or the optimizer.
+    """
 
     name: str = ""
-    space: list = []
-    rewards: tuple[RewardSpec, ...] = ()
+    space: tuple = ()
+    rewards: tuple[str, ...] = ()
+    needs: tuple[str, ...] = ()
+    produces: tuple[Output, ...] = ()
+    stage: str = "cluster"
     thread_safe: bool = False
-    """True when ``evaluate`` may run for several candidates of one frame at once."""
 
     def prepare(self, ctx: FrameContext) -> None:  # noqa: B027 - optional hook
         """Per-frame work shared by every candidate (called once per frame)."""
@@ -126,13 +181,9 @@ class Workflow(ABC):
         return [p] if p else []
 
     def objective_vector(self, ev: Evaluation) -> np.ndarray:
-        """Rewards as a vector to minimise (max-rewards negated; NaN -> +inf = worst)."""
-        vals = []
-        for spec in self.rewards:
-            v = float(ev.rewards.get(spec.name, np.nan))
-            v = -v if spec.direction == "max" else v
-            vals.append(v if np.isfinite(v) else np.inf)
-        return np.asarray(vals, dtype=float)
+        """The declared rewards of ``ev`` as objectives to minimise (the registry's one rule)."""
+        return rewards_mod.objective_vector([rewards_mod.get_reward(n) for n in self.rewards],
+                                            ev.rewards)
 
     def param_names(self) -> list[str]:
         return [d.name for d in self.space]

@@ -12,7 +12,7 @@ invariant VAEs). Steps for one candidate:
 3. a Gaussian mixture (``n_components``, ``covariance_type``) on the latent means, fitted on
    interior patches (no mirror padding), labels every used atom.
 
-Rewards, the paper's three families (registered, so configs can name them):
+Rewards, the paper's three families (in the reward registry, so configs can name them):
 
 * ``latent_bic`` (min): BIC of the mixture per fitted patch. The paper's GMM reward: fit
   quality vs. components, i.e. latent-space parsimony (BIC / n so frames compare, as the paper
@@ -57,23 +57,25 @@ from __future__ import annotations
 
 import math
 import time
-import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.mixture import GaussianMixture
 from skopt.space import Categorical, Integer
 
-from rewardscope.science import descriptors, kernels, rewards
+from rewardscope.science import descriptors, kernels, mixtures
+from rewardscope.science.rewards import latent_bic, latent_reconstruction, latent_variance
 from rewardscope.science.vae import LatentModel
 from rewardscope.workflows.base import (
+    ATOMS,
+    LABELS,
+    PER_ATOM,
+    SCALAR,
     Evaluation,
     FrameContext,
-    RewardSpec,
+    Output,
     Workflow,
     single_thread,
 )
@@ -84,44 +86,7 @@ SUBLATTICES = {"A": 0, "B": 1}
 WINDOW_UNIT = 8  # window = patch half-width in 1/WINDOW_UNIT lattice spacings
 GMM_REG_COVAR = 1e-4  # latent variance floor for the mixture (latent stds are ~0.1 here)
 GMM_SEED = 0
-VARIANCE_FLOOR = 1e-12  # keeps log10 finite for an exactly collapsed latent
 MIN_SITES = 8
-
-
-# --------------------------------------------------------------------------------------------
-# rewards (registered: configs can name them)
-# --------------------------------------------------------------------------------------------
-
-
-@rewards.register("latent_bic", "min",
-                  "BIC per patch of a Gaussian mixture on the VAE latent means (parsimony)")
-def latent_bic(bic: float, n_samples: int | None = None) -> float:
-    """BIC of the latent mixture, per sample when ``n_samples`` is given; NaN/inf -> +inf."""
-    return rewards.gmm_bic(bic, n_samples)
-
-
-@rewards.register("latent_variance", "max",
-                  "log10 product of latent-mean variances; very negative = collapsed latent")
-def latent_variance(latent: np.ndarray) -> float:
-    """sum_i log10 Var(z_i) over the latent dimensions (Var floored at VARIANCE_FLOOR).
-
-    Fewer than 2 rows or no columns -> -inf (worst): no spread is measurable.
-    """
-    z = np.asarray(latent, dtype=np.float64)
-    if z.ndim != 2:
-        raise ValueError(f"latent must have shape (N, d), got {z.shape}")
-    z = z[np.all(np.isfinite(z), axis=1)]
-    if z.shape[0] < 2 or z.shape[1] == 0:
-        return -math.inf
-    return float(np.sum(np.log10(np.maximum(z.var(axis=0), VARIANCE_FLOOR))))
-
-
-@rewards.register("latent_reconstruction", "min",
-                  "VAE reconstruction error, mean squared per pixel of [0, 1] patches")
-def latent_reconstruction(error: float) -> float:
-    """Pass-through of a reconstruction error; NaN -> +inf (worst)."""
-    v = float(error)
-    return v if not math.isnan(v) else math.inf
 
 
 # --------------------------------------------------------------------------------------------
@@ -129,40 +94,64 @@ def latent_reconstruction(error: float) -> float:
 # --------------------------------------------------------------------------------------------
 
 
-def _fingerprint(atoms: np.ndarray) -> tuple:
-    """Cheap identity of an atom set, so a new ctx.atoms invalidates the per-frame cache."""
-    return (atoms.shape[0], float(atoms.sum()), float((atoms * atoms).sum()))
-
-
 def half_window(window: int, lattice_px: float) -> int:
-    """Patch half-width in px for ``window`` eighths of a lattice spacing (at least 2 px)."""
+    """Patch half-width in px of a ``window`` candidate parameter.
+
+    The window is searched in eighths of a lattice spacing so one search space serves every
+    magnification.
+
+    Parameters
+    ----------
+    window : int
+        Patch half-width in 1/WINDOW_UNIT lattice spacings.
+    lattice_px : float
+        Lattice spacing in px.
+
+    Returns
+    -------
+    int
+        Half-width in px, rounded half up, at least 2.
+    """
     return max(2, int(math.floor(int(window) * float(lattice_px) / WINDOW_UNIT + 0.5)))
 
 
 def fit_mixture(z: np.ndarray, fit_rows: np.ndarray, k: int,
                 cov: str) -> tuple[np.ndarray, float, float]:
-    """(labels of every row, BIC per fitted row, ICL per fitted row).
+    """Label the latent means by a Gaussian mixture; the paper's BIC and ICL with them.
 
-    Components are renumbered by decreasing size so label ids do not depend on the mixture's
-    internal order. ICL as in the paper: BIC - sum tau log tau (assignment entropy added).
+    :func:`rewardscope.science.mixtures.mixture_labels` in float64 on the interior patches,
+    with a larger iteration budget and a tighter tolerance than the domain workflow (the
+    latent has 2-3 dimensions, a fit costs little) and ``reg_covar`` = GMM_REG_COVAR.
+
+    Parameters
+    ----------
+    z : (N, d) array_like of float
+        Latent means, one row per atom (latent units).
+    fit_rows : (N,) array_like of bool
+        Rows the mixture is fitted on (patches wholly inside the frame).
+    k : int
+        Number of components.
+    cov : {"full", "tied", "diag", "spherical"}
+        Covariance type.
+
+    Returns
+    -------
+    labels : (N,) ndarray of int16
+        Label of every row, renumbered by decreasing cluster size.
+    bic : float
+        BIC per fitted row.
+    icl : float
+        ICL per fitted row: BIC plus the assignment entropy -sum tau log tau.
+
+    Raises
+    ------
+    ValueError
+        For an unknown ``cov`` or a degenerate latent (ill-defined covariances).
     """
-    x = np.asarray(z, dtype=np.float64)
-    fit = x[fit_rows] if fit_rows.sum() > max(10, 3 * k) else x
-    k = max(1, min(int(k), fit.shape[0]))
-    gmm = GaussianMixture(k, covariance_type=cov, random_state=GMM_SEED, n_init=2,
-                          max_iter=200, tol=1e-4, reg_covar=GMM_REG_COVAR)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        gmm.fit(fit)
-    bic = float(gmm.bic(fit))
-    tau = gmm.predict_proba(fit)
-    entropy = float(-np.sum(tau * np.log(np.clip(tau, 1e-300, None))))
-    raw = gmm.predict(x)
-    order = np.argsort(-np.bincount(raw, minlength=k), kind="stable")
-    remap = np.empty(k, dtype=np.int16)
-    remap[order] = np.arange(k, dtype=np.int16)
-    n = fit.shape[0]
-    return remap[raw], bic / n, (bic + entropy) / n
+    fit = mixtures.mixture_labels(np.asarray(z, dtype=np.float64), k, cov, fit_rows=fit_rows,
+                                  seed=GMM_SEED, n_init=2, max_iter=200, tol=1e-4,
+                                  reg_covar=GMM_REG_COVAR)
+    return fit.labels, fit.bic_per_row, fit.icl_per_row
 
 
 @dataclass
@@ -190,20 +179,25 @@ class LatentWorkflow(Workflow):
     fix the training budget; they are not searched, so the search space holds only
     3 windows x 2 latent sizes = 6 models. ``checkpoint_dir``: when set, a trained model is
     saved there as ``<name>.pt`` and a later session loads it instead of training.
+
+    What a session learns sits in attributes ending in ``_`` (scikit-learn's convention):
+    ``models_`` (the trained models by (patch px, latent_dim), least recently used first),
+    ``current_`` (name of the model in use), ``model_swaps_`` and ``trainings_`` (counts).
     """
 
     name = "latent"
-    space = [
+    space = (
         Integer(4, 6, name="window"),  # patch half-width, eighths of a lattice spacing
         Integer(2, 3, name="latent_dim"),
         Integer(2, 4, name="n_components"),
         Categorical(["full", "tied", "diag", "spherical"], name="covariance_type"),
-    ]
-    rewards = (
-        RewardSpec("latent_bic", "min", rewards.REGISTRY["latent_bic"].meaning),
-        RewardSpec("latent_variance", "max", rewards.REGISTRY["latent_variance"].meaning),
-        RewardSpec("latent_reconstruction", "min",
-                   rewards.REGISTRY["latent_reconstruction"].meaning),
+    )
+    rewards = ("latent_bic", "latent_variance", "latent_reconstruction")
+    needs = (ATOMS,)
+    produces = (
+        Output("labels", LABELS),
+        Output("latent", PER_ATOM),
+        Output("model", SCALAR),
     )
 
     def __init__(self, sublattice: str | None = None, invariances: tuple[str, ...] = ("r",),
@@ -223,10 +217,10 @@ class LatentWorkflow(Workflow):
         self.seed = int(seed)
         self.max_models = max(1, int(max_models))
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
-        self.models: OrderedDict[tuple[int, int], LatentModel] = OrderedDict()
-        self.current: str | None = None  # name of the model in use
-        self.model_swaps = 0  # times the model in use changed (the first one included)
-        self.trainings = 0  # models trained this session (loaded checkpoints excluded)
+        self.models_: OrderedDict[tuple[int, int], LatentModel] = OrderedDict()
+        self.current_: str | None = None  # name of the model in use
+        self.model_swaps_ = 0  # times the model in use changed (the first one included)
+        self.trainings_ = 0  # models trained this session (loaded checkpoints excluded)
 
     def default_params(self, lattice_px: float) -> dict[str, Any]:
         """Half a lattice spacing (the nearest other-sublattice columns at the corners), a 2-D
@@ -244,16 +238,13 @@ class LatentWorkflow(Workflow):
         if ctx.atoms is None:
             raise ValueError("latent workflow needs ctx.atoms (run the atoms workflow first)")
         atoms = np.asarray(ctx.atoms, dtype=np.float64).reshape(-1, 2)
-        key = ("latent", "used", self.sublattice, _fingerprint(atoms))
+        key = ("latent", "used", self.sublattice, descriptors.fingerprint(atoms))
         if key not in ctx.cache:
             if self.sublattice is None:
                 index = np.arange(len(atoms))
             else:
-                site = ctx.sites if ctx.sites is not None and len(ctx.sites) == len(atoms) \
-                    else None
-                if site is None:
-                    site = descriptors.classify_sublattices(ctx.image, atoms)
-                    ctx.sites = site
+                site = descriptors.sublattices(ctx.image, atoms, ctx.sites)
+                ctx.sites = site  # later workflows on these atoms read the same split
                 index = np.flatnonzero(np.asarray(site) == SUBLATTICES[self.sublattice])
             ctx.cache[key] = index
         return ctx.cache[key]
@@ -263,21 +254,21 @@ class LatentWorkflow(Workflow):
         """The model for this architecture: cached, else loaded from a checkpoint, else trained
         on ``patches`` (this frame's). Counts a swap when the model in use changes."""
         key = (patch_px, latent_dim)
-        model = self.models.get(key)
+        model = self.models_.get(key)
         if model is None:
             model = LatentModel(patch_px, latent_dim, self.invariances, self.hidden,
                                 device=self.device, seed=self.seed)
             if not self._load_checkpoint(model):
                 model.fit(self._training_set(patches), self.epochs, self.batch_size)
-                self.trainings += 1
+                self.trainings_ += 1
                 self._save_checkpoint(model)
-            self.models[key] = model
-            while len(self.models) > self.max_models:
-                self.models.popitem(last=False)
-        self.models.move_to_end(key)
-        if model.name != self.current:
-            self.current = model.name
-            self.model_swaps += 1
+            self.models_[key] = model
+            while len(self.models_) > self.max_models:
+                self.models_.popitem(last=False)
+        self.models_.move_to_end(key)
+        if model.name != self.current_:
+            self.current_ = model.name
+            self.model_swaps_ += 1
         return model
 
     def _training_set(self, patches: np.ndarray) -> np.ndarray:
@@ -309,18 +300,17 @@ class LatentWorkflow(Workflow):
         """Patches -> (trained) model -> latents, reconstruction and variance, cached per
         frame, atom set and model: candidates that differ only in the GMM reuse them."""
         atoms = np.asarray(ctx.atoms, dtype=np.float64).reshape(-1, 2)[index]
-        tag = ("latent", "patches", half, _fingerprint(atoms))
+        tag = ("latent", "patches", half, descriptors.fingerprint(atoms))
         if tag not in ctx.cache:
             patches = kernels.extract_patches(ctx.image, atoms, half, half)
             valid = kernels.patches_valid(atoms, ctx.shape, half, half)
             ctx.cache[tag] = (patches, valid)
         patches, valid = ctx.cache[tag]
-        fit_patches = patches[valid] if valid.sum() >= MIN_SITES else patches
-        model = self._model(2 * half + 1, latent_dim, fit_patches)
+        rows = mixtures.trusted_rows(valid, MIN_SITES)
+        model = self._model(2 * half + 1, latent_dim, patches[rows])
         key = ("latent", "encoded", model.name, tag)
         if key not in ctx.cache:
             z, angle = model.encode(patches)
-            rows = valid if valid.sum() >= MIN_SITES else np.ones(len(z), bool)
             ctx.cache[key] = _Encoded(
                 latent=z, angle=angle, valid=rows,
                 reconstruction=latent_reconstruction(model.reconstruction_error(patches[rows])),
@@ -348,8 +338,8 @@ class LatentWorkflow(Workflow):
               "latent_reconstruction": enc.reconstruction}
         out = self._output(n_atoms, index, sub, enc, model.name)
         out.update(bic_per_site=bic, icl_per_site=icl, patch_px=2 * half + 1,
-                   model_swaps=self.model_swaps, timings={"vae": t_vae})
-        return Evaluation(rewards=rw, output=out)
+                   model_swaps=self.model_swaps_)
+        return Evaluation(rewards=rw, output=out, timings={"vae": t_vae})
 
     @staticmethod
     def _output(n_atoms: int, index: np.ndarray, sub: np.ndarray, enc: _Encoded,
@@ -368,8 +358,7 @@ class LatentWorkflow(Workflow):
         """Too few atoms or a degenerate latent: worst rewards, nothing labelled."""
         out = {"labels": np.full(n_atoms, -1, np.int16),
                "latent": np.full((n_atoms, latent_dim), np.nan, np.float32),
-               "angle": np.full(n_atoms, np.nan, np.float32), "model": model_name,
-               "timings": {"vae": 0.0}}
+               "angle": np.full(n_atoms, np.nan, np.float32), "model": model_name}
         rw = {"latent_bic": math.inf, "latent_variance": -math.inf,
               "latent_reconstruction": math.inf}
         return Evaluation(rewards=rw, output=out)

@@ -1,0 +1,100 @@
+"""Shared fitting helpers: trusted rows, mixtures, correlation PCA, sites and fingerprints."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+from rewardscope.science import descriptors, mixtures
+
+
+def two_blobs(n_big: int = 300, n_small: int = 100, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.concatenate([rng.normal(0.0, 1.0, (n_big, 3)), rng.normal(6.0, 1.0, (n_small, 3))])
+
+
+def test_trusted_rows_fall_back_to_all_rows_below_the_minimum():
+    rows = np.zeros(10, bool)
+    rows[:4] = True
+    np.testing.assert_array_equal(mixtures.trusted_rows(rows, 4), rows)
+    assert mixtures.trusted_rows(rows, 5).all()
+    assert mixtures.trusted_rows([], 1).shape == (0,)
+
+
+def test_labels_by_size_numbers_the_largest_cluster_zero():
+    raw = np.array([2, 2, 2, 0, 1, 1, 0, 2, 1])  # sizes: 0 -> 2, 1 -> 3, 2 -> 4
+    got = mixtures.labels_by_size(raw, 3)
+    assert got.dtype == np.int16
+    np.testing.assert_array_equal(got, [0, 0, 0, 2, 1, 1, 2, 0, 1])
+    np.testing.assert_array_equal(mixtures.labels_by_size([1, 0], 2), [1, 0])  # tie: kept
+
+
+def test_mixture_labels_fit_the_trusted_rows_and_label_every_row():
+    x = two_blobs()
+    trusted = np.ones(len(x), bool)
+    trusted[-20:] = False  # e.g. mirror-padded edge patches
+    fit = mixtures.mixture_labels(x, 2, "full", fit_rows=trusted)
+    assert fit.fit.shape == (len(x) - 20, 3) and fit.labels.shape == (len(x),)
+    assert np.all(fit.labels[:300] == 0) and np.all(fit.labels[300:] == 1)  # largest is 0
+    assert fit.bic_per_row == pytest.approx(fit.model.bic(fit.fit) / len(fit.fit))
+    assert fit.icl_per_row >= fit.bic_per_row  # ICL adds the (non-negative) entropy
+    few = np.zeros(len(x), bool)
+    few[:5] = True  # not enough to pin down 2 components: every row is fitted
+    assert len(mixtures.mixture_labels(x, 2, fit_rows=few).fit) == len(x)
+    sampled = mixtures.mixture_labels(x, 2, max_fit_rows=50, seed=3)
+    assert len(sampled.fit) == 50
+    np.testing.assert_array_equal(sampled.fit, x[mixtures.fit_sample(np.ones(len(x)), 50, 3)])
+
+
+def test_fit_gmm_clips_components_and_is_quiet():
+    x = two_blobs(6, 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a ConvergenceWarning would fail the test
+        gmm = mixtures.fit_gmm(x, 20, "diag", max_iter=1)
+    assert gmm.n_components == len(x)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"covariance_type": "round"}, "covariance_type must be one of"),
+    ({"n_components": 0}, "n_components must be an integer >= 1"),
+    ({"fit_rows": np.ones(3, bool)}, r"fit_rows must have shape \(400,\)"),
+])
+def test_bad_arguments_are_named(kwargs, message):
+    args = {"n_components": 2, **kwargs}
+    with pytest.raises(ValueError, match=message):
+        mixtures.mixture_labels(two_blobs(), **args)
+
+
+def test_standardised_pca_uses_trusted_rows_and_tolerates_constant_columns():
+    rng = np.random.default_rng(1)
+    x = np.column_stack([rng.normal(0, 5, 200), rng.normal(0, 0.1, 200), np.full(200, 7.0)])
+    scores = descriptors.standardised_pca(x, np.ones(200, bool), 2)
+    assert scores.shape == (200, 2) and np.all(np.isfinite(scores))
+    z = descriptors.standardise_columns(x)
+    np.testing.assert_allclose(z[:, :2].std(axis=0), 1.0)
+    assert np.all(z[:, 2] == 0.0)  # constant column: centred, not blown up
+    too_few = np.zeros(200, bool)
+    too_few[:3] = True  # <= k + 2 trusted rows: all rows define the axes
+    np.testing.assert_array_equal(descriptors.standardised_pca(x, too_few, 2), scores)
+
+
+def test_sublattices_prefer_known_sites_of_the_same_atoms():
+    img = np.zeros((32, 32), np.float32)
+    xy = np.array([[5.0, 5.0], [10.0, 12.0], [20.0, 20.0]])
+    img[5, 5] = img[20, 20] = 1.0
+    known = np.array([1, 0, 1])
+    np.testing.assert_array_equal(descriptors.sublattices(img, xy, known), known)
+    assert descriptors.sublattices(img, xy, known).dtype == np.int8
+    classified = descriptors.classify_sublattices(img, xy)
+    np.testing.assert_array_equal(descriptors.sublattices(img, xy, known[:2]), classified)
+    np.testing.assert_array_equal(descriptors.sublattices(img, xy, None), classified)
+
+
+def test_fingerprint_follows_the_content():
+    xy = np.arange(12.0).reshape(6, 2)
+    assert descriptors.fingerprint(xy) == descriptors.fingerprint(xy.copy())
+    assert descriptors.fingerprint(xy) != descriptors.fingerprint(xy[1:])
+    assert descriptors.fingerprint(xy) != descriptors.fingerprint(xy + 0.5)
+    assert descriptors.fingerprint(np.zeros((0, 2))) == (0, 0.0, 0.0)
