@@ -153,6 +153,7 @@ def wait_for(cond: Callable[[], object], what: str, prom: Prometheus) -> None:
         time.sleep(0.1)
 
 
+@pytest.mark.slow
 def test_disconnected_alert_fires_and_clears_with_the_instrument(prometheus_bin: str,
                                                                  tmp_path: Path) -> None:
     frames_port, metrics_port, prom_port = free_ports(3)

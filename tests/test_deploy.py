@@ -371,6 +371,7 @@ def test_systemd_unit() -> None:
     assert not problems, "\n".join(problems)
 
 
+@pytest.mark.slow
 def test_running_daemon_exports_what_it_did(promtool: str) -> None:
     """A real daemon's /metrics, after real frames and a bad one, counts them and lints clean."""
     import threading

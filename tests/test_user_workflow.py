@@ -80,6 +80,7 @@ def test_user_workflow_offline_through_analyze(user_module, tmp_path):
     assert doc["rewards"]["class_imbalance"] < 0.1
 
 
+@pytest.mark.slow
 def test_user_workflow_live_through_serve(user_module):
     instrument = InstrumentClient("tcp://127.0.0.1:*")
     cfg = config.load(None, {"frames": instrument.endpoint, "results": "tcp://127.0.0.1:*",

@@ -548,7 +548,7 @@ class DomainsWorkflow(Workflow):
         Real(0.0, 2.0, name="blur"),  # Gaussian blur sigma, px (0.25 px steps)
         Integer(2, 12, name="pca_dims"),
         Integer(2, 4, name="n_components"),
-        Categorical(["full", "tied", "diag", "spherical"], name="covariance_type"),
+        Categorical(list(mixtures.COVARIANCE_TYPES), name="covariance_type"),
         Categorical(["patch", "fft"], name="descriptor"),
     )
     rewards = ("wall_curvature", "wall_span", "cluster_separation")

@@ -190,7 +190,7 @@ class LatentWorkflow(Workflow):
         Integer(4, 6, name="window"),  # patch half-width, eighths of a lattice spacing
         Integer(2, 3, name="latent_dim"),
         Integer(2, 4, name="n_components"),
-        Categorical(["full", "tied", "diag", "spherical"], name="covariance_type"),
+        Categorical(list(mixtures.COVARIANCE_TYPES), name="covariance_type"),
     )
     rewards = ("latent_bic", "latent_variance", "latent_reconstruction")
     needs = (ATOMS,)
