@@ -82,7 +82,7 @@ def prometheus_bin() -> str:
     path = os.environ.get("PROMETHEUS") or shutil.which("prometheus")
     if not path:
         pytest.skip("prometheus not found ($PROMETHEUS or PATH); `make install` installs "
-                    "Debian's 'prometheus' package when run as root with apt-get")
+                    "Debian's 'prometheus' package as root (the Makefile's system step)")
     return path
 
 

@@ -52,7 +52,7 @@ def promtool() -> str:
     path = os.environ.get("PROMTOOL") or shutil.which("promtool")
     if not path:
         pytest.skip("promtool not found ($PROMTOOL or PATH); `make install` installs Debian's "
-                    "'prometheus' package, which ships it, when run as root with apt-get")
+                    "'prometheus' package, which ships it, when run as root (the system step)")
     return path
 
 
