@@ -200,3 +200,58 @@ def test_protocol_md_lists_every_result_field():
                          for row in re.findall(r"^\| (`[^|]+?) \|", array_table, flags=re.M)}
     assert set(header) == documented_header
     assert arrays == documented_arrays
+
+
+BROKEN = '''
+import numpy as np
+from skopt.space import Real
+from rewardscope.workflows import ATOMS, SCALAR, Evaluation, Output, Workflow
+
+
+class Unencodable(Workflow):
+    """Scores fine, but outputs a scalar the wire cannot carry."""
+
+    name = "unencodable"
+    space = (Real(0.0, 1.0, name="x"),)
+    rewards = ("count_quality",)
+    needs = (ATOMS,)
+    produces = (Output("thing", SCALAR),)
+
+    def evaluate(self, ctx, params):
+        return Evaluation(rewards={"count_quality": params["x"]}, output={"thing": object()})
+'''
+
+
+def test_unencodable_output_costs_one_frame_not_the_service(tmp_path, monkeypatch):
+    (tmp_path / "broken_wf.py").write_text(BROKEN)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    instrument = InstrumentClient("tcp://127.0.0.1:*")
+    cfg = config.load(None, {"frames": instrument.endpoint, "results": "tcp://127.0.0.1:*",
+                             "control": "tcp://127.0.0.1:*", "metrics_port": 0,
+                             "heartbeat_s": 0.2, "lattice_px": LATTICE, "cold_budget": 2,
+                             "budget": 2, "workflow": ["broken_wf:Unencodable"]})
+    daemon = Daemon(cfg)
+    daemon.start()
+    thread = threading.Thread(target=daemon.run, daemon=True)
+    thread.start()
+    results = ResultsClient(daemon.results_endpoint)
+    try:
+        assert instrument.wait_for_subscriber(10)
+        instrument.start_session("broken")
+        errors = []
+        for _ in range(2):
+            instrument.send_frame(_frame(9, shape=(96, 96)).pixels)
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                msg = results.recv(timeout=0.2)
+                if isinstance(msg, tuple) and msg[0] == "error":
+                    errors.append(msg[1])
+                    break
+        assert [e["code"] for e in errors] == ["analysis_failed"] * 2  # both frames answered
+        assert thread.is_alive() and daemon._worker.is_alive()
+    finally:
+        daemon.stop()
+        thread.join(timeout=20)
+        results.close()
+        instrument.close()
+        sys.modules.pop("broken_wf", None)

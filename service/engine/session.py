@@ -70,20 +70,22 @@ def _resolve(spec: tuple[str, ...]) -> tuple[str, ...]:
     def produced(kind: str) -> bool:
         return any(o.kind == kind for c in classes.values() for o in c.produces)
 
-    # Add a registered producer for every need the configured workflows leave open.
-    for n in list(names):
-        for kind in classes[n].needs:
-            if produced(kind):
-                continue
-            for reg in WORKFLOWS:
-                cls = workflow_class(reg)
-                if any(o.kind == kind for o in cls.produces):
-                    names.insert(0, reg)
-                    classes[reg] = cls
-                    break
-            else:
-                raise WorkflowLookupError(f"workflow {n!r} needs {kind!r} and no registered "
-                                          "workflow produces it")
+    # Add a registered producer for every need left open (and for the producers' own needs).
+    open_needs = [(n, kind) for n in names for kind in classes[n].needs]
+    while open_needs:
+        n, kind = open_needs.pop(0)
+        if produced(kind):
+            continue
+        for reg in WORKFLOWS:
+            cls = workflow_class(reg)
+            if reg not in classes and any(o.kind == kind for o in cls.produces):
+                names.insert(0, reg)
+                classes[reg] = cls
+                open_needs += [(reg, k) for k in cls.needs]
+                break
+        else:
+            raise WorkflowLookupError(f"workflow {n!r} needs {kind!r} and no registered "
+                                      "workflow produces it")
     # Order: stable topological sort, a producer before every workflow that needs its kind.
     ordered: list[str] = []
     pending = list(names)

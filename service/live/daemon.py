@@ -35,13 +35,13 @@ from zmq.utils.monitor import recv_monitor_message
 
 from rewardscope import __version__, protocol, security
 from rewardscope.config import ConfigError, ServiceConfig
-from rewardscope.engine import SessionEngine, check_settings, make_engine
+from rewardscope.engine import Analysis, SessionEngine, check_settings, make_engine
 from rewardscope.engine import warmup as engine_warmup
 from rewardscope.live.checkpoints import CheckpointWriter
 from rewardscope.live.ingest import Accepted, Ingest, Marker
 from rewardscope.live.metrics import Metrics
 from rewardscope.live.publish import result_message
-from rewardscope.protocol import ProtocolError
+from rewardscope.protocol import Frame, ProtocolError
 from rewardscope.security import is_loopback_url
 
 log = logging.getLogger("rewardscope.live.daemon")
@@ -494,11 +494,27 @@ class Daemon:
             analysis = engine.process(frame, self.cfg)
             self._checkpoint(engine)
         except Exception as exc:  # a workflow bug must cost one frame, not the service
-            log.error("analysis failed", extra={"session": frame.session, "seq": frame.seq,
-                                                "error": repr(exc),
-                                                "trace": traceback.format_exc(limit=5)})
-            return protocol.encode_error("analysis_failed", f"{type(exc).__name__}: {exc}",
-                                         session=frame.session, seq=frame.seq)
+            return self._failed(frame, exc, "analysis failed")
+        try:
+            self._analysis_metrics(analysis)
+        except Exception:  # bookkeeping must never cost the result
+            log.exception("metrics update failed", extra={"session": frame.session,
+                                                          "seq": frame.seq})
+        t0 = time.perf_counter()
+        try:
+            parts = result_message(frame, analysis, item.received_monotonic)
+        except Exception as exc:  # e.g. a user workflow's output the wire cannot carry
+            return self._failed(frame, exc, "result could not be encoded")
+        self.metrics.observe_stage("publish", time.perf_counter() - t0)
+        return parts
+
+    def _failed(self, frame: Frame, exc: Exception, what: str) -> list[bytes]:
+        log.error(what, extra={"session": frame.session, "seq": frame.seq, "error": repr(exc),
+                               "trace": traceback.format_exc(limit=5)})
+        return protocol.encode_error("analysis_failed", f"{type(exc).__name__}: {exc}",
+                                     session=frame.session, seq=frame.seq)
+
+    def _analysis_metrics(self, analysis: Analysis) -> None:
         self.metrics.observe_stages(analysis.timings)
         if analysis.model and analysis.model != self._model:
             self._model = analysis.model
@@ -508,10 +524,6 @@ class Daemon:
         if analysis.rewards:
             self.metrics.set_rewards(analysis.rewards)
         self._pareto_metrics(analysis.pareto, analysis.hypervolume)
-        t0 = time.perf_counter()
-        parts = result_message(frame, analysis, item.received_monotonic)
-        self.metrics.observe_stage("publish", time.perf_counter() - t0)
-        return parts
 
     def _pareto_metrics(self, pareto: list, hypervolume: Mapping[str, float] | float | None
                         ) -> None:
