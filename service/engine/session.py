@@ -269,8 +269,7 @@ class _Merged:
             elif o.kind == SEGMENTS:
                 self.walls += [list(map(float, w)) for w in v]
             elif o.kind == MASK:
-                self.arrays[o.published] = np.asarray(v, dtype=bool) \
-                    if np.asarray(v).dtype == bool else np.asarray(v)
+                self.arrays[o.published] = np.asarray(v)
             elif o.kind in (PER_ATOM, FIELD):
                 arr = np.asarray(v)
                 self.arrays[o.published] = arr.astype(np.float32) \
@@ -339,6 +338,7 @@ class SessionEngine:
             t0 = time.perf_counter()
             chosen, p, front, fs = search.search(ctx, budget, deadline, settings.knee,
                                                  settings.workers())
+            chosen.output.update(wf.finalize(ctx, chosen))
             own = time.perf_counter() - t0 - fs.optimizer_s
             for k, v in chosen.timings.items():
                 timings[k] = timings.get(k, 0.0) + float(v)

@@ -74,8 +74,8 @@ PER_ATOM = "per_atom"  # (N, ...) arrays aligned with the atoms -> result array 
 MASK = "mask"  # (H, W) per-pixel array -> result array ``name``
 SEGMENTS = "segments"  # list of [x0, y0, x1, y1] px -> result ``walls`` (concatenated)
 POLYLINES = "polylines"  # list of (M_i, 2) ordered points px -> rewards only (``walls``)
-FIELD = "field"  # (rows, cols, 2) per-cell vectors -> result array ``name``
-SCALAR = "scalar"  # a number or short string -> result header field ``name``
+FIELD = "field"  # (M, ...) per-unit-cell arrays (centres, vectors) -> result array ``name``
+SCALAR = "scalar"  # plain data (number, string, small map) -> result header field ``name``
 KINDS = (ATOMS, LABELS, PER_ATOM, MASK, SEGMENTS, POLYLINES, FIELD, SCALAR)
 
 
@@ -172,6 +172,12 @@ class Workflow(ABC):
 
     def default_params(self, lattice_px: float) -> dict[str, Any]:
         """A sensible starting point (the first candidate on a cold frame)."""
+        return {}
+
+    def finalize(self, ctx: FrameContext, chosen: Evaluation) -> dict[str, Any]:
+        """Work done once per frame on the chosen candidate only, never per evaluation (e.g.
+        sub-pixel refinement, a polarization map): the outputs returned are merged into
+        ``chosen.output`` before later workflows and the result see it. Default: nothing."""
         return {}
 
     def initial_points(self, ctx: FrameContext) -> list[dict[str, Any]]:
