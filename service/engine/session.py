@@ -34,6 +34,8 @@ from rewardscope.workflows import (
     LABELS,
     MASK,
     PER_ATOM,
+    PER_REGION,
+    PER_WALL,
     POLYLINES,
     SCALAR,
     SEGMENTS,
@@ -270,7 +272,7 @@ class _Merged:
                 self.walls += [list(map(float, w)) for w in v]
             elif o.kind == MASK:
                 self.arrays[o.published] = np.asarray(v)
-            elif o.kind in (PER_ATOM, FIELD):
+            elif o.kind in (PER_ATOM, FIELD, PER_WALL, PER_REGION):
                 arr = np.asarray(v)
                 self.arrays[o.published] = arr.astype(np.float32) \
                     if arr.dtype == np.float64 else arr
@@ -312,14 +314,16 @@ class SessionEngine:
 
     def process(self, frame: Frame, settings: ServiceConfig) -> Analysis:
         lattice = frame.header.lattice_px or settings.lattice_px
-        return self.analyse(frame.pixels, lattice, settings)
+        return self.analyse(frame.pixels, lattice, settings,
+                            pixel_size_m=frame.header.pixel_size_m)
 
-    def analyse(self, pixels: np.ndarray, lattice_px: float, settings: ServiceConfig
-                ) -> Analysis:
+    def analyse(self, pixels: np.ndarray, lattice_px: float, settings: ServiceConfig, *,
+                pixel_size_m: float | None = None) -> Analysis:
         """Run the configured chain of workflows on one frame (also used offline)."""
         t_start = time.perf_counter()
         chain = resolve_chain(settings.workflow)
-        ctx = FrameContext(image=atomfind.normalize_frame(pixels), lattice_px=float(lattice_px))
+        ctx = FrameContext(image=atomfind.normalize_frame(pixels), lattice_px=float(lattice_px),
+                           pixel_size_m=pixel_size_m)
         timings: dict[str, float] = {}
         params: dict[str, dict] = {}
         rewards: dict[str, float] = {}

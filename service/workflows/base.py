@@ -76,7 +76,9 @@ SEGMENTS = "segments"  # list of [x0, y0, x1, y1] px -> result ``walls`` (concat
 POLYLINES = "polylines"  # list of (M_i, 2) ordered points px -> rewards only (``walls``)
 FIELD = "field"  # (M, ...) per-unit-cell arrays (centres, vectors) -> result array ``name``
 SCALAR = "scalar"  # plain data (number, string, small map) -> result header field ``name``
-KINDS = (ATOMS, LABELS, PER_ATOM, MASK, SEGMENTS, POLYLINES, FIELD, SCALAR)
+PER_WALL = "per_wall"  # (S, ...) arrays row-aligned with the segments output -> array ``name``
+PER_REGION = "per_region"  # (R, ...) arrays, one row per region of a mask -> array ``name``
+KINDS = (ATOMS, LABELS, PER_ATOM, MASK, SEGMENTS, POLYLINES, FIELD, SCALAR, PER_WALL, PER_REGION)
 
 
 @dataclass(frozen=True)
@@ -111,6 +113,7 @@ class FrameContext:
 
     image: np.ndarray
     lattice_px: float
+    pixel_size_m: float | None = None  # from the frame header, when the instrument sends it
     atoms: np.ndarray | None = None
     sites: np.ndarray | None = None  # (N,) int8 0 = A (bright), 1 = B, when classified
     upstream: dict[str, Any] = field(default_factory=dict)
