@@ -112,6 +112,7 @@ def make_workflow(name: str, lattice_px: float | None = None) -> Workflow:
     return cls()
 
 
-__all__ = ["ALIASES", "ATOMS", "FIELD", "KINDS", "LABELS", "MASK", "PER_ATOM", "PER_REGION", "PER_WALL", "POLYLINES",
-           "SCALAR", "SEGMENTS", "WORKFLOWS", "Evaluation", "FrameContext", "Output",
-           "Workflow", "WorkflowLookupError", "make_workflow", "workflow_class"]
+__all__ = ["ALIASES", "ATOMS", "FIELD", "KINDS", "LABELS", "MASK", "PER_ATOM", "PER_REGION",
+           "PER_WALL", "POLYLINES", "SCALAR", "SEGMENTS", "WORKFLOWS", "Evaluation",
+           "FrameContext", "Output", "Workflow", "WorkflowLookupError", "make_workflow",
+           "workflow_class"]
