@@ -123,7 +123,7 @@ def seeds_amorphous(image: np.ndarray, atoms: np.ndarray, calls: int, seed: int)
         centre = x.shape[1] // 2
         dim = int(np.argmin(gmm.means_[:, centre]))
         flags = gmm.predict_proba(x)[:, dim] > thr
-        return amorphous_wf.mask_from_sites(flags, xy, owner, dist, LATTICE)
+        return amorphous_wf.mask_from_sites(flags, xy, owner, dist, LATTICE, min_sites=3)
 
     def loss(p):
         m = mask_for(p)

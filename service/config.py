@@ -45,6 +45,31 @@ class ConfigError(ValueError):
     """A configuration value that cannot be used; the message names the key."""
 
 
+MOTIFS: dict[str, float] = {
+    "single": 1.0,  # one column per cell (an elemental lattice, one sublattice alone)
+    "perovskite-001": 2.0,  # ABO3 [001], HAADF: A and B-O columns per A-A cell (O is dark)
+    "perovskite-110": 2.0,  # ABO3 [110], HAADF: A-O and B columns per a/sqrt2 x a cell
+    "perovskite-001-abf": 4.0,  # ABO3 [001], ABF: A, B-O and two O columns per cell
+    "perovskite-110-abf": 3.0,  # ABO3 [110], ABF: A-O, B and O columns per cell
+}
+"""Presets of ``motif``: visible atomic columns per unit cell of the projected intensity."""
+
+
+def motif_columns(motif: str | float) -> float:
+    """Visible columns per unit cell for a ``motif`` setting: a :data:`MOTIFS` preset or a
+    positive number (``"2"``, ``2.5``). Raises ConfigError naming ``motif`` otherwise."""
+    if isinstance(motif, str) and motif.strip().lower() in MOTIFS:
+        return MOTIFS[motif.strip().lower()]
+    try:
+        value = float(motif)
+    except (TypeError, ValueError):
+        value = float("nan")
+    if not (value > 0 and value < float("inf")) or isinstance(motif, bool):
+        raise ConfigError(f"motif must be one of {' | '.join(MOTIFS)} or a positive number of "
+                          f"columns per cell, got {motif!r}")
+    return value
+
+
 def key(default: Any = MISSING, *, section: str, help: str, flag: bool = False,
         live: bool = False, choices: tuple = (), minimum: float | None = None,
         maximum: float | None = None, positive: bool = False,
@@ -105,9 +130,19 @@ class ServiceConfig:
     max_message_bytes: int = key(256 * 1024 * 1024, section="limits",
                                  help="largest message accepted (bytes)")
     # [analysis] what each frame gets
-    lattice_px: float = key(12.0, section="analysis", flag=True, live=True, positive=True,
-                            help="expected lattice spacing when neither the frame header nor "
-                                 "the session start carries one (px)")
+    lattice_px: float = key(0.0, section="analysis", flag=True, live=True, minimum=0.0,
+                            help="lattice spacing hint when neither the frame header nor the "
+                                 "session start has one (px); 0 = none, found from the frame")
+    lattice_constant_m: float = key(0.0, section="analysis", flag=True, live=True, minimum=0.0,
+                                    help="the material's lattice constant (m): with a frame's "
+                                         "pixel_size_m, a lattice hint; 0 = none")
+    motif: str = key("perovskite-001", section="analysis", flag=True, live=True,
+                     help="visible columns per unit cell: a preset (perovskite-001, "
+                          "perovskite-110, ...) or a number")
+    contrast: str = key("auto", section="analysis", flag=True, live=True,
+                        choices=("auto", "bright", "dark"),
+                        help="column contrast: `bright` (HAADF), `dark` (BF, ABF) or `auto` "
+                             "(decided per session from the frame)")
     workflow: str | list[str] = key(
         "atoms", section="analysis", flag=True, live=True,
         help="atoms|domains|amorphous|all|latent, or a list of workflow names / "
@@ -181,6 +216,11 @@ class ServiceConfig:
     def validate(self) -> None:
         for k in KEYS.values():
             k.check(getattr(self, k.name))
+        motif_columns(self.motif)
+
+    def columns_per_cell(self) -> float:
+        """``motif`` as the number of visible columns per unit cell (see :data:`MOTIFS`)."""
+        return motif_columns(self.motif)
 
 
 @dataclass(frozen=True)

@@ -51,7 +51,8 @@ def test_every_field_is_declared_once_with_metadata():
 def test_settable_keys_come_from_the_declarations():
     assert set(config.SETTABLE) == {"lattice_px", "budget", "cold_budget", "deadline_s",
                                     "cold_deadline_s", "eval_workers", "workflow", "knee",
-                                    "seed", "heartbeat_s", "session_gap_timeout_s"}
+                                    "seed", "heartbeat_s", "session_gap_timeout_s",
+                                    "lattice_constant_m", "motif", "contrast"}
     import rewardscope.live.daemon as daemon
 
     assert not hasattr(daemon, "SETTABLE"), "the daemon must use config.SETTABLE"
@@ -62,8 +63,8 @@ def test_settable_keys_come_from_the_declarations():
     msg = str(info.value)
     assert "cannot set frames live" in msg and "settable: " in msg
     assert all(name in msg for name in config.SETTABLE)
-    with pytest.raises(config.ConfigError, match="lattice_px must be positive"):
-        cfg.updated_live({"lattice_px": -1})
+    with pytest.raises(config.ConfigError, match="lattice_px must be >= 0"):
+        cfg.updated_live({"lattice_px": -1})  # 0 = no hint: the lattice is found in the frame
 
 
 def test_config_does_not_import_the_engine_or_workflows():
@@ -225,4 +226,4 @@ def test_operations_doc_table_is_the_generated_one():
     table = config.markdown_table()
     for k in config.KEYS.values():
         assert f"| `{k.name}` |" in table
-    assert "| `lattice_px` | `[analysis]` | float | `12.0` | `--lattice-px` | yes |" in table
+    assert "| `lattice_px` | `[analysis]` | float | `0.0` | `--lattice-px` | yes |" in table

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import socket
@@ -212,14 +213,16 @@ def test_control_commands(rig):
     assert c.ping()["ok"]
 
 
-def _count_quality(n_found: int, shape: tuple[int, int], lattice_px: float) -> float:
-    expected = shape[0] * shape[1] * 2 / lattice_px**2  # two columns per cell (ABO3 [001])
+def _count_quality(n_found: int, shape: tuple[int, int], cell_area: float) -> float:
+    expected = shape[0] * shape[1] * 2 / cell_area  # two columns per cell (ABO3 [001])
     return abs(n_found - expected) / expected
 
 
 def test_session_start_lattice_applies_unless_the_frame_header_has_one():
-    """Frame header > session start > config: each result's count_quality is computed with the
-    lattice spacing that applied to its frame."""
+    """Frame header > session start > config: the hint that applied to each frame is the one
+    the result checks against the frame (``lattice.hint_px``); the lattice is the frame's own
+    (a hint is not obeyed), so count_quality is computed with the cell found, whatever the
+    hint."""
     r = Rig(lattice_px=24.0, workflow="atoms", budget=2, cold_budget=3)
     try:
         sim = PerovskiteSimulator(SimConfig(shape=(128, 128), lattice_px=LATTICE, seed=5))
@@ -251,10 +254,14 @@ def test_session_start_lattice_applies_unless_the_frame_header_has_one():
     for res, (_, lattice) in zip(results, sent, strict=True):
         n = len(res.atoms)
         assert n > 0
+        found = res.extra["lattice"]
+        assert found["hint_px"] == lattice and found["hint_agrees"] is (lattice == LATTICE)
+        assert found["a_px"] == pytest.approx(LATTICE, rel=0.02)
+        area = found["a_px"] * found["b_px"] * math.sin(math.radians(found["angle_deg"]))
         got = res.rewards["count_quality"]
-        assert got == pytest.approx(_count_quality(n, (128, 128), lattice), rel=1e-9)
-        others = {LATTICE, 16.0, 24.0} - {lattice}
-        assert all(got != pytest.approx(_count_quality(n, (128, 128), a), rel=1e-6)
+        assert got == pytest.approx(_count_quality(n, (128, 128), area), abs=0.01)
+        others = {16.0, 24.0}
+        assert all(abs(got - _count_quality(n, (128, 128), a * a)) > 0.2
                    for a in others), (res.session, res.seq, lattice)
 
 

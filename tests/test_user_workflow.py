@@ -185,8 +185,10 @@ def test_protocol_md_lists_every_result_field():
     cfg = config.load(None, {"workflow": ["atoms", "domains", "amorphous", "latent"],
                              "cold_budget": 2, "cold_deadline_s": 120.0, "lattice_px": LATTICE})
     sf = _frame(8, shape=(128, 128))
-    frame = protocol.decode_instrument(protocol.encode_frame(sf.pixels, session="doc", seq=0))
-    analysis = SessionEngine("doc", cfg).analyse(frame.pixels, LATTICE, cfg)
+    frame = protocol.decode_instrument(protocol.encode_frame(sf.pixels, session="doc", seq=0,
+                                                             pixel_size_m=3e-11))
+    analysis = SessionEngine("doc", cfg).analyse(frame.pixels, LATTICE, cfg,
+                                                 pixel_size_m=frame.header.pixel_size_m)
     parts = result_message(frame, analysis, time.monotonic())
     header = protocol.unpack_map(parts[1], protocol.RESULT_LIMITS)
     arrays = {a["name"] for a in header["arrays"]}

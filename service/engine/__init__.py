@@ -2,7 +2,7 @@
 
 Knows nothing about sockets or files. The live runtime asks :func:`make_engine` for a session's
 engine and calls ``process(frame, settings)``; ``analyse(pixels, lattice_px, settings)`` is the
-same analysis for offline use.
+same analysis for offline use (``lattice_px`` a hint or None: the cell is found in the frame).
 """
 
 from __future__ import annotations
@@ -19,10 +19,11 @@ def make_engine(session: str, settings: ServiceConfig) -> SessionEngine:
 
 def warmup() -> None:
     """Compile numba kernels at service start so the first frame is not slow."""
-    from rewardscope.science import atomfind, kernels
+    from rewardscope.science import atomfind, kernels, refine
 
     atomfind.warmup()
     kernels.warmup()
+    refine.warmup()
 
 
 __all__ = ["Analysis", "SessionEngine", "check_settings", "make_engine", "resolve_chain", "warmup"]

@@ -13,6 +13,7 @@ the time is booked all come from the workflows' declarations (``produces``, ``st
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 from functools import lru_cache
@@ -26,6 +27,7 @@ from rewardscope.optimize.mobo import MultiObjectiveOptimizer, run_frame
 from rewardscope.plaindata import plain
 from rewardscope.protocol import Frame
 from rewardscope.science import atomfind
+from rewardscope.science import lattice as lattice_mod
 from rewardscope.science import rewards as rewards_mod
 from rewardscope.workflows import (
     ALIASES,
@@ -47,6 +49,15 @@ from rewardscope.workflows import (
     make_workflow,
     workflow_class,
 )
+
+log = logging.getLogger("rewardscope.engine")
+
+FALLBACK_SPACING_PX = 12.0
+"""``ctx.lattice_px`` on a frame with no lattice, no hint and none found earlier in the
+session: it only sizes the search spaces of an analysis that claims no column."""
+CONTRAST_DECISIVE_SKEW = 0.2
+"""|skew| of the Bragg-filtered frame from which ``contrast = "auto"`` settles the session's
+polarity (smaller: decided for this frame only, asked again on the next)."""
 
 # ------------------------------------------------------------------------------ the chain
 
@@ -157,6 +168,7 @@ def reward_context(ctx: FrameContext, wf: Workflow, ev: Evaluation) -> dict[str,
     context = {
         **ctx.upstream, **out,
         "image": ctx.image, "shape": ctx.shape, "lattice_px": ctx.lattice_px,
+        "cell_area_px": ctx.cell_area_px, "sites_per_cell": ctx.columns_per_cell,
         "xy": xy, "n_found": len(xy), "labels": by_kind.get(LABELS),
         "segments": np.asarray(by_kind.get(SEGMENTS, []), dtype=np.float64).reshape(-1, 4),
         "walls": by_kind.get(POLYLINES, []), "mask": by_kind.get(MASK),
@@ -302,6 +314,9 @@ class SessionEngine:
         self.frames_processed = 0
         self._seed = settings.seed
         self._reward_names: dict[str, list[str]] = dict(settings.rewards or {})
+        self.lattice: lattice_mod.Lattice | None = None  # the last cell found this session
+        self._contrast: tuple[str, float] | None = None  # auto's settled (polarity, skew)
+        self._hints_reported: set[float] = set()
         check_settings(settings)  # fail at session start, not mid-frame
 
     def _search_for(self, spec: str, lattice_px: float) -> WorkflowSearch:
@@ -313,17 +328,84 @@ class SessionEngine:
         return self.searches[spec]
 
     def process(self, frame: Frame, settings: ServiceConfig) -> Analysis:
-        lattice = frame.header.lattice_px or settings.lattice_px
-        return self.analyse(frame.pixels, lattice, settings,
+        hint = frame.header.lattice_px or settings.lattice_px or None
+        return self.analyse(frame.pixels, hint, settings,
                             pixel_size_m=frame.header.pixel_size_m)
 
-    def analyse(self, pixels: np.ndarray, lattice_px: float, settings: ServiceConfig, *,
-                pixel_size_m: float | None = None) -> Analysis:
-        """Run the configured chain of workflows on one frame (also used offline)."""
+    def _hint(self, lattice_px: float | None, settings: ServiceConfig,
+              pixel_size_m: float | None) -> float | None:
+        """The lattice hint in px: the one given, else the material's lattice constant over
+        the frame's pixel size, else None."""
+        if lattice_px is not None and np.isfinite(lattice_px) and lattice_px > 0:
+            return float(lattice_px)
+        c = settings.lattice_constant_m
+        if c and pixel_size_m is not None and np.isfinite(pixel_size_m) and pixel_size_m > 0:
+            return float(c) / float(pixel_size_m)
+        return None
+
+    def _contrast_of(self, image: np.ndarray, lat: lattice_mod.Lattice | None,
+                     mode: str) -> dict[str, Any]:
+        """Column polarity for this frame: the configured one, or ``auto``'s from the skew of
+        the Bragg-filtered frame (settled for the session once decisive)."""
+        if mode in ("bright", "dark"):
+            return {"mode": mode, "polarity": mode}
+        if self._contrast is not None:
+            polarity, skew = self._contrast
+            return {"mode": "auto", "polarity": polarity, "skew": round(skew, 3)}
+        if lat is None:  # nothing periodic to judge: HAADF's convention, asked again later
+            return {"mode": "auto", "polarity": "bright", "skew": None}
+        skew = lattice_mod.contrast_skew(image, lat)
+        polarity = "dark" if skew < 0 else "bright"
+        if abs(skew) >= CONTRAST_DECISIVE_SKEW:
+            self._contrast = (polarity, skew)
+            log.info("session %s: %s columns (contrast auto, Bragg-filtered skew %.2f)",
+                     self.session, polarity, skew)
+        return {"mode": "auto", "polarity": polarity, "skew": round(skew, 3)}
+
+    def _find_lattice(self, image: np.ndarray, hint: float | None
+                      ) -> tuple[lattice_mod.Lattice | None, dict[str, Any] | None]:
+        """The frame's cell (the session's last one helps keep the vectors' directions) and
+        its result field, with the hint's verdict; a contradicted hint is logged once."""
+        if min(image.shape) < lattice_mod.MIN_SIDE_PX:  # too small to hold any lattice
+            return None, None
+        lat = lattice_mod.find_lattice(image, previous=self.lattice)
+        if lat is None:
+            return None, None
+        field = lat.as_dict()
+        if hint is not None:
+            agrees = lattice_mod.hint_agrees(lat, hint)
+            field.update(hint_px=round(hint, 4), hint_agrees=agrees)
+            if not agrees and round(hint, 2) not in self._hints_reported:
+                self._hints_reported.add(round(hint, 2))
+                la, lb = lat.lengths
+                log.warning("session %s: lattice hint %.2f px disagrees with the frame's cell "
+                            "(|a| %.2f px, |b| %.2f px, %.1f deg); using the frame's",
+                            self.session, hint, la, lb, lat.angle_deg)
+        return lat, field
+
+    def analyse(self, pixels: np.ndarray, lattice_px: float | None, settings: ServiceConfig,
+                *, pixel_size_m: float | None = None) -> Analysis:
+        """Run the configured chain of workflows on one frame (also used offline).
+
+        ``lattice_px`` is a hint (None or 0: none): the cell is found in the frame first
+        (:func:`rewardscope.science.lattice.find_lattice`), and a hint more than 10 % off is
+        reported in the result's ``lattice`` field and not used.
+        """
         t_start = time.perf_counter()
         chain = resolve_chain(settings.workflow)
-        ctx = FrameContext(image=atomfind.normalize_frame(pixels), lattice_px=float(lattice_px),
-                           pixel_size_m=pixel_size_m)
+        image = atomfind.normalize_frame(pixels)
+        hint = self._hint(lattice_px, settings, pixel_size_m)
+        lat, lattice_field = self._find_lattice(image, hint)
+        contrast = self._contrast_of(image, lat, settings.contrast)
+        if contrast["polarity"] == "dark":
+            np.subtract(np.float32(1.0), image, out=image)  # == normalize_frame(invert=True)
+        spacing = lat.spacing if lat is not None else (
+            hint or (self.lattice.spacing if self.lattice is not None else FALLBACK_SPACING_PX))
+        ctx = FrameContext(image=image, lattice_px=float(spacing), pixel_size_m=pixel_size_m,
+                           lattice=lat, no_lattice=lat is None,
+                           columns_per_cell=settings.columns_per_cell())
+        lattice_s = time.perf_counter() - t_start
+        lattice_px = ctx.lattice_px
         timings: dict[str, float] = {}
         params: dict[str, dict] = {}
         rewards: dict[str, float] = {}
@@ -361,6 +443,17 @@ class SessionEngine:
                         ctx.atoms = np.asarray(chosen.output[o.key], dtype=np.float64)
             merged.add(wf, chosen.output)
         timings["optimizer"] = opt_s
+        t0 = time.perf_counter()
+        if lat is not None:  # refined on the columns found, kept for the next frame
+            if ctx.atoms is not None and len(ctx.atoms):
+                lat = lattice_mod.refine_lattice(lat, ctx.atoms)
+                lattice_field.update({k: v for k, v in lat.as_dict().items()
+                                      if k in ("a", "b", "a_px", "b_px", "angle_deg",
+                                               "n_pairs")})
+            self.lattice = lat
+        merged.scalars["lattice"] = lattice_field
+        merged.scalars["contrast"] = contrast
+        timings["lattice"] = lattice_s + time.perf_counter() - t0
         self.frames_processed += 1
         return merged.analysis(params=params, rewards=rewards, pareto=pareto,
                                n_evaluations=n_eval, warm_started=warm, timings=timings,
@@ -371,11 +464,21 @@ class SessionEngine:
         return {"session": self.session, "frames_processed": self.frames_processed,
                 "searches": {spec: {"frames": s.frames, "lattice_px": s.lattice_px,
                                     "optimizer": s.optimizer.state_dict()}
-                             for spec, s in self.searches.items()}}
+                             for spec, s in self.searches.items()},
+                "lattice": None if self.lattice is None else self.lattice.as_dict(),
+                "contrast": None if self._contrast is None else list(self._contrast)}
 
     def load_state_dict(self, state: dict) -> None:
         """Restore optimizers from :meth:`state_dict`, so a restarted service starts warm."""
         self.frames_processed = int(state.get("frames_processed", 0))
+        lat = state.get("lattice")
+        if lat:
+            self.lattice = lattice_mod.Lattice(a=tuple(map(float, lat["a"])),
+                                               b=tuple(map(float, lat["b"])),
+                                               snr=float(lat.get("snr", 0.0)))
+        if state.get("contrast"):
+            polarity, skew = state["contrast"]
+            self._contrast = (str(polarity), float(skew))
         for spec, s in state.get("searches", {}).items():
             search = self._search_for(spec, float(s.get("lattice_px", 12.0)))
             search.optimizer = MultiObjectiveOptimizer.from_state_dict(

@@ -38,8 +38,8 @@ log = logging.getLogger(__name__)
 PREFIX = "rewardscope"
 
 DROP_REASONS = ("seq_gap", "stale", "invalid", "duplicate")
-STAGES = ("decode", "atoms", "descriptors", "cluster", "walls", "optimizer", "publish", "vae",
-          "store", "checkpoint")
+STAGES = ("decode", "lattice", "atoms", "refine", "descriptors", "cluster", "walls", "optimizer",
+          "publish", "vae", "store", "checkpoint")
 STATES = ("starting", "running", "paused", "stopping")
 # Error codes come from the protocol module; anything else is counted as "other" rather than
 # raising inside error handling or growing the label set.

@@ -60,7 +60,7 @@ MAX_CACHED_LADDERS = 16
 
 
 def normalize_frame(
-    pixels: np.ndarray, low_pct: float = 0.1, high_pct: float = 99.9
+    pixels: np.ndarray, low_pct: float = 0.1, high_pct: float = 99.9, *, invert: bool = False
 ) -> np.ndarray:
     """Robustly rescale a raw frame to float32 in [0, 1].
 
@@ -77,11 +77,15 @@ def normalize_frame(
         The raw frame, detector counts (any real or integer dtype).
     low_pct, high_pct : float, optional
         Percentiles mapped to 0 and 1 (default 0.1 and 99.9), 0 <= low < high <= 100.
+    invert : bool, optional
+        Dark columns on a bright background (bright field, ABF): return ``1 - normalised``,
+        so the columns are bright as the LoG finder expects (default False). Exactly the
+        normalisation of the negated frame (the percentiles swap).
 
     Returns
     -------
     (H, W) ndarray of float32
-        The normalised frame; all zeros for a constant frame.
+        The normalised frame; all zeros for a constant frame (inverted or not: no contrast).
 
     Raises
     ------
@@ -101,12 +105,14 @@ def normalize_frame(
         return np.zeros(arr.shape, np.float32)
     lo, hi = np.percentile(values, [low_pct, high_pct])
     if not all_finite:
-        img[~finite] = lo
+        img[~finite] = hi if invert else lo  # dark either way once normalised
     if hi <= lo:
         return np.zeros(arr.shape, np.float32)
     img -= np.float32(lo)
     img *= np.float32(1.0 / (hi - lo))
     np.clip(img, 0.0, 1.0, out=img)
+    if invert:
+        np.subtract(np.float32(1.0), img, out=img)
     return img
 
 

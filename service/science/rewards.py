@@ -53,7 +53,9 @@ VARIANCE_FLOOR = 1e-12  # keeps log10 finite for an exactly collapsed latent (la
 CONTEXT_ARGUMENTS: dict[str, str] = {
     "image": "(H, W) float32 frame, percentile-normalised to ~[0, 1]",
     "shape": "(H, W) of the frame, px",
-    "lattice_px": "expected lattice spacing, px (frame header > session start > config)",
+    "lattice_px": "characteristic lattice spacing |a|, px: found in the frame (else the hint)",
+    "cell_area_px": "area of the frame's unit cell |a x b|, px^2",
+    "sites_per_cell": "visible atomic columns per unit cell (the config's ``motif``)",
     "xy": "(N, 2) float64 atom positions x, y in px: the evaluation's own atoms, else upstream",
     "n_found": "number of atoms in ``xy``",
     "labels": "(N,) int labels of the evaluation's labels output (-1 = not labelled), or None",
@@ -330,7 +332,16 @@ def _walls(walls: Sequence[np.ndarray]) -> list[np.ndarray]:
 # --------------------------------------------------------------------------------------------
 
 
-def expected_sites(shape: Sequence[int], lattice_px: float, sites_per_cell: float = 2) -> float:
+def _cell_area(lattice_px: float, cell_area_px: float | None) -> float:
+    """The unit cell's area, px^2: ``cell_area_px`` when given, else ``lattice_px`` squared."""
+    if cell_area_px is None:
+        a = _positive(lattice_px, "lattice_px")
+        return a * a
+    return _positive(cell_area_px, "cell_area_px")
+
+
+def expected_sites(shape: Sequence[int], lattice_px: float, sites_per_cell: float = 2,
+                   cell_area_px: float | None = None) -> float:
     """Atomic columns a frame should show: area / cell area * visible columns per cell.
 
     Parameters
@@ -338,9 +349,13 @@ def expected_sites(shape: Sequence[int], lattice_px: float, sites_per_cell: floa
     shape : (int, int)
         Frame (H, W) in px.
     lattice_px : float
-        Lattice spacing a in px.
+        Lattice spacing a in px; the cell is a x a unless ``cell_area_px`` is given.
     sites_per_cell : float, optional
-        Visible columns per a x a cell (default 2: A and B-O columns of ABO3 [001]).
+        Visible columns per unit cell (default 2: A and B-O columns of ABO3 [001]; the
+        config's ``motif``).
+    cell_area_px : float, optional
+        Area of the unit cell |a x b|, px^2, for any cell (rectangular, oblique); default
+        ``lattice_px**2``.
 
     Returns
     -------
@@ -350,21 +365,23 @@ def expected_sites(shape: Sequence[int], lattice_px: float, sites_per_cell: floa
     Raises
     ------
     ValueError
-        If ``shape`` is not (height, width) with positive sizes, or ``lattice_px`` /
-        ``sites_per_cell`` is not a positive finite number.
+        If ``shape`` is not (height, width) with positive sizes, or ``lattice_px``,
+        ``sites_per_cell`` or ``cell_area_px`` is not a positive finite number.
     """
     h, w = _shape2(shape)
-    a = _positive(lattice_px, "lattice_px")
-    return h * w * _positive(sites_per_cell, "sites_per_cell") / (a * a)
+    area = _cell_area(lattice_px, cell_area_px)
+    return h * w * _positive(sites_per_cell, "sites_per_cell") / area
 
 
 def count_quality(
-    n_found: int, shape: Sequence[int], lattice_px: float, sites_per_cell: float = 2
+    n_found: int, shape: Sequence[int], lattice_px: float, sites_per_cell: float = 2,
+    cell_area_px: float | None = None,
 ) -> float:
     """QC: relative error of the number of columns found against what the lattice implies.
 
-    QC = |N_found - N_expected| / N_expected with N_expected = H*W*sites_per_cell / a^2;
-    ``sites_per_cell`` = 2 for ABO3 [001] (A and B-O columns; O columns are dark in HAADF).
+    QC = |N_found - N_expected| / N_expected with N_expected = H*W*sites_per_cell / A_cell,
+    A_cell = |a x b| (``cell_area_px``; a^2 when not given); ``sites_per_cell`` = 2 for ABO3
+    [001] (A and B-O columns; O columns are dark in HAADF).
 
     Parameters
     ----------
@@ -375,7 +392,9 @@ def count_quality(
     lattice_px : float
         Lattice spacing a in px.
     sites_per_cell : float, optional
-        Visible columns per a x a cell (default 2).
+        Visible columns per unit cell (default 2).
+    cell_area_px : float, optional
+        Unit-cell area, px^2 (default ``lattice_px**2``).
 
     Returns
     -------
@@ -390,7 +409,7 @@ def count_quality(
     n = float(n_found)
     if not (math.isfinite(n) and n >= 0 and n == int(n)):
         raise ValueError(f"n_found must be a non-negative integer, got {n_found!r}")
-    expected = expected_sites(shape, lattice_px, sites_per_cell)
+    expected = expected_sites(shape, lattice_px, sites_per_cell, cell_area_px)
     return abs(n - expected) / expected
 
 
@@ -401,21 +420,22 @@ def implausible_neighbours(
     sites_per_cell: float = 2,
     fraction: float = 0.8,
     k: int = 4,
+    cell_area_px: float | None = None,
 ) -> float:
     """ER: fraction of interior atoms crowded closer to their k neighbours than the lattice allows.
 
     An atom is implausible when its k-NN distance sum is below ``fraction`` of the ideal one.
-    Ideal spacing of the projected square lattice with ``sites_per_cell`` columns per a x a
-    cell: d = a / sqrt(sites_per_cell), so for ABO3 [001] (A at corners, B at the centre)
-    d = a/sqrt(2) and the ideal 4-NN sum is 4a/sqrt(2) = 2*sqrt(2)*a. The limit is
-    ``fraction`` * k * d. Why 0.8 and not 0.5: a doubly detected column (twin at ~0 px) sums
-    0 + 3d = 0.75 of ideal and a noise blob at an O site (a/2 from two A and two B) 2a = 0.71,
-    so both escape a 0.5 limit (which only catches clusters of three or more). Their genuine
-    neighbours stay at 1.0 (twin) or 0.93 (blob), and the perfect lattice is at 1.0, so 0.8
-    flags exactly the spurious columns with ~20 % tolerance for distortion and position noise
-    (Gaussian jitter of 0.14 d still flags nothing). Neighbours are searched among all atoms,
-    but only atoms at least one lattice spacing from the frame border are judged (nearer ones
-    may have true neighbours outside the frame).
+    Ideal column spacing with ``sites_per_cell`` columns per cell of area A:
+    d = sqrt(A / sites_per_cell), so for ABO3 [001] (A at the corners of the a x a cell, B at
+    the centre) d = a/sqrt(2) and the ideal 4-NN sum is 4a/sqrt(2) = 2*sqrt(2)*a. The limit
+    is ``fraction`` * k * d. Why 0.8 and not 0.5: a doubly detected column (twin at ~0 px)
+    sums 0 + 3d = 0.75 of ideal and a noise blob at an O site (a/2 from two A and two B) 2a =
+    0.71, so both escape a 0.5 limit (which only catches clusters of three or more). Their
+    genuine neighbours stay at 1.0 (twin) or 0.93 (blob), and the perfect lattice is at 1.0,
+    so 0.8 flags exactly the spurious columns with ~20 % tolerance for distortion and
+    position noise (Gaussian jitter of 0.14 d still flags nothing). Neighbours are searched
+    among all atoms, but only atoms at least one lattice spacing from the frame border are
+    judged (nearer ones may have true neighbours outside the frame).
 
     Parameters
     ----------
@@ -424,13 +444,15 @@ def implausible_neighbours(
     shape : (int, int)
         Frame (H, W) in px.
     lattice_px : float
-        Lattice spacing a in px.
+        Lattice spacing a in px (also the border margin).
     sites_per_cell : float, optional
-        Visible columns per a x a cell (default 2).
+        Visible columns per unit cell (default 2).
     fraction : float, optional
         Share of the ideal k-NN sum below which an atom is implausible (default 0.8).
     k : int, optional
         Neighbours summed (default 4).
+    cell_area_px : float, optional
+        Unit-cell area |a x b|, px^2 (default ``lattice_px**2``).
 
     Returns
     -------
@@ -441,11 +463,12 @@ def implausible_neighbours(
     Raises
     ------
     ValueError
-        If ``shape``, ``lattice_px``, ``fraction``, ``sites_per_cell`` or ``k`` is out of
-        range (the message names it), or ``xy`` is not (N, 2) finite.
+        If ``shape``, ``lattice_px``, ``fraction``, ``sites_per_cell``, ``cell_area_px`` or
+        ``k`` is out of range (the message names it), or ``xy`` is not (N, 2) finite.
     """
     h, w = _shape2(shape)
     a = _positive(lattice_px, "lattice_px")
+    area = _cell_area(a, cell_area_px)
     f = _positive(fraction, "fraction")
     if int(k) != k or k < 1:
         raise ValueError(f"k must be a positive integer, got {k!r}")
@@ -459,7 +482,7 @@ def implausible_neighbours(
     interior = (x >= a) & (y >= a) & (x <= w - 1 - a) & (y <= h - 1 - a)
     if not interior.any():
         return 1.0
-    limit = f * k * a / math.sqrt(_positive(sites_per_cell, "sites_per_cell"))
+    limit = f * k * math.sqrt(area / _positive(sites_per_cell, "sites_per_cell"))
     return float(np.mean(sums[interior] < limit))
 
 
@@ -583,7 +606,40 @@ def _components(mask: np.ndarray, min_area: int) -> tuple[np.ndarray, np.ndarray
     return areas[keep], perims[keep]
 
 
-def region_compactness(mask: np.ndarray, min_area: int = 1) -> float:
+def _evidence(n_significant: int | None) -> int | None:
+    """``n_significant`` validated: None (unknown) or a non-negative integer."""
+    if n_significant is None:
+        return None
+    try:
+        n = int(n_significant)
+        ok = n == n_significant and n >= 0
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(
+            f"n_significant must be None or a non-negative integer, got {n_significant!r}"
+        )
+    return n
+
+
+def _judged_empty(empty: bool, n_significant: int | None) -> bool | None:
+    """How the significance evidence judges a mask, before its shape is looked at.
+
+    True: the mask is empty and nothing in the frame is significant, the right answer (best
+    value). False: the mask is empty although something is significant, or marks regions
+    although nothing is (worst value). None: no verdict (the shape decides; also whenever
+    ``n_significant`` is None, the evidence-free behaviour).
+    """
+    n = _evidence(n_significant)
+    if n is None:
+        return False if empty else None
+    if n == 0:
+        return empty
+    return False if empty else None
+
+
+def region_compactness(mask: np.ndarray, min_area: int = 1,
+                       n_significant: int | None = None) -> float:
     """Area-weighted isoperimetric quotient of the regions: compact, smooth amorphous regions.
 
     Mean over 8-connected components of min(1, 4*pi*area/perimeter^2): the paper's
@@ -598,25 +654,34 @@ def region_compactness(mask: np.ndarray, min_area: int = 1) -> float:
         The regions.
     min_area : int, optional
         Components smaller than this many px are ignored (default 1).
+    n_significant : int, optional
+        Sites of the frame whose disorder departs significantly from the crystal's own null
+        (the amorphous workflow's FDR-controlled count). 0 = nothing to find: an empty mask
+        is then the right answer and scores 1.0 (best), any region 0.0 (worst). None
+        (default): no evidence given.
 
     Returns
     -------
     float
-        Quotient in [0, 1]; 0.0 (worst) when nothing is left.
+        Quotient in [0, 1]; 0.0 (worst) when nothing is left, unless ``n_significant`` is 0
+        (see there).
 
     Raises
     ------
     ValueError
-        If ``mask`` is not 2-D or ``min_area`` not a positive integer.
+        If ``mask`` is not 2-D, ``min_area`` not a positive integer or ``n_significant``
+        not None or a non-negative integer.
     """
     areas, perims = _components(mask, min_area)
-    if areas.size == 0:
-        return 0.0
+    verdict = _judged_empty(areas.size == 0, n_significant)
+    if verdict is not None:
+        return 1.0 if verdict else 0.0
     q = np.minimum(1.0, 4.0 * np.pi * areas / np.maximum(perims, 1e-12) ** 2)
     return float(np.sum(areas * q) / np.sum(areas))
 
 
-def normalised_perimeter(mask: np.ndarray, min_area: int = 1) -> float:
+def normalised_perimeter(mask: np.ndarray, min_area: int = 1,
+                         n_significant: int | None = None) -> float:
     """Total boundary of the regions over that of one disk of equal area: few, smooth regions.
 
     P_total / (2*sqrt(pi*A_total)). Chosen over P / frame perimeter, which an empty mask would
@@ -629,20 +694,27 @@ def normalised_perimeter(mask: np.ndarray, min_area: int = 1) -> float:
         The regions.
     min_area : int, optional
         Components smaller than this many px are ignored (default 1).
+    n_significant : int, optional
+        As for :func:`region_compactness`: 0 = nothing to find, so an empty mask scores 1.0
+        (best: no boundary to add to the ideal single disk's) and any region +inf (worst).
+        None (default): no evidence given.
 
     Returns
     -------
     float
-        Dimensionless ratio, >= ~1, = 1 for a single disk; +inf (worst) when nothing is left.
+        Dimensionless ratio, >= ~1, = 1 for a single disk; +inf (worst) when nothing is left,
+        unless ``n_significant`` is 0 (see there).
 
     Raises
     ------
     ValueError
-        If ``mask`` is not 2-D or ``min_area`` not a positive integer.
+        If ``mask`` is not 2-D, ``min_area`` not a positive integer or ``n_significant``
+        not None or a non-negative integer.
     """
     areas, perims = _components(mask, min_area)
-    if areas.size == 0:
-        return math.inf
+    verdict = _judged_empty(areas.size == 0, n_significant)
+    if verdict is not None:
+        return 1.0 if verdict else math.inf
     return float(np.sum(perims) / (2.0 * math.sqrt(math.pi * np.sum(areas))))
 
 
@@ -844,7 +916,8 @@ def interior_fractions(labels: np.ndarray, near: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 
 
-def order_contrast(score: np.ndarray, labels: np.ndarray) -> float:
+def order_contrast(score: np.ndarray, labels: np.ndarray,
+                   n_significant: int | None = None) -> float:
     """Share of the site disorder score's variance that the amorphous mask explains.
 
     The shape rewards are blind to *what* a mask covers; this says whether it covers the
@@ -857,23 +930,30 @@ def order_contrast(score: np.ndarray, labels: np.ndarray) -> float:
         Disorder score of each site.
     labels : (N,) array_like of int
         Nonzero = inside the mask.
+    n_significant : int, optional
+        As for :func:`region_compactness`: 0 = no site departs significantly from the
+        crystal, so the score's variance is noise that no mask should explain: no labelled
+        site scores 1.0 (best), any labelled site 0.0 (worst). None (default): no evidence.
 
     Returns
     -------
     float
         eta in [0, 1]: 0 when the mask is empty, covers everything or does not follow the
         score (also for no sites or no score variance: worst); 1 when every masked site is
-        more disordered than every other by a constant.
+        more disordered than every other by a constant; with ``n_significant`` = 0, see there.
 
     Raises
     ------
     ValueError
-        If ``score`` and ``labels`` differ in length.
+        If ``score`` and ``labels`` differ in length, or ``n_significant`` is not None or a
+        non-negative integer.
     """
     s = np.asarray(score, dtype=np.float64).ravel()
     lab = np.asarray(labels).ravel() != 0
     if s.size != lab.size:
         raise ValueError(f"score ({s.size}) and labels ({lab.size}) must have the same length")
+    if _evidence(n_significant) == 0:
+        return 0.0 if lab.any() else 1.0
     var = float(s.var()) if s.size else 0.0
     if s.size == 0 or not var > 0 or lab.all() or not lab.any():
         return 0.0
@@ -974,7 +1054,7 @@ BUILTIN: tuple[Reward, ...] = (
         "wall_curvature", "min",
         "mean curvature (1/px) along detected domain walls; walls bend little to save wall "
         "energy",
-        wall_curvature,
+        wall_curvature, scale=0.01,
     ),
     Reward(
         "wall_length_per_segment", "max",
@@ -1001,18 +1081,18 @@ BUILTIN: tuple[Reward, ...] = (
     Reward(
         "region_compactness", "max",
         "area-weighted isoperimetric quotient 4*pi*A/P^2 of amorphous regions (1 = disk)",
-        region_compactness,
+        region_compactness, scale=0.1,
     ),
     Reward(
         "normalised_perimeter", "min",
         "total boundary of amorphous regions over that of one disk of equal area (1 = one "
         "disk)",
-        normalised_perimeter,
+        normalised_perimeter, scale=0.1,
     ),
     Reward(
         "order_contrast", "max",
         "share of the site disorder-score variance explained by the amorphous mask (0..1)",
-        order_contrast,
+        order_contrast, scale=0.1,
     ),
     Reward(
         "gmm_bic", "min",
@@ -1041,7 +1121,11 @@ BUILTIN: tuple[Reward, ...] = (
     ),
 )
 """Scales: count_quality and implausible_neighbours are both fractions of the atoms, one common
-unit for the knee (5 %); the others are normalised over the front."""
+unit for the knee (5 %); the three region rewards use 0.1, a tenth of their useful range (so a
+hair's edge on two of them cannot outweigh a region missed on the third); wall_curvature's is
+0.01 /px (a wall bent to a 100 px radius), so the ~1e-4 /px pixel staircase of a straight wall,
+or the 0 of "one domain, no walls", cannot decide a knee on its own; the others are normalised
+over the front."""
 
 for _reward in BUILTIN:
     _add(_reward)

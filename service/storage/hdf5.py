@@ -27,6 +27,10 @@ Layout (``n`` frames; ``M`` atoms, ``K`` walls over all frames)::
                        /<array>_present (n,) bool; otherwise ragged along axis 0 with
                        /<array>_offsets (e.g. /amorphous_labels, one per atom); otherwise a
                        group of per-frame datasets. Attribute ``wire_name``: the exact name.
+                       Arrays of known meaning also get ``units`` and ``columns`` (the
+                       meaning of the last axis): the polarization map /cells (x, y px),
+                       /polarization (dx, dy px) and /polarization_pm (dx, dy pm), ragged
+                       like /atoms, one row per unit cell (:data:`ARRAY_UNITS`).
     /markers           JSON strings of the start/end messages
 
 Pixels keep their dtype in native byte order; mixed dtypes are promoted without loss
@@ -72,6 +76,13 @@ FORMAT = "rewardscope-export"
 FORMAT_VERSION = 1
 HSPY_FORMAT_VERSION = "3.3"
 _STR = h5py.string_dtype("utf-8")
+ARRAY_UNITS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "cells": ("px", ("x", "y")),
+    "polarization": ("px", ("dx", "dy")),
+    "polarization_pm": ("pm", ("dx", "dy")),
+}
+"""Units and last-axis column names written as attributes of extra arrays with these wire
+names (the per-unit-cell polarization map); other arrays carry none."""
 _RESERVED = {"frames", "seq", "t", "received_t", "pixel_size_m", "frame_headers", "has_result",
              "atoms", "atoms_offsets", "labels", "labels_offsets", "walls", "walls_offsets",
              "params", "pareto", "result_extra", "rewards", "n_evaluations", "latency_s",
@@ -369,6 +380,10 @@ def _write_extra_arrays(h5: h5py.File, sess: StoredSession, layout: str,
         return
     n = len(sess.frames)
     sinks = {p.wire_name: _make_sink(h5, p, n, compression) for p in plans}
+    for p in plans:
+        if p.wire_name in ARRAY_UNITS:
+            units, columns = ARRAY_UNITS[p.wire_name]
+            h5[p.h5_name].attrs.update({"units": units, "columns": list(columns)})
     chosen = set(_chosen_results(sess).values())
     with closing(iter_results(sess.path / RESULTS_LOG)) as results:
         for k, stored in enumerate(islice(results, len(sess.published))):

@@ -1,4 +1,5 @@
-"""Still images as a session: load .npy/.tif/.png/.dm3/.dm4/.emd files and turn them into messages.
+"""Still images as a session: load .npy/.tif/.png/.dm3/.dm4/.emd/.hspy files and turn them into
+messages.
 
 Why: saved micrographs are the easiest test input for the live service. Each image (or each
 frame of a stack) becomes one ``frame`` message between a ``start`` and an ``end``, exactly as
@@ -28,7 +29,7 @@ log = logging.getLogger(__name__)
 PathLike = str | os.PathLike[str]
 RASTER_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 TIFF_EXTS = (".tif", ".tiff")
-RSCIIO_EXTS = (".dm3", ".dm4", ".emd")
+RSCIIO_EXTS = (".dm3", ".dm4", ".emd", ".hspy", ".hdf5")  # .hspy/.hdf5: HyperSpy's format
 SUPPORTED_EXTS = (".npy", *TIFF_EXTS, *RASTER_EXTS, *RSCIIO_EXTS)
 
 # Rec. 709 luma, the weights skimage.color.rgb2gray uses; applied to raw values (no rescaling).
@@ -182,6 +183,8 @@ def _read_rsciio(p: Path) -> tuple[np.ndarray, dict[str, Any]]:
     try:
         if ext == ".emd":
             from rsciio.emd import file_reader
+        elif ext in (".hspy", ".hdf5"):
+            from rsciio.hspy import file_reader
         else:
             from rsciio.digitalmicrograph import file_reader
     except ImportError as exc:

@@ -4,9 +4,13 @@ Barakati et al., Digital Discovery 2024. Parameters are min_sigma, max_sigma, th
 overlap; sigmas are searched as fractions of the lattice spacing so one search space serves any
 magnification. Rewards, both minimised:
 
-* ``count_quality`` QC = |N_found - N_expected| / N_expected (N_expected from area and lattice);
+* ``count_quality`` QC = |N_found - N_expected| / N_expected (N_expected = frame area / cell
+  area |a x b| x columns per cell, the config's ``motif``);
 * ``implausible_neighbours`` ER = share of interior atoms whose 4-NN distance sum is below a
-  limit derived from the lattice (not the paper's hard-coded 30 px).
+  limit derived from the cell and the motif (not the paper's hard-coded 30 px).
+
+On a frame where the engine found no lattice (``ctx.no_lattice``: blank, noise, amorphous)
+no column is claimed: every candidate returns no atoms and the worst rewards.
 
 The frame's LoG scale space is built once (``prepare``); each candidate then only re-reads
 cached responses, so an evaluation costs milliseconds.
@@ -21,15 +25,16 @@ Example
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
 from skopt.space import Integer, Real
 
-from rewardscope.science import atomfind, rewards
-from rewardscope.workflows.base import ATOMS, Evaluation, FrameContext, Output, Workflow
+from rewardscope.science import atomfind, descriptors, polarization, refine, rewards
+from rewardscope.workflows.base import ATOMS, FIELD, Evaluation, FrameContext, Output, Workflow
 
-SITES_PER_CELL = 2  # ABO3 [001]: A and B columns per a x a cell
+SITES_PER_CELL = 2  # ABO3 [001]: A and B columns per a x a cell (the config's default motif)
 
 
 class AtomsWorkflow(Workflow):
@@ -47,11 +52,15 @@ class AtomsWorkflow(Workflow):
         Integer(3, 6, name="num_sigma"),
     )
     rewards = ("count_quality", "implausible_neighbours")
-    produces = (Output("atoms", ATOMS),)
+    produces = (Output("atoms", ATOMS),
+                # finalize (once per frame, on the chosen candidate): see finalize's docstring
+                Output("cells", FIELD), Output("polarization", FIELD),
+                Output("polarization_pm", FIELD))
+    refine_columns = True  # finalize: sub-pixel fit of the chosen atoms + polarization map
     stage = "atoms"
 
-    def __init__(self, sites_per_cell: float = SITES_PER_CELL, subpixel: bool = True) -> None:
-        self.sites_per_cell = sites_per_cell
+    def __init__(self, sites_per_cell: float | None = None, subpixel: bool = True) -> None:
+        self.sites_per_cell = sites_per_cell  # None: the frame's ctx.columns_per_cell (motif)
         self.subpixel = subpixel
 
     def default_params(self, lattice_px: float) -> dict[str, Any]:
@@ -78,12 +87,63 @@ class AtomsWorkflow(Workflow):
                 "threshold": float(params["threshold"]), "overlap": float(params["overlap"])}
 
     def evaluate(self, ctx: FrameContext, params: dict[str, Any]) -> Evaluation:
+        if ctx.no_lattice:  # nothing periodic in the frame: no column is claimed on noise
+            return Evaluation(rewards={"count_quality": math.inf,
+                                       "implausible_neighbours": math.inf},
+                              output={"atoms": np.zeros((0, 2)),
+                                      "sigmas": np.zeros(0, np.float32)})
         self.prepare(ctx)
         blobs = atomfind.find_atoms(None, scale_space=ctx.cache["log_space"],
                                     subpixel=self.subpixel,
                                     **self.log_params(params, ctx.lattice_px))
         xy = atomfind.atoms_xy(blobs)
-        qc = rewards.count_quality(len(xy), ctx.shape, ctx.lattice_px, self.sites_per_cell)
-        er = rewards.implausible_neighbours(xy, ctx.shape, ctx.lattice_px, self.sites_per_cell)
+        per_cell = ctx.columns_per_cell if self.sites_per_cell is None else self.sites_per_cell
+        area = ctx.cell_area_px
+        qc = rewards.count_quality(len(xy), ctx.shape, ctx.lattice_px, per_cell, area)
+        er = rewards.implausible_neighbours(xy, ctx.shape, ctx.lattice_px, per_cell,
+                                            cell_area_px=area)
         return Evaluation(rewards={"count_quality": qc, "implausible_neighbours": er},
                           output={"atoms": xy, "sigmas": blobs[:, 2].astype(np.float32)})
+
+    def finalize(self, ctx: FrameContext, chosen: Evaluation) -> dict[str, Any]:
+        """Once per frame, on the chosen atoms: sub-pixel columns, A/B sites, polarization map.
+
+        1. every column is refined by a 2-D Gaussian fit on the normalised frame
+           (:func:`rewardscope.science.refine.refine_columns`; a column whose fit is not
+           trusted keeps its LoG position); the refined positions replace ``atoms``, so later
+           workflows (``ctx.atoms``) and the result get them;
+        2. A (bright) / B (dim) sites by column intensity
+           (:func:`rewardscope.science.descriptors.sublattices`), set as ``ctx.sites`` so
+           every later workflow on these atoms reads the same split;
+        3. the polarization map (:func:`rewardscope.science.polarization.polarization_map`):
+           per complete A-site cage, ``cells`` (M, 2) centre x, y px and ``polarization``
+           (M, 2) B displacement dx, dy px; ``polarization_pm`` (M, 2) in pm when the frame
+           header gave ``pixel_size_m``.
+
+        Also returned, not published: ``refined`` (N,) bool, which columns were fitted, and
+        ``column_snr`` (N,) float32, fitted amplitude / residual RMS (NaN where not fitted).
+        Steps 2 and 3 need two visible columns per cell (``ctx.columns_per_cell``, the config's
+        ``motif``, or the workflow's ``sites_per_cell``: perovskite [001] or [110] in HAADF);
+        with any other motif the columns are refined and no map is made. Nothing happens when
+        ``refine_columns`` is False.
+        """
+        if not self.refine_columns:
+            return {}
+        xy = np.asarray(chosen.output.get("atoms", np.zeros((0, 2))), dtype=np.float64)
+        xy = xy.reshape(-1, 2)
+        ref = refine.refine_columns(ctx.image, xy, ctx.lattice_px)
+        out: dict[str, Any] = {"atoms": ref.xy.astype(np.float32), "refined": ref.fitted,
+                               "column_snr": ref.snr.astype(np.float32)}
+        per_cell = ctx.columns_per_cell if self.sites_per_cell is None else self.sites_per_cell
+        if per_cell != SITES_PER_CELL:  # no A/B pair per cell: no cages to measure in
+            return out
+        sites = descriptors.sublattices(ctx.image, ref.xy)
+        ctx.sites = sites
+        pol = polarization.polarization_map(ref.xy, sites, ctx.lattice_px)
+        out["cells"] = pol.cells.astype(np.float32)
+        out["polarization"] = pol.polarization.astype(np.float32)
+        size = ctx.pixel_size_m
+        if size is not None and np.isfinite(size) and size > 0:
+            out["polarization_pm"] = polarization.to_picometres(
+                pol.polarization, size).astype(np.float32)
+        return out

@@ -23,6 +23,7 @@ import numpy as np
 from threadpoolctl import ThreadpoolController
 
 from rewardscope.science import rewards as rewards_mod
+from rewardscope.science.lattice import Lattice
 
 _THREADPOOLS: list[ThreadpoolController] = []
 _LIMIT_LOCK = threading.Lock()
@@ -105,7 +106,13 @@ class Output:
 class FrameContext:
     """One frame as every workflow sees it.
 
-    ``image`` float32 normalised to ~[0, 1]; ``atoms`` (N, 2) x, y of the atoms chosen upstream
+    ``image`` float32 normalised to ~[0, 1], columns bright (a dark-column frame is inverted
+    by the engine); ``lattice_px`` the characteristic spacing |a| of the cell, px;
+    ``lattice`` the cell found in the frame (:class:`~rewardscope.science.lattice.Lattice`,
+    vectors a and b; None when not looked for, e.g. a context built by hand: then the cell is
+    lattice_px x lattice_px); ``no_lattice`` True when the engine looked and the frame shows
+    no lattice (blank, noise, amorphous: claim no columns); ``columns_per_cell`` the visible
+    columns per cell (config ``motif``); ``atoms`` (N, 2) x, y of the atoms chosen upstream
     (the chosen output of kind ``atoms``, set by the engine); ``upstream`` every chosen output
     of the workflows that ran before, by key; ``cache`` holds per-frame work shared between
     candidates (keys are the owning workflow's business).
@@ -114,6 +121,9 @@ class FrameContext:
     image: np.ndarray
     lattice_px: float
     pixel_size_m: float | None = None  # from the frame header, when the instrument sends it
+    lattice: Lattice | None = None
+    no_lattice: bool = False
+    columns_per_cell: float = 2.0
     atoms: np.ndarray | None = None
     sites: np.ndarray | None = None  # (N,) int8 0 = A (bright), 1 = B, when classified
     upstream: dict[str, Any] = field(default_factory=dict)
@@ -122,6 +132,13 @@ class FrameContext:
     @property
     def shape(self) -> tuple[int, int]:
         return self.image.shape  # type: ignore[return-value]
+
+    @property
+    def cell_area_px(self) -> float:
+        """Area of the unit cell, px^2: |a x b| of ``lattice``, else ``lattice_px``^2."""
+        if self.lattice is not None:
+            return float(self.lattice.cell_area)
+        return float(self.lattice_px) ** 2
 
 
 @dataclass

@@ -1,5 +1,13 @@
 """Ferroic domains and walls: descriptors at atoms -> GMM labels -> walls, scored by physics.
 
+First, once per frame: is there any domain structure at all? The measured polarization (each
+labelled column's offset from its cage centre) is tested for homogeneity over the frame
+(:func:`rewardscope.science.domaintests.homogeneity_test`); when "one domain" is not rejected
+at p < ALPHA = 1e-3, every candidate answers "one domain, no walls" (all key sites label 0),
+so at most one frame in a thousand without walls gets any, whatever the optimizer tries. The
+mixture below can only split: it has no such answer of its own (n_components starts at 2:
+a one-component "candidate" would only duplicate this frame-level decision).
+
 Steps for one candidate (after Barakati et al., reward-driven GMM segmentation of Sm-BiFeO3):
 
 1. sites (once per frame and atom set): every atom of ``ctx.atoms`` is A (bright) or B (dim)
@@ -18,7 +26,16 @@ Steps for one candidate (after Barakati et al., reward-driven GMM segmentation o
    points. Linked within 1.5 lattice spacings, each connected set is one wall; its spanning
    tree's longest path is the ordered chain the curvature reward reads (Hough segments are
    straight, their curvature is trivially 0), and the tree, drawn 1 px thick, goes through a
-   probabilistic Hough transform that gives the wall segments [x0, y0, x1, y1].
+   probabilistic Hough transform that gives the wall segments [x0, y0, x1, y1];
+5. the significance gate (:meth:`DomainsWorkflow.gate`): each wall line (collinear segments
+   together) is tested on the measured polarization of the sites 0.8-4 lattice spacings
+   either side of it (:func:`rewardscope.science.domaintests.wall_tests`, a Welch-type
+   two-sample test with a design effect for neighbouring sites and a systematic floor).
+   Lines that are not discoveries at false-discovery rate 1e-3 (Benjamini-Hochberg over the
+   candidate's lines; as strict as Bonferroni when no wall is real), or that are a weaker
+   parallel copy of a stronger line within the test band, are not published and not scored;
+   label regions no published wall separates are joined (:func:`merge_unsupported`). A
+   candidate left with one label is the answer "one domain": rewards ``NULL_REWARDS``.
 
 Why B is labelled: the polarization is the B-column offset from its cage of four A columns,
 and a patch centred on the cage centre shows that offset whatever the neighbours do, so a B
@@ -54,7 +71,15 @@ configurations (100/110/rotated walls, noise 0.15-0.2, dose 200, scan noise + gr
 
 Output per atom of ``ctx.atoms``: ``labels`` int16, the GMM label on labelled sites and -1
 (not a key point) elsewhere; ``labels_nearest`` gives every atom the label of its nearest
-labelled site, for display.
+labelled site, for display. Per published wall segment: ``wall_significance``, -log10 p of its
+line (row-aligned with ``walls``). Per frame: ``domain_significance``, -log10 p of the
+homogeneity test (> 3: domains looked for; capped at 300).
+
+The answer "one domain, no walls" scores ``NULL_REWARDS``: curvature 0 (nothing bends), span
+0, separation 0 (one cluster separates nothing), interior 1. On a structured frame any
+candidate with a significant wall beats it on span and separation, while curvature, with its
+fixed knee unit of 0.01 /px (rewards registry), cannot make up for that: a straight real wall
+reads ~1e-4 /px. See docs/REWARDS.md, "Walls on a featureless frame".
 """
 
 from __future__ import annotations
@@ -72,7 +97,7 @@ from scipy.spatial.distance import cdist
 from skimage.transform import probabilistic_hough_line
 from skopt.space import Categorical, Integer, Real
 
-from rewardscope.science import descriptors, kernels, mixtures, rewards
+from rewardscope.science import descriptors, domaintests, kernels, mixtures, rewards
 from rewardscope.science.rewards import (
     domain_interior,
     interior_fractions,
@@ -82,7 +107,9 @@ from rewardscope.science.rewards import (
 from rewardscope.workflows.base import (
     ATOMS,
     LABELS,
+    PER_WALL,
     POLYLINES,
+    SCALAR,
     SEGMENTS,
     Evaluation,
     FrameContext,
@@ -97,6 +124,7 @@ __all__ = [
     "hough_segments",
     "longest_path",
     "merge_collinear",
+    "merge_unsupported",
     "polarization_silhouette",
     "rasterise_tree",
     "select_key_sites",
@@ -113,6 +141,12 @@ ABSORB_BELOW = 0.2  # interior fraction below which a cluster is a wall or noise
 MIN_CHAIN_POINTS = 3  # fewer wall points cannot carry a direction, let alone a curvature
 GMM_SEED = 0
 GMM_FIT_ROWS = 3000  # sites the mixture is fitted on (a fixed random sample beyond that)
+SUPPORT_RADIUS = 1.0  # lattice spacings: a boundary point this close to a published wall is on it
+MIN_SUPPORT_POINTS = 4  # boundary points on published walls that keep two regions apart
+LINE_GAP = 1e6  # lattice spacings: collinear wall pieces are tested as one line, any gap
+NULL_REWARDS = {"wall_curvature": 0.0, "wall_span": 0.0, "wall_length_per_segment": 0.0,
+                "domain_interior": 1.0, "cluster_separation": 0.0}
+"""Rewards of the answer "one domain, no walls" (see the module doc and docs/REWARDS.md)."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -276,15 +310,79 @@ def hough_segments(raster: np.ndarray, lattice_px: float, seed: int = 0) -> np.n
     return np.array([[p0[0], p0[1], p1[0], p1[1]] for p0, p1 in lines], dtype=np.float64)
 
 
-def merge_collinear(segments: np.ndarray, lattice_px: float) -> np.ndarray:
+def _collinear_groups(seg: np.ndarray, lattice_px: float, max_gap: float
+                      ) -> tuple[int, np.ndarray]:
+    """Groups of segments on one line (5 degrees, half a spacing off it, gaps up to
+    ``max_gap`` spacings): (number of groups, group of each segment)."""
+    ij = kernels.collinear_pairs(seg, math.radians(5.0), 0.5 * lattice_px, max_gap * lattice_px)
+    link = coo_matrix((np.ones(len(ij)), (ij[:, 0], ij[:, 1])), shape=(len(seg), len(seg)))
+    return connected_components(link.tocsr(), directed=False)
+
+
+def _group_lines(seg: np.ndarray, group: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """One segment per group in ``groups``: along its longest member, spanning every member's
+    ends."""
+    groups = np.asarray(groups, dtype=np.int64)
+    if len(groups) == 0:
+        return np.zeros((0, 4))
+    lengths = np.hypot(seg[:, 2] - seg[:, 0], seg[:, 3] - seg[:, 1])
+    n_all = int(group.max()) + 1
+    order = np.lexsort((lengths, group))  # by group, then length: each group's last is longest
+    last = order[np.r_[np.flatnonzero(np.diff(group[order])), len(order) - 1]]
+    longest = np.zeros(n_all, dtype=np.int64)
+    longest[group[last]] = last
+    ref = seg[longest[group]]  # each segment's group reference line
+    u = (ref[:, 2:] - ref[:, :2]) / np.maximum(lengths[longest[group]], 1e-12)[:, None]
+    t0 = ((seg[:, :2] - ref[:, :2]) * u).sum(axis=1)
+    t1 = ((seg[:, 2:] - ref[:, :2]) * u).sum(axis=1)
+    lo = np.full(n_all, np.inf)
+    hi = np.full(n_all, -np.inf)
+    np.minimum.at(lo, group, np.minimum(t0, t1))
+    np.maximum.at(hi, group, np.maximum(t0, t1))
+    r = seg[longest[groups]]
+    ug = u[longest[groups]]
+    return np.concatenate([r[:, :2] + lo[groups, None] * ug, r[:, :2] + hi[groups, None] * ug],
+                          axis=1)
+
+
+def _strongest_nearby(lines: np.ndarray, score: np.ndarray, reach: float) -> np.ndarray:
+    """Non-maximum suppression of parallel lines: False for a line with a higher-scoring line
+    within 5 degrees of its direction, both its ends within ``reach`` of that line, and an
+    overlapping extent. A real wall's step shows, weaker, on every parallel line whose test
+    band reaches it (a noisy labelling draws such lines a row or two off the wall); only the
+    line at the step itself is the wall."""
+    n = len(lines)
+    keep = np.ones(n, dtype=bool)
+    if n < 2:
+        return keep
+    p0, d = lines[:, :2], lines[:, 2:] - lines[:, :2]
+    length = np.maximum(np.hypot(d[:, 0], d[:, 1]), 1e-12)
+    u = d / length[:, None]
+    cos = np.abs(u @ u.T)
+    r0 = lines[None, :, :2] - p0[:, None, :]
+    r1 = lines[None, :, 2:] - p0[:, None, :]
+    off0 = np.abs(u[:, None, 0] * r0[..., 1] - u[:, None, 1] * r0[..., 0])
+    off1 = np.abs(u[:, None, 0] * r1[..., 1] - u[:, None, 1] * r1[..., 0])
+    t0 = ((lines[None, :, :2] - p0[:, None, :]) * u[:, None, :]).sum(-1)
+    t1 = ((lines[None, :, 2:] - p0[:, None, :]) * u[:, None, :]).sum(-1)
+    overlap = (np.maximum(t0, t1) > 0.0) & (np.minimum(t0, t1) < length[:, None])
+    near = ((cos >= math.cos(math.radians(5.0))) & (off0 <= reach) & (off1 <= reach)
+            & overlap)  # near[i, j]: line j lies along line i
+    stronger = score[:, None] > score[None, :]
+    keep[np.any(near & stronger, axis=0)] = False
+    return keep
+
+
+def merge_collinear(segments: np.ndarray, lattice_px: float, max_gap: float = 3.0
+                    ) -> np.ndarray:
     """Merge Hough segments that continue each other into one segment per wall.
 
     The probabilistic Hough transform follows an ideal digital line and breaks a wall where
     its trace steps by one pixel (midpoints at x.5 round either way) or where a site is
     missing (the trace then has a gap of ~2.5 spacings); such pieces are one wall.
-    Tolerances: 5 degrees, half a lattice spacing off the line, a gap of three spacings.
-    Each connected group becomes one segment along its longest member, spanning the
-    projections of all the group's ends.
+    Tolerances: 5 degrees, half a lattice spacing off the line, a gap of ``max_gap`` spacings
+    (default 3). Each connected group becomes one segment along its longest member, spanning
+    the projections of all the group's ends.
 
     Parameters
     ----------
@@ -292,6 +390,8 @@ def merge_collinear(segments: np.ndarray, lattice_px: float) -> np.ndarray:
         Segments [x0, y0, x1, y1] in px.
     lattice_px : float
         Lattice spacing in px (sets the tolerances).
+    max_gap : float, optional
+        Largest gap bridged, lattice spacings (default 3).
 
     Returns
     -------
@@ -301,21 +401,126 @@ def merge_collinear(segments: np.ndarray, lattice_px: float) -> np.ndarray:
     seg = np.asarray(segments, dtype=np.float64).reshape(-1, 4)
     if len(seg) < 2:
         return seg
-    ij = kernels.collinear_pairs(seg, math.radians(5.0), 0.5 * lattice_px, 3.0 * lattice_px)
-    link = coo_matrix((np.ones(len(ij)), (ij[:, 0], ij[:, 1])), shape=(len(seg), len(seg)))
-    n_groups, group = connected_components(link.tocsr(), directed=False)
-    lengths = np.hypot(seg[:, 2] - seg[:, 0], seg[:, 3] - seg[:, 1])
+    n_groups, group = _collinear_groups(seg, lattice_px, max_gap)
     sizes = np.bincount(group, minlength=n_groups)
     single = sizes[group] == 1
-    out = [seg[single]]
-    for g in np.flatnonzero(sizes > 1):
-        members = np.flatnonzero(group == g)
-        ref = seg[members[np.argmax(lengths[members])]]
-        u = (ref[2:] - ref[:2]) / max(float(np.hypot(*(ref[2:] - ref[:2]))), 1e-12)
-        ends = np.concatenate([seg[members, :2], seg[members, 2:]])
-        t = (ends - ref[:2]) @ u
-        out.append(np.concatenate([ref[:2] + t.min() * u, ref[:2] + t.max() * u])[None])
-    return np.concatenate(out)
+    return np.concatenate([seg[single], _group_lines(seg, group, np.flatnonzero(sizes > 1))])
+
+
+def _segment_distance(points: np.ndarray, segments: np.ndarray) -> np.ndarray:
+    """Distance of each point to the nearest segment, px (+inf without segments)."""
+    seg = np.asarray(segments, dtype=np.float64).reshape(-1, 4)
+    if len(seg) == 0 or len(points) == 0:
+        return np.full(len(points), np.inf)
+    p0, d = seg[None, :, :2], seg[None, :, 2:] - seg[None, :, :2]
+    rel = points[:, None, :] - p0
+    t = np.clip((rel * d).sum(-1) / np.maximum((d * d).sum(-1), 1e-12), 0.0, 1.0)
+    return np.linalg.norm(rel - t[..., None] * d, axis=-1).min(axis=1)
+
+
+def _join_regions(weak_a: np.ndarray, weak_b: np.ndarray, strong_a: np.ndarray,
+                  strong_b: np.ndarray, size: np.ndarray, label: np.ndarray) -> np.ndarray:
+    """Union-find over the weak region pairs, smallest regions first; at each join the group
+    keeps the label of the larger side, and a join is skipped when it would give a group the
+    label of a group it shares a published wall with (a significant wall separates different
+    labels). Returns each region's group root (whose label the group carries)."""
+    n = len(size)
+    if len(strong_a) == 0:  # no published wall: connected regions simply become one
+        join = coo_matrix((np.ones(len(weak_a)), (weak_a, weak_b)), shape=(n, n))
+        _, grp = connected_components(join.tocsr(), directed=False)
+        order = np.lexsort((size, grp))  # by group, then size: each group's last is largest
+        last = order[np.r_[np.flatnonzero(np.diff(grp[order])), n - 1]]
+        best = np.zeros(grp.max() + 1, dtype=np.int64)
+        best[grp[last]] = last
+        return best[grp]
+    parent = np.arange(n)
+    total = size.astype(np.int64).copy()
+    walls: dict[int, set[int]] = {}
+    for a_, b_ in zip(strong_a.tolist(), strong_b.tolist(), strict=True):
+        walls.setdefault(a_, set()).add(b_)
+        walls.setdefault(b_, set()).add(a_)
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = int(parent[i])
+        return i
+
+    order = np.argsort(np.minimum(size[weak_a], size[weak_b]), kind="stable")
+    for a_, b_ in zip(weak_a[order].tolist(), weak_b[order].tolist(), strict=True):
+        ga, gb = find(a_), find(b_)
+        if ga == gb:
+            continue
+        big, small = (ga, gb) if total[ga] >= total[gb] else (gb, ga)
+        across = {find(h) for h in walls.get(big, set()) | walls.get(small, set())}
+        if big in across or small in across or any(label[h] == label[big] for h in across):
+            continue
+        parent[small] = big
+        total[big] += total[small]
+        walls[big] = across
+    return np.array([find(i) for i in range(n)], dtype=np.int64)
+
+
+def merge_unsupported(labels: np.ndarray, pairs: np.ndarray, xy: np.ndarray,
+                      segments: np.ndarray, radius: float, min_points: int = 4) -> np.ndarray:
+    """Join the label regions that no published wall separates.
+
+    A region is a connected set of equally labelled sites (linked by ``pairs``). Two touching
+    regions stay apart only if at least half, or at least ``min_points``, of the midpoints of
+    their differently labelled pairs lie within ``radius`` of a published (significant) wall
+    segment; otherwise they are joined (smallest regions first) and carry the label of the
+    larger, unless that label is the one across a published wall of theirs: the two sides of
+    a significant wall keep different labels. Without it a candidate whose walls failed the
+    significance test would still publish their domains: labels and walls must tell one story.
+    Labels are renumbered by decreasing cluster size.
+
+    Parameters
+    ----------
+    labels : (n,) array_like of int
+        Label of each site, >= 0.
+    pairs : (m, 2) array_like of int
+        Nearest-neighbour site pairs (indices into ``labels``).
+    xy : (n, 2) array_like of float
+        Site positions x, y, px.
+    segments : (S, 4) array_like of float
+        The published wall segments [x0, y0, x1, y1], px.
+    radius : float
+        Farthest a boundary point may lie from a segment to be on it, px.
+    min_points : int, optional
+        Boundary points on walls that keep two regions apart however long their boundary
+        (default 4: four lattice spacings of a wall the Hough transform broke up).
+
+    Returns
+    -------
+    (n,) ndarray of int16
+        The labels after joining (unchanged but renumbered when every boundary is a wall).
+    """
+    lab = np.asarray(labels, dtype=np.int64).ravel()
+    n = lab.size
+    pr = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    if n == 0 or len(pr) == 0:
+        return lab.astype(np.int16)
+    same = lab[pr[:, 0]] == lab[pr[:, 1]]
+    graph = coo_matrix((np.ones(int(same.sum())), (pr[same, 0], pr[same, 1])), shape=(n, n))
+    n_reg, reg = connected_components(graph.tocsr(), directed=False)
+    cross = pr[~same]
+    if n_reg > 1 and len(cross):
+        pts = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
+        mid = 0.5 * (pts[cross[:, 0]] + pts[cross[:, 1]])
+        on_wall = _segment_distance(mid, segments) <= radius
+        ri, rj = reg[cross[:, 0]], reg[cross[:, 1]]
+        key = np.minimum(ri, rj) * n_reg + np.maximum(ri, rj)
+        keys, inv = np.unique(key, return_inverse=True)
+        support = np.bincount(inv, weights=on_wall)
+        strong = (support >= 0.5 * np.bincount(inv)) | (support >= min_points)
+        reg_label = np.zeros(n_reg, dtype=np.int64)
+        reg_label[reg] = lab
+        size = np.bincount(reg, minlength=n_reg)
+        root = _join_regions(keys[~strong] // n_reg, keys[~strong] % n_reg,
+                             keys[strong] // n_reg, keys[strong] % n_reg, size, reg_label)
+        lab = reg_label[root][reg]
+    ids, code = np.unique(lab, return_inverse=True)
+    return mixtures.labels_by_size(code.ravel(), ids.size)
 
 
 SILHOUETTE_SITES = 400  # sites sampled (fixed subset per frame) for the silhouette
@@ -384,6 +589,16 @@ class _Sites:
     nearest: np.ndarray  # (N,) index into xy of each atom's nearest labelled site
     tag: tuple  # cache tag of the descriptor sets built on xy
     offsets: np.ndarray  # (n, 2) column position - cage centre: the measured polarization
+
+
+@dataclass
+class _Evidence:
+    """Per-frame answer to "is there any domain structure?" (cached in ctx.cache)."""
+
+    noise: domaintests.OffsetNoise  # noise model of the measured polarization
+    neg_log10_p: float  # -log10 p of "one domain" (domaintests.homogeneity_test)
+    q_per_dof: float  # its statistic per degree of freedom (~1 on a homogeneous frame)
+    structured: bool  # p < domaintests.ALPHA: walls may be looked for
 
 
 def _rounded(value: float, quantum: float) -> float:
@@ -557,6 +772,8 @@ class DomainsWorkflow(Workflow):
         Output("labels", LABELS),
         Output("walls", SEGMENTS),
         Output("wall_points", POLYLINES),
+        Output("wall_significance", PER_WALL),
+        Output("domain_significance", SCALAR),
     )
 
     def __init__(self, sublattice: str = "B") -> None:
@@ -575,9 +792,20 @@ class DomainsWorkflow(Workflow):
 
     # ---------------------------------------------------------------- per-frame work
     def prepare(self, ctx: FrameContext) -> None:
-        """Classify sublattices and find neighbour pairs once per frame (and atom set)."""
+        """Classify sublattices, find neighbour pairs and test the frame for any domain
+        structure once per frame (and atom set)."""
         if ctx.atoms is not None:
-            self._sites(ctx)
+            self._evidence(ctx, self._sites(ctx))
+
+    def _evidence(self, ctx: FrameContext, s: _Sites) -> _Evidence:
+        """The frame's noise model of the measured polarization and its homogeneity test."""
+        key = ("domains", "evidence", s.tag)
+        if key not in ctx.cache:
+            noise = domaintests.offset_noise(s.xy, s.offsets, float(ctx.lattice_px), ctx.shape)
+            logp, q = domaintests.homogeneity_test(s.xy, noise)
+            ctx.cache[key] = _Evidence(noise=noise, neg_log10_p=logp, q_per_dof=q,
+                                       structured=logp > -math.log10(domaintests.ALPHA))
+        return ctx.cache[key]
 
     def _sites(self, ctx: FrameContext) -> _Sites:
         if ctx.atoms is None:
@@ -613,6 +841,9 @@ class DomainsWorkflow(Workflow):
         s = self._sites(ctx)
         if len(s.xy) < 2 * int(params["n_components"]):
             return self._empty(s)
+        evidence = self._evidence(ctx, s)
+        if not evidence.structured:  # one domain: no candidate may draw walls here
+            return self._null(s, evidence)
         a = float(ctx.lattice_px)
         w1, w2 = self._half_px(params["w1"], a), self._half_px(params["w2"], a)
         with single_thread():
@@ -629,8 +860,15 @@ class DomainsWorkflow(Workflow):
         t2 = time.perf_counter()
         sub_labels = _inherit_edge_labels(sub_labels, s.xy, ds.valid, s.near)
         sub_labels = _absorb_wall_clusters(sub_labels, s.xy, s.near)
-        geom = self.walls(s, sub_labels, a, ctx.shape)
+        sub_labels, geom, logp = self.gate(s, sub_labels, evidence.noise, a, ctx.shape)
+        if len(geom.segments) == 0:  # no wall stands above the noise: one domain
+            ev = self._null(s, evidence)
+            ev.output["bic_per_site"] = bic
+            ev.timings.update(descriptors=t1 - t0, walls=time.perf_counter() - t2)
+            return ev
         out = self._output(s, sub_labels, geom)
+        out["wall_significance"] = logp
+        out["domain_significance"] = evidence.neg_log10_p
         rw = self.score(geom, sub_labels, s, a, ctx.shape)
         out["bic_per_site"] = bic
         t3 = time.perf_counter()
@@ -649,8 +887,13 @@ class DomainsWorkflow(Workflow):
         segment length, or float noise (1e-17 vs 0 curvature on two straight walls), must
         not split candidates that are equally good. Curvature is rounded to 1e-5/px (radii
         up to 100 000 px), ``domain_interior`` and ``cluster_separation`` to 1e-4; the raw
-        R2 (reported only) is not rounded.
+        R2 (reported only) is not rounded. The silhouette leaves out the sites within
+        ``domaintests.EDGE_MARGIN`` of the frame edge: their measured polarization is biased by
+        incomplete cages, and a split along the edge would otherwise read as well separated.
         """
+        inner = domaintests.edge_distance(s.xy, shape) >= domaintests.EDGE_MARGIN * lattice_px
+        if inner.sum() < 2:
+            inner = np.ones(len(s.xy), dtype=bool)
         return {
             "wall_curvature": _rounded(
                 rewards.wall_curvature(geom.chains, step=lattice_px, smooth=1), 1e-5),
@@ -658,8 +901,97 @@ class DomainsWorkflow(Workflow):
             "wall_length_per_segment": rewards.wall_length_per_segment(geom.segments),
             "domain_interior": _rounded(domain_interior(sub_labels, s.near), 1e-4),
             "cluster_separation": _rounded(rewards.cluster_separation(
-                polarization_silhouette(sub_labels, s.offsets)), 1e-4),
+                polarization_silhouette(sub_labels[inner], s.offsets[inner])), 1e-4),
         }
+
+    @classmethod
+    def gate(cls, s: _Sites, sub_labels: np.ndarray, noise: domaintests.OffsetNoise,
+             lattice_px: float, shape: tuple[int, int]
+             ) -> tuple[np.ndarray, WallGeometry, np.ndarray]:
+        """Only walls that stand above the noise are published, and the labels follow them.
+
+        The walls are tested line by line (:meth:`significance`) and label regions that no
+        significant wall separates are joined (:func:`merge_unsupported`; it never joins
+        across a significant wall, so the kept segments still separate different labels and
+        are not redrawn). The chains the curvature reward reads are those along kept
+        segments.
+
+        Parameters
+        ----------
+        s : _Sites
+            The frame's sites (:meth:`_sites`).
+        sub_labels : (n,) ndarray of int
+            A candidate's label per site.
+        noise : rewardscope.science.domaintests.OffsetNoise
+            The frame's noise model of the measured polarization.
+        lattice_px : float
+            Lattice spacing a, px.
+        shape : (int, int)
+            Frame (H, W), px.
+
+        Returns
+        -------
+        labels : (n,) ndarray of int16
+            The site labels after joining.
+        geometry : WallGeometry
+            Kept segments and their chains (``points``: every boundary midpoint).
+        neg_log10_p : (S,) ndarray of float64
+            -log10 p of each kept segment, row-aligned with ``geometry.segments``.
+        """
+        radius = SUPPORT_RADIUS * lattice_px
+        geom = cls.walls(s, sub_labels, lattice_px, shape)
+        keep, logp = cls.significance(geom.segments, s, noise, lattice_px)
+        if keep.any():
+            sub_labels = merge_unsupported(sub_labels, s.pairs, s.xy, geom.segments[keep],
+                                           radius, MIN_SUPPORT_POINTS)
+        if not keep.any() or sub_labels.max(initial=0) == 0:  # one domain
+            keep[:] = False
+            sub_labels = np.zeros_like(sub_labels)
+        segments = geom.segments[keep]
+        chains = [c for c in geom.chains
+                  if len(segments) and np.median(_segment_distance(c, segments)) <= radius]
+        return sub_labels, WallGeometry(geom.points, chains, segments), logp[keep]
+
+    @staticmethod
+    def significance(segments: np.ndarray, s: _Sites, noise: domaintests.OffsetNoise,
+                     lattice_px: float) -> tuple[np.ndarray, np.ndarray]:
+        """Which wall segments stand above the noise, and by how much (-log10 p).
+
+        Segments on one line (whatever the gaps between them) are tested together, as one
+        segment spanning them all (:func:`rewardscope.science.domaintests.wall_tests`): the
+        Hough transform breaks a wall of a noisy labelling into pieces, each too short to test
+        on its own. The significant lines are the discoveries at false-discovery rate
+        ``ALPHA`` = 1e-3 among the candidate's lines (Benjamini-Hochberg; as strict as
+        Bonferroni when no wall is real) that are not a weaker parallel copy of a stronger
+        line within the test band; each segment gets its line's verdict and -log10 p.
+
+        Parameters
+        ----------
+        segments : (S, 4) array_like of float
+            Wall segments [x0, y0, x1, y1], px.
+        s : _Sites
+            The frame's sites.
+        noise : rewardscope.science.domaintests.OffsetNoise
+            The frame's noise model of the measured polarization.
+        lattice_px : float
+            Lattice spacing a, px.
+
+        Returns
+        -------
+        keep : (S,) ndarray of bool
+            Segments whose line is significant.
+        neg_log10_p : (S,) ndarray of float64
+            -log10 p of each segment's line.
+        """
+        seg = np.asarray(segments, dtype=np.float64).reshape(-1, 4)
+        if len(seg) == 0:
+            return np.zeros(0, bool), np.zeros(0)
+        n_lines, line = _collinear_groups(seg, lattice_px, LINE_GAP)
+        lines = _group_lines(seg, line, np.arange(n_lines))
+        logp = domaintests.wall_tests(lines, s.xy, noise)
+        keep = domaintests.discoveries(logp) & _strongest_nearby(
+            lines, logp, domaintests.BAND[1] * lattice_px)
+        return keep[line], logp[line]
 
     @staticmethod
     def _half_px(w: float, lattice_px: float) -> int:
@@ -695,11 +1027,20 @@ class DomainsWorkflow(Workflow):
             "sublattice": {"labelled": self.sublattice, "site": s.site},
         }
 
+    def _null(self, s: _Sites, evidence: _Evidence) -> Evaluation:
+        """The answer "one domain, no walls": every key site label 0, the null rewards."""
+        out = self._output(s, np.zeros(len(s.xy), np.int16),
+                           WallGeometry(np.zeros((0, 2)), [], np.zeros((0, 4))))
+        out["wall_significance"] = np.zeros(0)
+        out["domain_significance"] = evidence.neg_log10_p
+        return Evaluation(rewards=dict(NULL_REWARDS), output=out)
+
     def _empty(self, s: _Sites) -> Evaluation:
         """Too few sites to cluster: worst rewards, everything unlabelled."""
         n = len(s.site)
         out = {"labels": np.full(n, -1, np.int16), "labels_nearest": np.full(n, -1, np.int16),
                "walls": [], "wall_points": [], "wall_sites": np.zeros(n, bool),
+               "wall_significance": np.zeros(0),
                "sublattice": {"labelled": self.sublattice, "site": s.site}}
         rw = {"wall_curvature": math.inf, "wall_span": 0.0, "wall_length_per_segment": 0.0,
               "domain_interior": 0.0, "cluster_separation": -1.0}
