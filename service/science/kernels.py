@@ -53,6 +53,30 @@ def _as_points(points: np.ndarray, name: str = "points") -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
+def as_points(points: np.ndarray, name: str = "points") -> np.ndarray:
+    """Validated (N, 2) finite float64 positions, px; an empty input is (0, 2).
+
+    Parameters
+    ----------
+    points : array_like of float
+        Positions as [x, y] rows.
+    name : str, optional
+        Argument name used in the error message.
+
+    Returns
+    -------
+    (N, 2) ndarray of float64
+        C-contiguous copy or view.
+
+    Raises
+    ------
+    ValueError
+        If the shape is not (N, 2) or a value is NaN or inf; the message names ``name``.
+    """
+    arr = np.asarray(points, dtype=np.float64)
+    return _as_points(arr.reshape(0, 2) if arr.size == 0 else arr, name)
+
+
 def _as_segments(segments: np.ndarray) -> np.ndarray:
     arr = np.asarray(segments, dtype=np.float64)
     if arr.size == 0:

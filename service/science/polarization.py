@@ -32,6 +32,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.spatial import cKDTree
 
+from rewardscope.science import kernels
+
 __all__ = ["CAGE_TOLERANCE", "PolarizationMap", "polarization_map", "to_picometres"]
 
 CAGE_TOLERANCE = 0.3
@@ -103,13 +105,7 @@ def polarization_map(
         If ``xy`` is not (N, 2) finite, ``sites`` not N integers, ``lattice_px`` not finite
         and > 0, or ``tolerance`` outside (0, 0.41).
     """
-    pts = np.asarray(xy, dtype=np.float64)
-    if pts.size == 0:
-        pts = pts.reshape(0, 2)
-    if pts.ndim != 2 or pts.shape[1] != 2:
-        raise ValueError(f"xy must have shape (N, 2) as [x, y] rows, got {pts.shape}")
-    if not np.all(np.isfinite(pts)):
-        raise ValueError("xy contains NaN or inf")
+    pts = kernels.as_points(xy, "xy")
     lab = np.asarray(sites).reshape(-1)
     if lab.shape[0] != pts.shape[0]:
         raise ValueError(f"sites must have one entry per column ({pts.shape[0]}), "

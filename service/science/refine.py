@@ -65,6 +65,8 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit
 
+from rewardscope.science import kernels
+
 __all__ = [
     "MAX_SHIFT_FRAC",
     "WINDOW_FRAC",
@@ -438,13 +440,7 @@ def _validated(image: np.ndarray, xy: np.ndarray, lattice_px: float) -> tuple[np
         raise ValueError(f"image must be a non-empty 2-D array, got shape {img.shape}")
     if not np.issubdtype(img.dtype, np.number) or np.issubdtype(img.dtype, np.complexfloating):
         raise ValueError(f"image must be real-valued, got dtype {img.dtype}")
-    pts = np.asarray(xy, dtype=np.float64)
-    if pts.size == 0:
-        pts = pts.reshape(0, 2)
-    if pts.ndim != 2 or pts.shape[1] != 2:
-        raise ValueError(f"xy must have shape (N, 2) as [x, y] rows, got {pts.shape}")
-    if not np.all(np.isfinite(pts)):
-        raise ValueError("xy contains NaN or inf")
+    pts = kernels.as_points(xy, "xy")
     if not (np.isscalar(lattice_px) and np.isfinite(lattice_px) and lattice_px > 0):
         raise ValueError(f"lattice_px must be a finite number > 0, got {lattice_px!r}")
     if img.dtype not in (np.float32, np.float64):
