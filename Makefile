@@ -39,8 +39,11 @@ system:
 		     "root); the tests that need them will skip" >&2; \
 	fi
 
+# The main job on the digital twin: the service (workflow all) suggests regions, a controller
+# follows them; one line per frame, then demo-out/overlay.png (last frame with suggestions,
+# regions boxed), demo-out/discovery.png and demo-out/experiment.json.
 demo: install
-	$(BIN)/rewardscope demo --frames 20
+	$(BIN)/rewardscope demo --twin --frames 24 --out demo-out
 
 # The import-layer contracts (pyproject [tool.importlinter]) first: seconds, and a broken layer
 # is a design error worth seeing before the suite runs.

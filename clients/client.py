@@ -133,14 +133,15 @@ class InstrumentClient(_Socketed):
 
     def send_frame(self, pixels: np.ndarray, *, seq: int | None = None,
                    lattice_px: float | None = None, pixel_size_m: float | None = None,
-                   t: float | None = None, meta: dict | None = None) -> int:
+                   origin_m: tuple[float, float] | None = None, t: float | None = None,
+                   meta: dict | None = None) -> int:
         """Send one 2-D frame; returns the seq used (auto-incremented by default)."""
         if self.session is None:
             raise RuntimeError("call start_session() before send_frame()")
         seq = self.seq if seq is None else int(seq)
         self.sock.send_multipart(protocol.encode_frame(
             pixels, session=self.session, seq=seq, t=t, lattice_px=lattice_px,
-            pixel_size_m=pixel_size_m, meta=meta), copy=False)
+            pixel_size_m=pixel_size_m, origin_m=origin_m, meta=meta), copy=False)
         self.seq = seq + 1
         return seq
 
@@ -152,7 +153,12 @@ class InstrumentClient(_Socketed):
 
 
 class ResultsClient(_Socketed):
-    """Subscribes to the service's results PUB: results, status heartbeats, errors."""
+    """Subscribes to the service's results PUB: results, status heartbeats, errors.
+
+    Recommended regions and released scans are further topics: pass
+    ``topics=protocol.RESULT_TOPICS + protocol.REGION_TOPICS`` to get them too (decoded as
+    :class:`protocol.Regions` and :class:`protocol.Scan`).
+    """
 
     def __init__(self, url: str = protocol.DEFAULT_RESULTS_URL, *,
                  topics: tuple[bytes, ...] = protocol.RESULT_TOPICS,
@@ -168,13 +174,20 @@ class ResultsClient(_Socketed):
         self.sock.connect(url)
 
     def recv(self, timeout: float | None = None
-             ) -> protocol.Result | tuple[str, dict] | None:
-        """Next message: a Result, or (topic, header) for status/error; None on timeout."""
+             ) -> (protocol.Result | protocol.Regions | protocol.Scan | tuple[str, dict]
+                   | None):
+        """Next message: a Result, Regions or Scan, or (topic, header) for status/error; None
+        on timeout (``timeout`` in seconds)."""
         if not self.sock.poll(None if timeout is None else int(timeout * 1000)):
             return None
         parts = self.sock.recv_multipart()
-        if bytes(parts[0]) == protocol.TOPIC_RESULT:
+        topic = bytes(parts[0])
+        if topic == protocol.TOPIC_RESULT:
             return protocol.decode_result(parts)
+        if topic == protocol.TOPIC_REGIONS:
+            return protocol.decode_regions(parts)
+        if topic == protocol.TOPIC_SCAN:
+            return protocol.decode_scan(parts)
         return protocol.decode_event(parts)
 
     def recv_result(self, timeout: float | None = None) -> protocol.Result | None:
@@ -242,6 +255,21 @@ class ControlClient:
 
     def set(self, **values) -> dict:
         return self.call("set", **values)
+
+    def suggestions(self, session: str | None = None) -> dict:
+        """``{"ok": true, "pending": [suggestion, ...]}``: suggestions awaiting a decision
+        (each with ``session``, ``seq`` and ``expires_in_s``), best score first."""
+        return self.call("suggestions") if session is None else self.call("suggestions",
+                                                                          session=session)
+
+    def approve(self, sid: str) -> dict:
+        """Release suggestion ``sid``: ``{"ok": true, "scan": {...}}`` or ``{"ok": false,
+        "code": ..., "error": ...}`` (codes: ``protocol.CONTROL_ERROR_CODES``)."""
+        return self.call("approve", id=sid)
+
+    def reject(self, sid: str) -> dict:
+        """Drop suggestion ``sid`` for good (never scanned): ``{"ok": true, "id": sid}``."""
+        return self.call("reject", id=sid)
 
     def close(self) -> None:
         self.sock.close()

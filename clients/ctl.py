@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
         key, sep, val = item.partition("=")
         if not sep:
             raise SystemExit(f"expected KEY=VALUE, got {item!r}")
-        values[key] = _value(val)
+        values[key] = val if key in ("id", "session") else _value(val)  # ids stay strings
     client = ControlClient(args.control, timeout_s=args.timeout)
     try:
         reply = client.call(args.cmd, **values)

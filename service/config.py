@@ -32,7 +32,7 @@ import tomllib
 from rewardscope import protocol
 
 ENV_PREFIX = "REWARDSCOPE_"
-SECTIONS = ("service", "limits", "analysis", "security", "workflows")
+SECTIONS = ("service", "limits", "analysis", "regions", "security", "workflows")
 TABLE_START = "<!-- config-table:start -->"
 TABLE_END = "<!-- config-table:end -->"
 
@@ -43,6 +43,10 @@ _WORKFLOW_REF = re.compile(rf"{_IDENT}|{_IDENT}(?:\.{_IDENT})*:{_IDENT}(?:\.{_ID
 
 class ConfigError(ValueError):
     """A configuration value that cannot be used; the message names the key."""
+
+
+REGION_REASONS = ("wall", "junction", "amorphous", "instability", "novelty")
+"""Why a region is suggested (the ``reason`` of a suggestion; keys of ``regions_weights``)."""
 
 
 MOTIFS: dict[str, float] = {
@@ -161,6 +165,25 @@ class ServiceConfig:
     knee: str = key("euclidean", section="analysis", live=True,
                     choices=("euclidean", "chebyshev"),
                     help="distance that picks the knee of the Pareto front")
+    # [regions] recommended regions of interest (service/engine/regions.py)
+    regions_mode: str = key("auto", section="regions", live=True,
+                            choices=("auto", "approve", "off"),
+                            help="suggested regions: `auto` releases each frame's top one as a "
+                                 "scan, `approve` waits for `ctl approve`, `off` suggests none")
+    regions_max: int = key(3, section="regions", live=True, minimum=0,
+                           help="suggestions per frame at most")
+    regions_min_px: float = key(0.0, section="regions", live=True, minimum=0.0,
+                                help="smallest side of a suggested box (px); 0 = one lattice "
+                                     "spacing")
+    regions_weights: dict[str, float] = key(
+        section="regions", live=True, default_factory=lambda: dict.fromkeys(REGION_REASONS, 1.0),
+        help="score weight per reason (wall, junction, amorphous, instability, novelty); "
+             "`ctl set regions_weights=wall:2,amorphous:1`, reasons not named keep 1")
+    regions_penalty_radius: float = key(3.0, section="regions", live=True, positive=True,
+                                        help="radius of the visited-place penalty (lattice "
+                                             "spacings; in metres through the pixel size)")
+    regions_expiry_s: float = key(60.0, section="regions", live=True, positive=True,
+                                  help="a pending suggestion not approved this long expires (s)")
     rewards: dict = key(section="workflows", default_factory=dict,
                         help="objectives per workflow: `[workflows.NAME] rewards = [...]`, "
                              "built-ins or `pkg.mod:function`")
@@ -228,7 +251,7 @@ class Key:
     """One configuration key, as declared on :class:`ServiceConfig`."""
 
     name: str
-    kind: str  # "bool" | "int" | "float" | "str" | "dict" | "names"
+    kind: str  # "bool" | "int" | "float" | "str" | "dict" | "names" | "weights"
     default: Any
     section: str
     help: str
@@ -253,7 +276,8 @@ class Key:
         try:
             return _COERCE[self.kind](raw)
         except (TypeError, ValueError) as exc:
-            want = {"names": "a name, a 'module:Class' path or a list of them"}.get(
+            want = {"names": "a name, a 'module:Class' path or a list of them",
+                    "weights": "reason:weight pairs"}.get(
                 self.kind, self.kind)
             why = f" ({exc})" if isinstance(exc, _NameError) else ""
             raise ConfigError(f"{source}: '{self.name}' must be {want}, got {raw!r}{why}"
@@ -305,6 +329,36 @@ def _dict(raw: Any) -> dict:
     return raw
 
 
+def _weights(raw: Any) -> dict[str, float]:
+    """``regions_weights``: a table or ``"wall:2,amorphous:1"`` (flags, environment,
+    ``ctl set``); reasons not named keep weight 1. Weights are finite and >= 0."""
+    if isinstance(raw, str):
+        pairs = []
+        for item in (i.strip() for i in raw.split(",")):
+            name, sep, value = item.partition(":")
+            if not sep:
+                raise _NameError(f"{item!r} is not reason:weight")
+            pairs.append((name.strip(), value.strip()))
+    elif isinstance(raw, dict):
+        pairs = list(raw.items())
+    else:
+        raise ValueError(raw)
+    out = dict.fromkeys(REGION_REASONS, 1.0)
+    for name, value in pairs:
+        if name not in REGION_REASONS:
+            raise _NameError(f"unknown reason {name!r}; known: {', '.join(REGION_REASONS)}")
+        if isinstance(value, bool):
+            raise _NameError(f"weight of {name!r} is not a number")
+        try:
+            w = float(value)
+        except (TypeError, ValueError):
+            raise _NameError(f"weight of {name!r} is not a number") from None
+        if not 0.0 <= w < float("inf"):
+            raise _NameError(f"weight of {name!r} must be finite and >= 0")
+        out[name] = w
+    return out
+
+
 def _names(raw: Any) -> str | list[str]:
     """A workflow reference or a list of them; ``"a,b"`` (flags, environment, ``ctl set``)
     becomes ``["a", "b"]``. Syntax only: the engine checks that the names resolve."""
@@ -326,9 +380,9 @@ def _names(raw: Any) -> str | list[str]:
 
 
 _COERCE = {"bool": _bool, "int": _number(int), "float": _number(float), "str": _number(str),
-           "dict": _dict, "names": _names}
+           "dict": _dict, "names": _names, "weights": _weights}
 _KINDS = {bool: "bool", int: "int", float: "float", str: "str", dict: "dict",
-          str | list[str]: "names"}
+          str | list[str]: "names", dict[str, float]: "weights"}
 
 
 def _declared_keys() -> dict[str, Key]:
@@ -448,7 +502,7 @@ def _toml_value(v: Any) -> str:
     if isinstance(v, str):
         return f'"{v}"'
     if isinstance(v, dict):
-        return "{}" if not v else repr(v)
+        return "{" + ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items()) + "}"
     return repr(v)
 
 
@@ -461,7 +515,8 @@ def markdown_table() -> str:
     rows = ["| key | section | type | default | flag | `ctl set` | meaning |",
             "|---|---|---|---|---|---|---|"]
     for k in KEYS.values():
-        typ = {"names": "string or list", "dict": "table"}.get(k.kind, k.kind)
+        typ = {"names": "string or list", "dict": "table", "weights": "table"}.get(k.kind,
+                                                                                   k.kind)
         if k.choices:
             typ = " \\| ".join(f"`{c}`" for c in k.choices)
         section = "workflows.NAME" if k.section == "workflows" else k.section

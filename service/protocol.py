@@ -31,8 +31,12 @@ TOPIC_END = b"end"
 TOPIC_RESULT = b"result"
 TOPIC_STATUS = b"status"
 TOPIC_ERROR = b"error"
+TOPIC_REGIONS = b"regions"
+TOPIC_SCAN = b"scan"
 INSTRUMENT_TOPICS = (TOPIC_START, TOPIC_FRAME, TOPIC_END)
 RESULT_TOPICS = (TOPIC_RESULT, TOPIC_STATUS, TOPIC_ERROR)
+# Recommended regions (suggestions) and released scans; subscribe to them explicitly.
+REGION_TOPICS = (TOPIC_REGIONS, TOPIC_SCAN)
 
 DEFAULT_FRAMES_URL = "tcp://127.0.0.1:5555"
 DEFAULT_RESULTS_URL = "tcp://127.0.0.1:5556"
@@ -63,9 +67,19 @@ ERROR_CODES = (
     "analysis_failed",  # a workflow raised on this frame
 )
 
+# Codes of control replies about suggestions (``{"ok": false, "code": ..., "error": ...}``);
+# they never appear on the error topic.
+CONTROL_ERROR_CODES = (
+    "unknown_suggestion",  # no pending suggestion has this id (never seen, or already decided)
+    "expired_suggestion",  # the suggestion was pending but expired (regions_expiry_s)
+    "outside_sample",  # its box lies outside the frame it came from / the sample extent
+    "bad_command",  # a malformed suggestions/approve/reject request (id missing, wrong type)
+)
+
 
 class ProtocolError(ValueError):
-    """A message that cannot be accepted; ``code`` is one of :data:`ERROR_CODES`."""
+    """A message that cannot be accepted; ``code`` is one of :data:`ERROR_CODES` (or, for a
+    control request about suggestions, :data:`CONTROL_ERROR_CODES`)."""
 
     def __init__(self, code: str, message: str, *, session: str | None = None,
                  seq: int | None = None) -> None:
@@ -464,9 +478,274 @@ def decode_event(parts: list[bytes]) -> tuple[str, dict]:
     return topic, unpack_map(parts[1], RESULT_LIMITS)
 
 
+# ----------------------------------------------------------------------------- regions + scans
+
+REGION_REASONS = ("wall", "junction", "amorphous", "instability", "novelty")
+MAX_ID_LEN = 64
+# Suggestion keys that are numbers / optional numbers / 4-boxes / 2-points.
+_SUGGESTION_FLOATS = ("score", "significance", "rotation_rad", "magnification")
+
+
+@dataclass(frozen=True)
+class Regions:
+    """``[b"regions", header]``: the ranked suggestions made from one frame (``seq``).
+
+    ``frame_shape`` (rows, cols) is the frame the pixel boxes refer to, when the service sent it.
+    """
+
+    session: str
+    seq: int
+    t: float
+    regions: list[dict]
+    frame_shape: tuple[int, int] | None = None
+
+
+@dataclass(frozen=True)
+class Scan:
+    """``[b"scan", header]``: a released suggestion, i.e. where the instrument should image next.
+
+    ``box_px`` [x0, y0, x1, y1] frame px; ``center_m`` [x, y] m and ``fov_m`` m are None
+    without a pixel size; ``rotation_rad`` rad; ``magnification`` frame fov / region fov.
+    ``decision`` is ``"auto"`` (mode auto) or ``"approved"`` (an operator approved it).
+    """
+
+    session: str
+    seq: int
+    t: float
+    id: str
+    box_px: list[float]
+    center_m: list[float] | None
+    fov_m: float | None
+    rotation_rad: float
+    magnification: float
+    reason: str | None = None
+    decision: str | None = None
+
+    def to_map(self) -> dict:
+        """The header map (also the ``scan`` field of an ``approve`` reply)."""
+        m: dict[str, Any] = {"v": VERSION, "type": "scan", "session": self.session,
+                             "seq": int(self.seq), "t": float(self.t), "id": self.id,
+                             "center_m": self.center_m, "fov_m": self.fov_m,
+                             "rotation_rad": float(self.rotation_rad),
+                             "box_px": list(self.box_px),
+                             "magnification": float(self.magnification)}
+        if self.reason is not None:
+            m["reason"] = self.reason
+        if self.decision is not None:
+            m["decision"] = self.decision
+        return m
+
+
+def _bad(code: str, message: str, h: dict | None = None) -> ProtocolError:
+    h = h or {}
+    return ProtocolError(code, message, session=_sess(h), seq=_seq(h))
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def check_id(v: Any, code: str = "wrong_type") -> str:
+    """A suggestion id: a non-empty string of at most :data:`MAX_ID_LEN` characters."""
+    if not isinstance(v, str) or not v or len(v) > MAX_ID_LEN:
+        shown = v[:16] + "..." if isinstance(v, str) and len(v) > 16 else v
+        raise ProtocolError(code, f"suggestion id must be a non-empty string of at most "
+                            f"{MAX_ID_LEN} characters, got {shown!r}")
+    return v
+
+
+def _box(v: Any, key: str) -> list[float]:
+    if not isinstance(v, (list, tuple)) or len(v) != 4 or not all(_number(c) for c in v):
+        raise ProtocolError("wrong_type", f"'{key}' must be 4 finite numbers, got {v!r}")
+    x0, y0, x1, y1 = (float(c) for c in v)
+    if not (x0 < x1 and y0 < y1):
+        raise ProtocolError("wrong_type", f"'{key}' must have x0 < x1 and y0 < y1, got {v!r}")
+    return [x0, y0, x1, y1]
+
+
+def _point(v: Any, key: str) -> list[float]:
+    if not isinstance(v, (list, tuple)) or len(v) != 2 or not all(_number(c) for c in v):
+        raise ProtocolError("wrong_type", f"'{key}' must be [x, y] finite numbers, got {v!r}")
+    return [float(v[0]), float(v[1])]
+
+
+def check_suggestion(s: Any) -> dict:
+    """Validate one suggestion and return a normalised copy (plain floats and lists).
+
+    Parameters
+    ----------
+    s : dict
+        ``id`` (str, <= 64 chars), ``score`` (higher = look first), ``reason`` (one of
+        :data:`REGION_REASONS`), ``significance`` (-log10 p), ``box_px`` [x0, y0, x1, y1] (frame
+        px, x0 < x1, y0 < y1), ``box_m`` (m, or None), ``center_m`` [x, y] (m, or None),
+        ``fov_m`` (m, > 0, or None), ``rotation_rad`` (rad), ``magnification`` (>= 1).
+        Further keys are kept as they are.
+
+    Returns
+    -------
+    dict
+        The suggestion with every contract field checked and converted to plain types.
+
+    Raises
+    ------
+    ProtocolError
+        ``missing_key`` or ``wrong_type`` naming the field.
+    """
+    if not isinstance(s, dict):
+        raise ProtocolError("wrong_type", f"a suggestion must be a map, got {type(s).__name__}")
+    for key in ("id", "score", "reason", "significance", "box_px"):
+        if key not in s:
+            raise ProtocolError("missing_key", f"suggestion lacks '{key}'")
+    out = dict(s)
+    out["id"] = check_id(s["id"])
+    if s["reason"] not in REGION_REASONS:
+        raise ProtocolError("wrong_type", f"suggestion reason {s['reason']!r} is not one of "
+                            f"{REGION_REASONS}")
+    for key in _SUGGESTION_FLOATS:
+        v = s.get(key, 0.0 if key == "rotation_rad" else 1.0 if key == "magnification" else None)
+        if not _number(v):
+            raise ProtocolError("wrong_type", f"suggestion '{key}' must be a finite number, "
+                                f"got {v!r}")
+        out[key] = float(v)
+    if out["magnification"] < 1.0:
+        raise ProtocolError("wrong_type", f"suggestion magnification must be >= 1, got "
+                            f"{out['magnification']}")
+    out["box_px"] = _box(s["box_px"], "box_px")
+    out["box_m"] = None if s.get("box_m") is None else _box(s["box_m"], "box_m")
+    out["center_m"] = None if s.get("center_m") is None else _point(s["center_m"], "center_m")
+    fov = s.get("fov_m")
+    if fov is not None and (not _number(fov) or fov <= 0):
+        raise ProtocolError("wrong_type", f"suggestion 'fov_m' must be a positive number or "
+                            f"nil, got {fov!r}")
+    out["fov_m"] = None if fov is None else float(fov)
+    return out
+
+
+def _frame_shape(v: Any) -> tuple[int, int] | None:
+    if v is None:
+        return None
+    if (not isinstance(v, (list, tuple)) or len(v) != 2
+            or not all(isinstance(c, int) and not isinstance(c, bool) and c > 0 for c in v)):
+        raise ProtocolError("wrong_type", f"'frame_shape' must be two positive integers, "
+                            f"got {v!r}")
+    return int(v[0]), int(v[1])
+
+
+def encode_regions(session: str, seq: int, regions: list[dict], *, t: float | None = None,
+                   frame_shape: tuple[int, int] | None = None) -> list[bytes]:
+    """``[b"regions", header]`` with the validated suggestions of frame ``seq`` (>= 1 of them).
+
+    Raises
+    ------
+    ProtocolError
+        ``wrong_type``/``missing_key`` for a malformed suggestion or an empty list.
+    """
+    checked = [check_suggestion(s) for s in regions]
+    if not checked:
+        raise ProtocolError("wrong_type", "a regions message carries at least one suggestion",
+                            session=session, seq=seq)
+    if len({s["id"] for s in checked}) != len(checked):
+        raise ProtocolError("wrong_type", "suggestion ids repeat within one message",
+                            session=session, seq=seq)
+    h: dict[str, Any] = {"v": VERSION, "type": "regions", "session": session, "seq": int(seq),
+                         "t": time.time() if t is None else float(t), "regions": checked}
+    if frame_shape is not None:
+        h["frame_shape"] = [int(frame_shape[0]), int(frame_shape[1])]
+    return [TOPIC_REGIONS, pack(h)]
+
+
+def _region_header(parts: list[bytes], topic: bytes) -> dict:
+    if len(parts) != 2:
+        raise ProtocolError("bad_parts", f"{topic.decode()} needs 2 parts, got {len(parts)}")
+    if bytes(parts[0]) != topic:
+        raise ProtocolError("bad_topic", f"not a {topic.decode()} message")
+    h = unpack_map(parts[1], RESULT_LIMITS)
+    _check_version(h)
+    _check_type(h, topic.decode())
+    _require(h, "session", str, "a string")
+    seq = _require(h, "seq", int, "an integer")
+    if seq < 0:
+        raise _bad("wrong_type", f"'seq' must be >= 0, got {seq}", h)
+    t = _require(h, "t", (int, float), "a number")
+    if not math.isfinite(t):
+        raise _bad("wrong_type", "'t' must be finite", h)
+    return h
+
+
+def _with_context(h: dict, fn, *args):
+    try:
+        return fn(*args)
+    except ProtocolError as exc:
+        raise _bad(exc.code, exc.message, h) from None
+
+
+def decode_regions(parts: list[bytes]) -> Regions:
+    """Decode and validate a ``regions`` message (every suggestion checked)."""
+    h = _region_header(parts, TOPIC_REGIONS)
+    regions = _require(h, "regions", list, "a list of suggestions")
+    checked = [_with_context(h, check_suggestion, s) for s in regions]
+    if not checked:
+        raise _bad("wrong_type", "a regions message carries at least one suggestion", h)
+    return Regions(session=h["session"], seq=h["seq"], t=float(h["t"]), regions=checked,
+                   frame_shape=_with_context(h, _frame_shape, h.get("frame_shape")))
+
+
+def scan_from_suggestion(s: dict, *, session: str, seq: int, t: float | None = None,
+                         decision: str | None = None) -> Scan:
+    """The scan that releasing suggestion ``s`` (of frame ``seq``) sends to the instrument."""
+    c = check_suggestion(s)
+    return Scan(session=session, seq=int(seq), t=time.time() if t is None else float(t),
+                id=c["id"], box_px=c["box_px"], center_m=c["center_m"], fov_m=c["fov_m"],
+                rotation_rad=c["rotation_rad"], magnification=c["magnification"],
+                reason=c["reason"], decision=decision)
+
+
+def encode_scan(scan: Scan) -> list[bytes]:
+    """``[b"scan", header]``."""
+    return [TOPIC_SCAN, pack(scan.to_map())]
+
+
+def decode_scan(parts: list[bytes]) -> Scan:
+    """Decode and validate a ``scan`` message."""
+    h = _region_header(parts, TOPIC_SCAN)
+    return scan_from_map(h)
+
+
+def scan_from_map(h: dict) -> Scan:
+    """A :class:`Scan` from its header map (a ``scan`` message or an ``approve`` reply)."""
+    if not isinstance(h, dict):
+        raise ProtocolError("wrong_type", "a scan must be a map")
+    for key in ("session", "seq", "t", "id", "box_px", "center_m", "fov_m", "rotation_rad",
+                "magnification"):
+        if key not in h:
+            raise _bad("missing_key", f"scan lacks '{key}'", h)
+    fields = {"id": h["id"], "score": 0.0, "reason": h.get("reason", "wall"),
+              "significance": 0.0, "box_px": h["box_px"], "center_m": h["center_m"],
+              "fov_m": h["fov_m"], "rotation_rad": h["rotation_rad"],
+              "magnification": h["magnification"]}
+    c = _with_context(h, check_suggestion, fields)
+    if not isinstance(h["session"], str) or not isinstance(h["seq"], int) or not _number(h["t"]):
+        raise _bad("wrong_type", "scan 'session', 'seq', 't' must be str, int, number", h)
+    decision = h.get("decision")
+    return Scan(session=h["session"], seq=h["seq"], t=float(h["t"]), id=c["id"],
+                box_px=c["box_px"], center_m=c["center_m"], fov_m=c["fov_m"],
+                rotation_rad=c["rotation_rad"], magnification=c["magnification"],
+                reason=h.get("reason") if isinstance(h.get("reason"), str) else None,
+                decision=decision if isinstance(decision, str) else None)
+
+
+def box_inside(box: list[float], extent: list[float] | tuple[float, ...]) -> bool:
+    """True when ``box`` [x0, y0, x1, y1] lies within ``extent`` [x0, y0, x1, y1] (same units)."""
+    return (box[0] >= extent[0] and box[1] >= extent[1] and box[2] <= extent[2]
+            and box[3] <= extent[3])
+
+
 # ----------------------------------------------------------------------------- control
 
-CONTROL_COMMANDS = ("ping", "config", "set", "pause", "resume", "stats")
+CONTROL_COMMANDS = ("ping", "config", "set", "pause", "resume", "stats", "suggestions",
+                    "approve", "reject")
+# Commands that name one suggestion by ``id``.
+SUGGESTION_COMMANDS = ("approve", "reject")
 
 
 def encode_request(cmd: str, **args: Any) -> bytes:
@@ -478,6 +757,13 @@ def decode_request(data: bytes, limits: Limits = DEFAULT_LIMITS) -> dict:
     cmd = req.get("cmd")
     if not isinstance(cmd, str):
         raise ProtocolError("missing_key", "control request lacks a string 'cmd'")
+    if cmd in SUGGESTION_COMMANDS:
+        if "id" not in req:
+            raise ProtocolError("bad_command", f"'{cmd}' needs the suggestion's 'id'")
+        check_id(req["id"], code="bad_command")
+    if cmd == "suggestions" and req.get("session") is not None \
+            and not isinstance(req["session"], str):
+        raise ProtocolError("bad_command", "'session' must be a string")
     return req
 
 

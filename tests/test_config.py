@@ -40,7 +40,7 @@ def test_every_field_is_declared_once_with_metadata():
     for k in config.KEYS.values():
         assert k.section in config.SECTIONS, k.name
         assert k.help and "\n" not in k.help and len(k.help) < 160, k.name
-        assert k.kind in ("bool", "int", "float", "str", "dict", "names"), k.name
+        assert k.kind in ("bool", "int", "float", "str", "dict", "names", "weights"), k.name
         assert k.default == getattr(config.ServiceConfig(), k.name)
         if k.choices:
             assert k.default in k.choices, k.name
@@ -52,7 +52,10 @@ def test_settable_keys_come_from_the_declarations():
     assert set(config.SETTABLE) == {"lattice_px", "budget", "cold_budget", "deadline_s",
                                     "cold_deadline_s", "eval_workers", "workflow", "knee",
                                     "seed", "heartbeat_s", "session_gap_timeout_s",
-                                    "lattice_constant_m", "motif", "contrast"}
+                                    "lattice_constant_m", "motif", "contrast",
+                                    "regions_mode", "regions_max", "regions_min_px",
+                                    "regions_weights", "regions_penalty_radius",
+                                    "regions_expiry_s"}
     import rewardscope.live.daemon as daemon
 
     assert not hasattr(daemon, "SETTABLE"), "the daemon must use config.SETTABLE"

@@ -16,6 +16,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("rewardscope.cli.serve", "run the live analysis service"),
     "config": ("rewardscope.cli.serve:config", "print the effective configuration"),
     "demo": ("rewardscope.cli.demo", "simulator -> service -> watcher on loopback, in one go"),
+    "experiment": ("rewardscope.cli.experiment",
+                   "digital twin -> service -> controller: how fast a strategy discovers"),
     "simulate": ("rewardscope.simulators.publisher", "stream simulated STEM frames"),
     "watch": ("rewardscope.clients.watch", "print one line per result"),
     "ctl": ("rewardscope.clients.ctl", "send a control command to a running service"),

@@ -3,6 +3,10 @@
 A simulated microscope (the acquisition client over real ZeroMQ) streams frames into the service
 daemon, and a watcher prints one line per result with the measured accuracy against the
 simulator's ground truth. Exit status 0 when every frame got a result.
+
+``--twin``: the main job end to end on the digital twin (:mod:`rewardscope.cli.experiment`):
+the service with workflow ``all`` suggests regions, the controller follows them, one line per
+frame; the last frame's overlay with its regions and the discovery curve go to ``--out``.
 """
 
 from __future__ import annotations
@@ -29,9 +33,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--metrics-port", type=int, default=0, help="0 = no metrics endpoint")
     p.add_argument("--verbose", action="store_true", help="show the service's logs")
+    p.add_argument("--twin", action="store_true",
+                   help="the main job on the digital twin: the service (workflow all) suggests "
+                        "regions, a controller follows them; --frames frames, then the last "
+                        "frame's overlay with its regions and the discovery curve in --out")
+    p.add_argument("--out", default="demo-out", help="--twin: output folder (default demo-out)")
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.twin:
+        from rewardscope.cli.experiment import run_demo
+
+        return run_demo(args)
     from rewardscope.clients import InstrumentClient, ResultsClient
     from rewardscope.live.daemon import Daemon
     from rewardscope.simulators.perovskite import PerovskiteSimulator, SimConfig

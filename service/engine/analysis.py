@@ -34,6 +34,10 @@ class Analysis:
     timings: dict = field(default_factory=dict)
     optimizer_s: float = 0.0
     hypervolume: dict[str, float] = field(default_factory=dict)
+    regions: list[dict] = field(default_factory=list)
+    """The frame's suggested regions of interest, best first (plain dicts of the shared
+    contract: id, score, reason, significance, box_px, box_m, center_m, fov_m, rotation_rad,
+    magnification; see :mod:`rewardscope.engine.regions`)."""
 
     @property
     def model(self) -> str | None:

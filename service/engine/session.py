@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from rewardscope.config import ConfigError, ServiceConfig
+from rewardscope.engine import regions as regions_mod
 from rewardscope.engine.analysis import Analysis
 from rewardscope.optimize.mobo import MultiObjectiveOptimizer, run_frame
 from rewardscope.plaindata import plain
@@ -317,6 +318,7 @@ class SessionEngine:
         self.lattice: lattice_mod.Lattice | None = None  # the last cell found this session
         self._contrast: tuple[str, float] | None = None  # auto's settled (polarity, skew)
         self._hints_reported: set[float] = set()
+        self.regions = regions_mod.RegionState()  # visited places, polarization states seen
         check_settings(settings)  # fail at session start, not mid-frame
 
     def _search_for(self, spec: str, lattice_px: float) -> WorkflowSearch:
@@ -329,8 +331,19 @@ class SessionEngine:
 
     def process(self, frame: Frame, settings: ServiceConfig) -> Analysis:
         hint = frame.header.lattice_px or settings.lattice_px or None
-        return self.analyse(frame.pixels, hint, settings,
-                            pixel_size_m=frame.header.pixel_size_m)
+        h = frame.header
+        rotation = (h.meta or {}).get("scan_rotation_rad", 0.0)
+        return self.analyse(frame.pixels, hint, settings, pixel_size_m=h.pixel_size_m,
+                            origin_m=h.origin_m, scan_rotation_rad=rotation)
+
+    def visited(self, place: dict | str | None = None, *,
+                center_px: Sequence[float] | None = None,
+                center_m: Sequence[float] | None = None) -> dict:
+        """Record a released or scanned suggestion (the suggestion, its id, or its centre in
+        px or instrument metres): later suggestions near it score less (see
+        :mod:`rewardscope.engine.regions`). Raises KeyError for an unknown id, ValueError for
+        a place that is not two finite numbers; nothing changes then."""
+        return self.regions.visit(place, center_px=center_px, center_m=center_m)
 
     def _hint(self, lattice_px: float | None, settings: ServiceConfig,
               pixel_size_m: float | None) -> float | None:
@@ -384,12 +397,16 @@ class SessionEngine:
         return lat, field
 
     def analyse(self, pixels: np.ndarray, lattice_px: float | None, settings: ServiceConfig,
-                *, pixel_size_m: float | None = None) -> Analysis:
+                *, pixel_size_m: float | None = None,
+                origin_m: Sequence[float] | None = None,
+                scan_rotation_rad: float = 0.0) -> Analysis:
         """Run the configured chain of workflows on one frame (also used offline).
 
         ``lattice_px`` is a hint (None or 0: none): the cell is found in the frame first
         (:func:`rewardscope.science.lattice.find_lattice`), and a hint more than 10 % off is
-        reported in the result's ``lattice`` field and not used.
+        reported in the result's ``lattice`` field and not used. ``pixel_size_m`` (m),
+        ``origin_m`` (m, instrument position of pixel (0, 0)) and ``scan_rotation_rad`` (rad)
+        put the suggested regions (``Analysis.regions``) in instrument coordinates.
         """
         t_start = time.perf_counter()
         chain = resolve_chain(settings.workflow)
@@ -454,10 +471,26 @@ class SessionEngine:
         merged.scalars["lattice"] = lattice_field
         merged.scalars["contrast"] = contrast
         timings["lattice"] = lattice_s + time.perf_counter() - t0
+        t0 = time.perf_counter()
+        try:
+            rotation = float(scan_rotation_rad or 0.0)
+        except (TypeError, ValueError):
+            rotation = 0.0
+        geo = regions_mod.FrameGeometry(
+            shape=(int(image.shape[0]), int(image.shape[1])),
+            pixel_size_m=pixel_size_m,
+            origin_m=None if origin_m is None else (float(origin_m[0]), float(origin_m[1])),
+            rotation_rad=rotation if np.isfinite(rotation) else 0.0)
+        suggestions = regions_mod.suggest(
+            walls=merged.walls, arrays=merged.arrays, scalars=merged.scalars, geo=geo,
+            spacing_px=lat.spacing if lat is not None else lattice_px, settings=settings,
+            state=self.regions)
+        timings["regions"] = time.perf_counter() - t0
         self.frames_processed += 1
         return merged.analysis(params=params, rewards=rewards, pareto=pareto,
                                n_evaluations=n_eval, warm_started=warm, timings=timings,
-                               optimizer_s=opt_s, hypervolume=hypervolume)
+                               optimizer_s=opt_s, hypervolume=hypervolume,
+                               regions=suggestions)
 
     def state_dict(self) -> dict:
         """Plain-data optimizer state for checkpoints (no pickle)."""
@@ -466,7 +499,8 @@ class SessionEngine:
                                     "optimizer": s.optimizer.state_dict()}
                              for spec, s in self.searches.items()},
                 "lattice": None if self.lattice is None else self.lattice.as_dict(),
-                "contrast": None if self._contrast is None else list(self._contrast)}
+                "contrast": None if self._contrast is None else list(self._contrast),
+                "regions": self.regions.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         """Restore optimizers from :meth:`state_dict`, so a restarted service starts warm."""
@@ -476,6 +510,7 @@ class SessionEngine:
             self.lattice = lattice_mod.Lattice(a=tuple(map(float, lat["a"])),
                                                b=tuple(map(float, lat["b"])),
                                                snr=float(lat.get("snr", 0.0)))
+        self.regions = regions_mod.RegionState.from_state_dict(state.get("regions"))
         if state.get("contrast"):
             polarity, skew = state["contrast"]
             self._contrast = (str(polarity), float(skew))

@@ -26,7 +26,7 @@ import signal
 import threading
 import time
 import traceback
-from collections import Counter, OrderedDict
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -38,9 +38,10 @@ from rewardscope.config import ConfigError, ServiceConfig
 from rewardscope.engine import Analysis, SessionEngine, check_settings, make_engine
 from rewardscope.engine import warmup as engine_warmup
 from rewardscope.live.checkpoints import CheckpointWriter
+from rewardscope.live.gate import Gate, GateError, Pending
 from rewardscope.live.ingest import Accepted, Ingest, Marker
 from rewardscope.live.metrics import Metrics
-from rewardscope.live.publish import result_message
+from rewardscope.live.publish import regions_message, result_message
 from rewardscope.protocol import Frame, ProtocolError
 from rewardscope.security import is_loopback_url
 
@@ -180,6 +181,10 @@ class Daemon:
         self.frames_endpoint = ""
         self.curve: security.CurveServer | None = None
         self._model: str | None = None
+        # recommended regions: the gate lives in the I/O thread; released suggestions reach
+        # their engine through this queue, applied by the analysis thread before its next frame
+        self.gate = Gate()
+        self._visits: deque[tuple[str, dict]] = deque()
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -282,6 +287,8 @@ class Daemon:
                     self._handle_control()
                 if self.frames_monitor in events:
                     self._drain_link_events()
+                if len(self.gate):
+                    self._expire_suggestions()
         finally:
             self._shutdown()
         return 0
@@ -401,6 +408,8 @@ class Daemon:
                 self.store.frame_message(session, parts)
             elif kind == "results":
                 self.store.result_message(session, parts)
+            elif kind == "regions":
+                self.store.region_message(session, parts)
             else:
                 self.store.rejected_message(parts)
         except OSError as exc:
@@ -481,20 +490,24 @@ class Daemon:
                     return
                 self.metrics.set_analysing(item.received_monotonic)  # lag: this frame's age
                 try:
-                    out.send_multipart(self._analyse(item))
+                    for message in self._analyse(item):  # the result, then its regions
+                        out.send_multipart(message)
                 finally:
                     self.metrics.set_analysing(None)  # result out: idle, lag 0
         finally:
             out.close(linger=1000)
 
-    def _analyse(self, item: Accepted) -> list[bytes]:
+    def _analyse(self, item: Accepted) -> list[list[bytes]]:
+        """The frame's messages for the I/O thread: its result (or error), then its regions."""
         frame = item.frame
+        cfg = self.cfg  # one setting for the whole frame, even if `ctl set` changes it now
         try:
             engine = self._engine_for(frame.session)
-            analysis = engine.process(frame, self.cfg)
+            self._apply_visits()
+            analysis = engine.process(frame, cfg)
             self._checkpoint(engine)
         except Exception as exc:  # a workflow bug must cost one frame, not the service
-            return self._failed(frame, exc, "analysis failed")
+            return [self._failed(frame, exc, "analysis failed")]
         try:
             self._analysis_metrics(analysis)
         except Exception:  # bookkeeping must never cost the result
@@ -504,9 +517,33 @@ class Daemon:
         try:
             parts = result_message(frame, analysis, item.received_monotonic)
         except Exception as exc:  # e.g. a user workflow's output the wire cannot carry
-            return self._failed(frame, exc, "result could not be encoded")
+            return [self._failed(frame, exc, "result could not be encoded")]
         self.metrics.observe_stage("publish", time.perf_counter() - t0)
-        return parts
+        messages = [parts]
+        try:
+            regions = regions_message(frame, analysis, getattr(cfg, "regions_mode", "auto"))
+        except Exception as exc:  # a bad suggestion costs the suggestions, not the result
+            log.error("suggestions could not be encoded", extra={
+                "session": frame.session, "seq": frame.seq, "error": repr(exc)})
+            regions = None
+        if regions is not None:
+            messages.append(regions)
+        return messages
+
+    def _apply_visits(self) -> None:
+        """Tell each session's engine which suggestions were released (analysis thread only)."""
+        while self._visits:
+            session, suggestion = self._visits.popleft()
+            with self._engines_lock:
+                eng = self.engines.get(session)
+            visited = getattr(eng, "visited", None)
+            if visited is None:
+                continue
+            try:
+                visited(suggestion)
+            except Exception as exc:  # history is advice; never worth a frame
+                log.error("engine could not record a visit", extra={
+                    "session": session, "id": suggestion.get("id"), "error": repr(exc)})
 
     def _failed(self, frame: Frame, exc: Exception, what: str) -> list[bytes]:
         log.error(what, extra={"session": frame.session, "seq": frame.seq, "error": repr(exc),
@@ -557,7 +594,108 @@ class Daemon:
         elif topic == protocol.TOPIC_ERROR:
             self.errors["analysis_failed"] += 1
             self.metrics.error("analysis_failed")
+        elif topic == protocol.TOPIC_REGIONS:
+            try:
+                self._on_regions(parts)
+            except Exception:  # suggestions are advice: never worth the service
+                log.exception("suggestions could not be gated")
+            return
         self.results.send_multipart(parts)
+
+    # ------------------------------------------------------------------ recommended regions
+    def _on_regions(self, parts: list[bytes]) -> None:
+        """Publish a frame's suggestions, then gate them (I/O thread; PUB never blocks)."""
+        mode = getattr(self.cfg, "regions_mode", "auto")
+        if mode == "off":
+            return
+        msg = protocol.decode_regions(parts)
+        self.results.send_multipart(parts)
+        self._store("regions", msg.session, parts)
+        for s in msg.regions:
+            self.metrics.suggestion(s["reason"], "published")
+        log.info("suggestions published", extra={
+            "session": msg.session, "seq": msg.seq, "mode": mode, "n": len(msg.regions),
+            "ids": [s["id"] for s in msg.regions]})
+        offer = self.gate.offer(msg.session, msg.seq, msg.regions, mode=mode,
+                                expiry_s=float(getattr(self.cfg, "regions_expiry_s", 60.0)),
+                                frame_shape=msg.frame_shape, extent_m=self._extent())
+        for p in offer.outside:
+            self._decided(p, "outside_sample")
+        for p in offer.expired:
+            self._decided(p, "expired")
+        for p in offer.released:
+            self._release(p, "auto")
+        for p in offer.pending:
+            self._record_decision(p, "pending")
+        self.metrics.set_pending(len(self.gate))
+
+    def _extent(self) -> list[float] | None:
+        extent = getattr(self.cfg, "regions_extent_m", None)
+        return list(extent) if extent else None
+
+    def _release(self, p: Pending, mode: str) -> dict:
+        """Send ``p`` to the instrument as a scan; its engine hears it was visited."""
+        scan = protocol.scan_from_suggestion(p.suggestion, session=p.session, seq=p.seq,
+                                             decision="auto" if mode == "auto" else "approved")
+        parts = protocol.encode_scan(scan)
+        self.results.send_multipart(parts)
+        self._store("regions", p.session, parts)
+        self.metrics.scan_released(p.reason, mode)
+        if mode == "approve":
+            self.metrics.suggestion(p.reason, "approved")
+        self._record_decision(p, "released" if mode == "auto" else "approved")
+        self._visits.append((p.session, p.suggestion))
+        log.info("scan released", extra={"session": p.session, "seq": p.seq, "id": p.id,
+                                          "reason": p.reason, "mode": mode,
+                                          "box_px": p.suggestion["box_px"]})
+        return scan.to_map()
+
+    def _decided(self, p: Pending, decision: str) -> None:
+        """Count, log and record a suggestion that will never be released."""
+        self.metrics.suggestion(p.reason, decision)
+        self._record_decision(p, decision)
+        log.info(f"suggestion {decision}", extra={"session": p.session, "seq": p.seq,
+                                                  "id": p.id, "reason": p.reason})
+
+    def _record_decision(self, p: Pending, decision: str) -> None:
+        if self.store is None:
+            return
+        try:
+            self.store.decision(p.session, seq=p.seq, sid=p.id, decision=decision)
+        except OSError as exc:
+            log.error("session store write failed", extra={"kind": "decision",
+                                                           "session": p.session,
+                                                           "error": repr(exc)})
+
+    def _expire_suggestions(self) -> None:
+        gone = self.gate.expire()
+        for p in gone:
+            self._decided(p, "expired")
+        if gone:
+            self.metrics.set_pending(len(self.gate))
+
+    def _suggestion_command(self, cmd: str, req: dict) -> dict:
+        """``suggestions``, ``approve ID``, ``reject ID`` (request already validated)."""
+        self._expire_suggestions()
+        if cmd == "suggestions":
+            return {"ok": True, "pending": self.gate.pending(req.get("session"))}
+        sid = req["id"]
+        try:
+            if cmd == "approve":
+                p = self.gate.approve(sid, extent_m=self._extent())
+                reply = {"ok": True, "scan": self._release(p, "approve")}
+            else:
+                p = self.gate.reject(sid)
+                self._decided(p, "rejected")
+                reply = {"ok": True, "id": sid}
+        except GateError as exc:
+            self.metrics.control_error(exc.code)
+            log.warning(f"{cmd} refused", extra={"id": sid, "code": exc.code,
+                                                 "detail": exc.message})
+            return {"ok": False, "code": exc.code, "error": exc.message}
+        finally:
+            self.metrics.set_pending(len(self.gate))
+        return reply
 
     # ------------------------------------------------------------------ status + control
     def stats_dict(self) -> dict:
@@ -579,6 +717,8 @@ class Daemon:
             reply = self._command(req)
         except ProtocolError as exc:
             reply = {"ok": False, "error": exc.message, "code": exc.code}
+            if exc.code in protocol.CONTROL_ERROR_CODES:
+                self.metrics.control_error(exc.code)
         except Exception as exc:  # the REP socket must always answer
             log.exception("control command failed")
             reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
@@ -592,6 +732,8 @@ class Daemon:
             return {"ok": True, "config": self.cfg.to_dict()}
         if cmd == "stats":
             return {"ok": True, "stats": self.stats_dict()}
+        if cmd in ("suggestions", "approve", "reject"):
+            return self._suggestion_command(cmd, req)
         if cmd in ("pause", "resume"):
             paused = cmd == "pause"
             self.slot.set_paused(paused)

@@ -51,6 +51,9 @@ MAX_REWARDS = 64
 # Workflow names (the ``workflow`` label of the Pareto gauges) are bounded the same way.
 MAX_WORKFLOWS = 16
 NO_MODEL = "none"
+# Recommended regions: what happened to each suggestion, and how scans were released.
+SUGGESTION_DECISIONS = ("published", "approved", "rejected", "expired", "outside_sample")
+RELEASE_MODES = ("auto", "approve")
 
 # Stage timings: 1 ms .. 30 s; frame-to-result latency: 10 ms .. 30 s.
 STAGE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -134,8 +137,27 @@ class Metrics:
             namespace=PREFIX, registry=r)
         self.build = Info("build", "Version of the running service (value always 1).",
                           namespace=PREFIX, registry=r)
+        self.suggestions = Counter(
+            "suggestions", "Recommended regions, by reason and what became of them.",
+            ["reason", "decision"], namespace=PREFIX, registry=r)
+        self.scans_released = Counter(
+            "scans_released", "Suggestions released to the instrument as scans, by reason "
+            "and gate mode.", ["reason", "mode"], namespace=PREFIX, registry=r)
+        self.control_errors = Counter(
+            "control_errors", "Refused suggestion commands on the control socket, by code.",
+            ["code"], namespace=PREFIX, registry=r)
+        self.suggestions_pending = Gauge(
+            "suggestions_pending", "Suggestions waiting for an operator's decision.",
+            namespace=PREFIX, registry=r)
         if process:
             ProcessCollector(namespace=PREFIX, registry=r)
+        for reason in protocol.REGION_REASONS:
+            for decision in SUGGESTION_DECISIONS:
+                self.suggestions.labels(reason=reason, decision=decision)
+            for mode in RELEASE_MODES:
+                self.scans_released.labels(reason=reason, mode=mode)
+        for code in protocol.CONTROL_ERROR_CODES:
+            self.control_errors.labels(code=code)
 
         for reason in DROP_REASONS:
             self.frames_dropped.labels(reason=reason)
@@ -264,6 +286,35 @@ class Metrics:
     def checkpoint_failed(self) -> None:
         """Count an optimizer checkpoint that could not be written."""
         self.checkpoint_failures.inc()
+
+    # ------------------------------------------------------------------ recommended regions
+
+    def suggestion(self, reason: str, decision: str, n: int = 1) -> None:
+        """Count ``n`` suggestions of ``reason`` (:data:`protocol.REGION_REASONS`) that were
+        ``decision`` (:data:`SUGGESTION_DECISIONS`)."""
+        if reason not in protocol.REGION_REASONS:
+            raise ValueError(f"unknown region reason {reason!r}; known: "
+                             f"{protocol.REGION_REASONS}")
+        if decision not in SUGGESTION_DECISIONS:
+            raise ValueError(f"unknown decision {decision!r}; known: {SUGGESTION_DECISIONS}")
+        if n > 0:
+            self.suggestions.labels(reason=reason, decision=decision).inc(n)
+
+    def scan_released(self, reason: str, mode: str) -> None:
+        """Count one scan sent to the instrument; ``mode`` is one of :data:`RELEASE_MODES`."""
+        if reason not in protocol.REGION_REASONS or mode not in RELEASE_MODES:
+            raise ValueError(f"unknown reason/mode {reason!r}/{mode!r}")
+        self.scans_released.labels(reason=reason, mode=mode).inc()
+
+    def control_error(self, code: str) -> None:
+        """Count one refused suggestion command (:data:`protocol.CONTROL_ERROR_CODES`)."""
+        if code not in protocol.CONTROL_ERROR_CODES:
+            raise ValueError(f"unknown control error code {code!r}")
+        self.control_errors.labels(code=code).inc()
+
+    def set_pending(self, n: int) -> None:
+        """Suggestions now waiting for approval."""
+        self.suggestions_pending.set(n)
 
     # ------------------------------------------------------------------ service state
 

@@ -25,3 +25,18 @@ def result_message(frame: Frame, analysis: Analysis, received_monotonic: float) 
         pareto=analysis.pareto, walls=analysis.walls, atoms=analysis.atoms,
         labels=analysis.labels, extra=extra, arrays=analysis.arrays)
     return protocol.encode_result(result)
+
+
+def regions_message(frame: Frame, analysis: Analysis, mode: str = "auto") -> list[bytes] | None:
+    """``[b"regions", header]`` with the frame's suggestions, or None (none, or mode ``off``).
+
+    Raises
+    ------
+    ProtocolError
+        A suggestion the wire cannot carry (the result is published regardless).
+    """
+    regions = list(getattr(analysis, "regions", None) or [])
+    if mode == "off" or not regions:
+        return None
+    return protocol.encode_regions(frame.session, frame.seq, regions,
+                                   frame_shape=frame.header.shape)

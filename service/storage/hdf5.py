@@ -32,6 +32,14 @@ Layout (``n`` frames; ``M`` atoms, ``K`` walls over all frames)::
                        /polarization (dx, dy px) and /polarization_pm (dx, dy pm), ragged
                        like /atoms, one row per unit cell (:data:`ARRAY_UNITS`).
     /markers           JSON strings of the start/end messages
+    /regions           the suggested regions (from regions.rsrec), one row per suggestion in
+                       publication order (``k`` rows): /regions/seq (k,) int64 the frame it was
+                       made from, /regions/id, /regions/reason, /regions/decision (k,) str
+                       (released, approved, rejected, expired, outside_sample, pending,
+                       published), /regions/score, /regions/significance (k,) float64,
+                       /regions/box_px (k, 4) [x0, y0, x1, y1] px, /regions/box_m (k, 4) m
+                       (NaN without a pixel size), /regions/scanned (k,) bool, /regions/t
+                       (k,) unix s
 
 Pixels keep their dtype in native byte order; mixed dtypes are promoted without loss
 (``numpy.result_type``). Root attributes: ``session``, ``rewardscope_version``,
@@ -86,7 +94,7 @@ names (the per-unit-cell polarization map); other arrays carry none."""
 _RESERVED = {"frames", "seq", "t", "received_t", "pixel_size_m", "frame_headers", "has_result",
              "atoms", "atoms_offsets", "labels", "labels_offsets", "walls", "walls_offsets",
              "params", "pareto", "result_extra", "rewards", "n_evaluations", "latency_s",
-             "result_t", "markers", "Experiments"}
+             "result_t", "markers", "Experiments", "regions"}
 
 
 @dataclass(frozen=True)
@@ -140,9 +148,32 @@ def _write_all(h5: h5py.File, sess: StoredSession, compression: str | None) -> s
     _write_ragged_results(h5, sess)
     _write_extra_arrays(h5, sess, layout, compression)
     _json_dataset(h5, "markers", [_marker_map(m) for m in sess.markers])
+    _write_regions(h5, sess)
     if layout == "stack" and sess.frames:
         _write_hyperspy(h5, sess)
     return layout
+
+
+# ----------------------------------------------------------------------------- regions
+
+def _write_regions(h5: h5py.File, sess: StoredSession) -> None:
+    """/regions: one row per suggested region and the gate's decision about it."""
+    rows = sess.suggestions
+    grp = h5.create_group("regions")
+    grp.attrs["skipped_records"] = sess.regions_log.skipped
+    grp["seq"] = np.array([r.seq for r in rows], dtype=np.int64)
+    grp["t"] = np.array([r.t for r in rows], dtype=np.float64)
+    for key, get in (("id", lambda r: r.id), ("reason", lambda r: r.suggestion["reason"]),
+                     ("decision", lambda r: r.decision or "")):
+        grp.create_dataset(key, data=[get(r) for r in rows], dtype=_STR, shape=(len(rows),))
+    for key in ("score", "significance"):
+        grp[key] = np.array([r.suggestion[key] for r in rows], dtype=np.float64)
+    for key, units in (("box_px", "px"), ("box_m", "m")):
+        box = np.array([r.suggestion.get(key) or [math.nan] * 4 for r in rows],
+                       dtype=np.float64).reshape(-1, 4)
+        grp[key] = box
+        grp[key].attrs.update({"units": units, "columns": ["x0", "y0", "x1", "y1"]})
+    grp["scanned"] = np.array([r.scanned for r in rows], dtype=bool)
 
 
 # ----------------------------------------------------------------------------- metadata

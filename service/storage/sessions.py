@@ -5,6 +5,8 @@ Layout (the daemon writes it, one folder per session)::
     STORE/<session_dirname(session)>/session.json    {"session": name, "created": unix s}
     STORE/<session_dirname(session)>/frames.rsrec    accepted instrument messages (start/frame/end)
     STORE/<session_dirname(session)>/results.rsrec   published result messages
+    STORE/<session_dirname(session)>/regions.rsrec   published regions and scan messages, and
+                                                     the gate's decisions (``decision`` records)
     STORE/<session_dirname(session)>/checkpoint.json optimizer state (not read here)
 
 Why the folder name is not the session name: a session id is whatever the instrument sends
@@ -63,6 +65,9 @@ log = logging.getLogger("rewardscope.store")
 SESSION_INFO = "session.json"
 FRAMES_LOG = "frames.rsrec"
 RESULTS_LOG = "results.rsrec"
+REGIONS_LOG = "regions.rsrec"
+TOPIC_DECISION = b"decision"  # a store-only record: what the gate decided about a suggestion
+DECISIONS = ("pending", "released", "approved", "rejected", "expired", "outside_sample")
 CHECKPOINT = "checkpoint.json"
 
 _PREFIX_MAX = 48  # readable part of a folder name; the whole name stays far below 255 bytes
@@ -209,6 +214,27 @@ class StoredResult:
 
 
 @dataclass
+class StoredSuggestion:
+    """One suggestion published for a frame and what became of it.
+
+    ``decision``: the gate's last word (``pending``, ``released`` by auto mode, ``approved``,
+    ``rejected``, ``expired``, ``outside_sample``), else ``released`` when a scan was published
+    for it and ``published`` when it was only published (auto mode, not the top one).
+    ``scanned``: a scan message with this id was published.
+    """
+
+    seq: int
+    t: float  # when the regions message was made (unix s)
+    suggestion: dict
+    decision: str | None = None
+    scanned: bool = False
+
+    @property
+    def id(self) -> str:
+        return self.suggestion["id"]
+
+
+@dataclass
 class StoredSession:
     """A session read back from the store; ``frames[i].result`` pairs each frame with its result."""
 
@@ -221,6 +247,8 @@ class StoredSession:
     published: list[StoredResult] = field(default_factory=list)  # every result, in order
     frames_log: LogStats = field(default_factory=LogStats)
     results_log: LogStats = field(default_factory=LogStats)
+    suggestions: list[StoredSuggestion] = field(default_factory=list)  # in publication order
+    regions_log: LogStats = field(default_factory=LogStats)
 
     @property
     def orphan_results(self) -> int:
@@ -285,6 +313,47 @@ def iter_results(file: str | os.PathLike[str],
         yield StoredResult(rec.t, res, specs)
 
 
+def read_regions(file: str | os.PathLike[str],
+                 stats: LogStats | None = None) -> list[StoredSuggestion]:
+    """Suggestions of a ``regions.rsrec`` with their final decision, in publication order.
+
+    Tolerant: an undecodable record, an unknown topic or a decision about an id never published
+    is counted in ``stats.skipped`` and ignored.
+    """
+    stats = LogStats() if stats is None else stats
+    out: list[StoredSuggestion] = []
+    by_id: dict[str, StoredSuggestion] = {}
+    for rec in _records(Path(file), stats):
+        topic = bytes(rec.parts[0]) if rec.parts else b""
+        try:
+            if topic == protocol.TOPIC_REGIONS:
+                msg = protocol.decode_regions(rec.parts)
+                for sug in msg.regions:
+                    item = StoredSuggestion(seq=msg.seq, t=msg.t, suggestion=sug,
+                                            decision=None)
+                    out.append(item)
+                    by_id.setdefault(item.id, item)
+                continue
+            if topic == protocol.TOPIC_SCAN:
+                scan = protocol.decode_scan(rec.parts)
+                if scan.id in by_id:
+                    by_id[scan.id].scanned = True
+                    continue
+            elif topic == TOPIC_DECISION and len(rec.parts) == 2:
+                h = protocol.unpack_map(rec.parts[1], protocol.RESULT_LIMITS)
+                item = by_id.get(h.get("id"))  # type: ignore[arg-type]
+                if item is not None and h.get("decision") in DECISIONS:
+                    item.decision = h["decision"]
+                    continue
+        except ProtocolError:
+            pass
+        stats.skipped += 1
+    for item in out:
+        if item.decision is None:
+            item.decision = "released" if item.scanned else "published"
+    return out
+
+
 def match_results(frames: list[StoredFrame], results: list[StoredResult]) -> list[int | None]:
     """For each result, the index of its frame (or None).
 
@@ -334,9 +403,12 @@ def load_session(path: str | os.PathLike[str], *, arrays: bool = True) -> Stored
         if owner is not None:
             frames[owner].result = r.result
     name, created = read_session_info(path) or (path.name, None)
+    gstats = LogStats()
+    suggestions = read_regions(path / REGIONS_LOG, gstats)
     return StoredSession(session=name, path=path, created=created, frames=frames,
                          results={r.result.seq: r.result for r in published}, markers=markers,
-                         published=published, frames_log=fstats, results_log=rstats)
+                         published=published, frames_log=fstats, results_log=rstats,
+                         suggestions=suggestions, regions_log=gstats)
 
 
 def resolve_session(session_or_path: str | os.PathLike[str],
@@ -417,6 +489,25 @@ class SessionStore:
         with self._lock:
             self._writer(session, "results").write(parts)
 
+    def region_message(self, session: str, parts: list[bytes]) -> None:
+        """Store a published ``regions`` or ``scan`` message."""
+        with self._lock:
+            self._writer(session, "regions").write(parts)
+
+    def decision(self, session: str, *, seq: int, sid: str, decision: str,
+                 t: float | None = None) -> None:
+        """Record what the gate decided about suggestion ``sid`` of frame ``seq``.
+
+        ``decision`` is one of :data:`DECISIONS`; ``t`` unix seconds (default now).
+        """
+        if decision not in DECISIONS:
+            raise ValueError(f"unknown decision {decision!r}; known: {DECISIONS}")
+        body = protocol.pack({"v": protocol.VERSION, "type": "decision", "session": session,
+                              "seq": int(seq), "id": sid, "decision": decision,
+                              "t": time.time() if t is None else float(t)})
+        with self._lock:
+            self._writer(session, "regions").write([TOPIC_DECISION, body])
+
     def checkpoint(self, session: str, state: dict) -> None:
         """Atomically replace the session's checkpoint (write, fsync, rename)."""
         path = self._dir(session) / CHECKPOINT
@@ -440,7 +531,7 @@ class SessionStore:
 
     def close_session(self, session: str) -> None:
         with self._lock:
-            for kind in ("frames", "results"):
+            for kind in ("frames", "results", "regions"):
                 w = self._writers.pop((session, kind), None)
                 if w is not None:
                     w.close()
