@@ -191,3 +191,26 @@ def test_all_workflows_against_ground_truth():
         assert iou >= 0.6, (sf.index, iou)
         assert a.warm_started is (sf.index > 0)
         assert {"wall_curvature", "region_compactness", "count_quality"} <= set(a.rewards)
+
+
+def test_zooming_within_a_session_keeps_one_search_per_magnification():
+    """A closed loop zooms inside one session: a frame at a new magnification gets its own
+    (cold) search instead of the other magnification's warm start, and going back is warm."""
+    from rewardscope.science.scoring import labelled_ari
+
+    cfg = config.load(None, {"workflow": "domains", "deadline_s": 30.0, "budget": 6,
+                             "cold_budget": 12})
+    frames = {a: PerovskiteSimulator(SimConfig(shape=(256, 256), lattice_px=a, n_walls=2,
+                                               seed=21)).frame(0) for a in (12.0, 24.0)}
+    eng = SessionEngine("zoom", cfg)
+    seen = []
+    for a in (12.0, 24.0, 12.0, 24.0):
+        sf = frames[a]
+        res = eng.analyse(sf.pixels, None, cfg)
+        f1 = match_points(res.atoms, sf.truth.atoms, 0.25 * a).f1
+        seen.append((a, res.warm_started, f1))
+        assert f1 >= 0.97, seen
+        assert labelled_ari(res.atoms, res.labels, sf.truth.atoms, sf.truth.domain,
+                            tol=0.3 * a) >= 0.95, seen
+    assert [w for _, w, _ in seen] == [False, False, True, True]
+    assert len({k.partition("@")[2] for k in eng.searches}) == 2

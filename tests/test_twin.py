@@ -15,7 +15,7 @@ import zmq
 from rewardscope import protocol
 from rewardscope.cli import main as cli_main
 from rewardscope.cli.experiment import KINDS, run_experiment, write_outputs
-from rewardscope.clients.controller import Controller
+from rewardscope.clients.controller import SURVEY_FOV_FACTOR, Controller
 from rewardscope.simulators.twin import Twin, TwinConfig
 
 # a 2 x 2 sample: one domain, one amorphous patch, one defect cluster, one empty field
@@ -217,9 +217,59 @@ def test_controller_follows_scan_messages_then_the_backlog_then_surveys() -> Non
         view = ctl.step(1)  # no message for frame 1: the backlog's best
         assert view["id"] == second["id"]
         assert tw.center_m == pytest.approx(second["center_m"])
-        view = ctl.step(2)  # nothing left: a survey step at the base magnification
-        assert view["kind"] == "survey" and tw.magnification == pytest.approx(1.0)
+        view = ctl.step(2)  # nothing left: a survey step, zoomed out (a wider field)
+        assert view["kind"] == "survey"
+        assert tw.magnification == pytest.approx(1.0 / SURVEY_FOV_FACTOR)
         assert ctl.followed == [first["id"], second["id"]]
+    finally:
+        ctl.close()
+        pub.close(linger=0)
+
+
+def test_controller_tiles_and_follows_a_published_wall_at_high_magnification() -> None:
+    """A survey frame's wall (a result message) leaving the frame through its right edge:
+    the controller first follows it past the edge, then covers the rest with views at
+    pixel size = base / 2; a later suggestion inside those views is skipped."""
+    tw = Twin(**SMALL, fov_px=64, seed=7)
+    ctx = zmq.Context.instance()
+    pub = ctx.socket(zmq.PUB)
+    port = pub.bind_to_random_port("tcp://127.0.0.1")
+    ctl = Controller(tw, f"tcp://127.0.0.1:{port}", strategy="rewardscope")
+    try:
+        time.sleep(0.3)
+        survey = ctl.first_view()
+        assert survey["kind"] == "survey"
+        assert tw.fov_m == pytest.approx(SURVEY_FOV_FACTOR * tw.base_fov_m)
+        wall = [10.0, 32.0, 63.4, 32.0]  # px; its right end at the frame's edge
+        res = protocol.Result(session="s", seq=0, latency_s=0.1, n_evaluations=1, params={},
+                              rewards={}, pareto=[], walls=[wall], atoms=np.zeros((0, 2)),
+                              labels=np.zeros(0, np.int16))
+        pub.send_multipart(protocol.encode_result(res))
+        assert ctl.wait_for(0, timeout_s=10.0, grace_s=0.2)
+        views = [ctl.step(0)]
+        # the frame's geometry: px -> m through the view set (pixel centres at integers)
+        ends = ctl.frame_to_sample(0, [wall[:2], wall[2:]])
+        ps = SURVEY_FOV_FACTOR * tw.base_fov_m / 64
+        assert ends[0] == pytest.approx([survey["set"]["center_m"][0] + (10 - 31.5) * ps,
+                                         survey["set"]["center_m"][1] + 0.5 * ps])
+        while views[-1]["kind"] != "survey" and len(views) < 8:
+            views.append(ctl.step(len(views)))
+        zoomed, last = views[:-1], views[-1]
+        assert last["kind"] == "survey" and zoomed and len(zoomed) <= 4
+        assert zoomed[0]["kind"] == "follow" and zoomed[0]["center_m"][0] > ends[1][0]
+        assert all(v["set"]["magnification"] == pytest.approx(2.0) for v in zoomed)
+        t = np.linspace(0.0, 1.0, 50)[:, None]
+        for p in (1 - t) * ends[0] + t * ends[1]:  # the whole wall imaged zoomed x2
+            assert ctl._covered({"center_m": p, "fov_m": 0.0})
+        # a suggestion inside those views: skipped, the survey goes on
+        inside = _suggestion(list((ends[0] + ends[1]) / 2), tw.base_fov_m / 8, 9.0)
+        pub.send_multipart(protocol.encode_result(protocol.Result(
+            session="s", seq=50, latency_s=0.1, n_evaluations=1, params={}, rewards={},
+            pareto=[], walls=[], atoms=np.zeros((0, 2)), labels=np.zeros(0, np.int16))))
+        pub.send_multipart(protocol.encode_regions("s", 50, [inside]))
+        assert ctl.wait_for(50, timeout_s=10.0, grace_s=1.0)
+        assert ctl.regions_by_seq[50][0]["id"] == inside["id"]
+        assert ctl.step(50)["kind"] == "survey" and inside["id"] in ctl.skipped
     finally:
         ctl.close()
         pub.close(linger=0)
@@ -269,7 +319,8 @@ def test_closed_loop_experiment_through_the_service(tmp_path) -> None:
     # every frame was answered by the service (its counts are in the row)
     assert all("atoms" in r and "walls" in r for r in doc["rows"])
     assert doc["rows"][0]["atoms"] > 0  # the base survey frame of crystal
-    assert doc["rows"][0]["kind"] == "survey" and doc["rows"][0]["magnification"] == 1.0
+    assert doc["rows"][0]["kind"] == "survey"
+    assert doc["rows"][0]["magnification"] == pytest.approx(1.0 / SURVEY_FOV_FACTOR, abs=1e-4)
 
 
 def _point_segment(p: np.ndarray, a: np.ndarray, b: np.ndarray) -> float:

@@ -282,8 +282,7 @@ def run_demo(args: argparse.Namespace) -> int:
           f"{'regions':>7}  {'wall':>5} {'amor':>5} {'defe':>5}", flush=True)
 
     def line(row: dict, result, frame, regions: list[dict]) -> None:
-        view = "survey x1" if row["kind"] == "survey" else \
-            f"{row['reason'] or row['kind']} x{row['magnification']:.1f}"
+        view = f"{row['reason'] or row['kind']} x{row['magnification']:.2f}"
         n_px = frame.pixels.size
         print(f"{row['frame']:>5} {view:>18} {row.get('atoms', '-'):>6} "
               f"{row.get('domains', '-'):>7} {row.get('walls', '-'):>5} "

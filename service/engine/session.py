@@ -14,6 +14,7 @@ the time is booked all come from the workflows' declarations (``produces``, ``st
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from functools import lru_cache
@@ -59,6 +60,16 @@ session: it only sizes the search spaces of an analysis that claims no column.""
 CONTRAST_DECISIVE_SKEW = 0.2
 """|skew| of the Bragg-filtered frame from which ``contrast = "auto"`` settles the session's
 polarity (smaller: decided for this frame only, asked again on the next)."""
+
+SCALE_STEP = 1.25
+"""Lattice spacings within this factor of each other share a search (one magnification)."""
+
+
+def scale_key(lattice_px: float) -> int:
+    """The magnification bucket of a lattice spacing (px): log-spaced by :data:`SCALE_STEP`."""
+    v = float(lattice_px)
+    return int(round(math.log(v) / math.log(SCALE_STEP))) if v > 0 and math.isfinite(v) else 0
+
 
 # ------------------------------------------------------------------------------ the chain
 
@@ -322,12 +333,22 @@ class SessionEngine:
         check_settings(settings)  # fail at session start, not mid-frame
 
     def _search_for(self, spec: str, lattice_px: float) -> WorkflowSearch:
-        if spec not in self.searches:
+        """The session's search for ``spec`` at this magnification.
+
+        Searches are kept per magnification (lattice spacings within a factor SCALE_STEP share
+        one): a microscope that zooms within a session (the closed loop does, every few
+        frames) must not warm-start a search whose pixel-sized parameters and whose front
+        belong to another magnification; going back to an earlier magnification is warm again.
+        """
+        key = f"{spec}@{scale_key(lattice_px)}"
+        if key not in self.searches:
             wf = make_workflow(spec, lattice_px)
-            self.searches[spec] = WorkflowSearch(
+            search = WorkflowSearch(
                 wf, seed=self._seed + len(self.searches), on_evaluation=self.on_evaluation,
                 reward_names=self._reward_names.get(wf.name))
-        return self.searches[spec]
+            search.lattice_px = float(lattice_px)
+            self.searches[key] = search
+        return self.searches[key]
 
     def process(self, frame: Frame, settings: ServiceConfig) -> Analysis:
         hint = frame.header.lattice_px or settings.lattice_px or None
@@ -514,8 +535,8 @@ class SessionEngine:
         if state.get("contrast"):
             polarity, skew = state["contrast"]
             self._contrast = (str(polarity), float(skew))
-        for spec, s in state.get("searches", {}).items():
-            search = self._search_for(spec, float(s.get("lattice_px", 12.0)))
+        for key, s in state.get("searches", {}).items():
+            search = self._search_for(key.partition("@")[0], float(s.get("lattice_px", 12.0)))
             search.optimizer = MultiObjectiveOptimizer.from_state_dict(
                 list(search.workflow.space), s["optimizer"])
             search.frames = int(s.get("frames", 0))
