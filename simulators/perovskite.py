@@ -397,9 +397,11 @@ def _splitmix64(x: np.ndarray) -> np.ndarray:
 
 
 def _clip_line(p0: np.ndarray, d: np.ndarray, xmin: float, ymin: float, xmax: float,
-               ymax: float) -> tuple[float, float, float, float] | None:
-    """Liang-Barsky: the part of the infinite line p0 + t d inside the rectangle, or None."""
-    t0, t1 = -math.inf, math.inf
+               ymax: float, t_range: tuple[float, float] = (-math.inf, math.inf)
+               ) -> tuple[float, float, float, float] | None:
+    """Liang-Barsky: the part of the line p0 + t d, t in ``t_range`` (default: the infinite
+    line; (0, 1): the segment p0 .. p0 + d), inside the rectangle, or None."""
+    t0, t1 = t_range
     for p, q in ((-d[0], p0[0] - xmin), (d[0], xmax - p0[0]),
                  (-d[1], p0[1] - ymin), (d[1], ymax - p0[1])):
         if abs(p) < 1e-12:

@@ -45,6 +45,7 @@ from rewardscope.simulators.perovskite import (
     AMORPHOUS_JITTER_FRAC,
     U2_FULL_SCALE,
     _Blob,
+    _clip_line,
     _render_gaussians,
     _site_normals,
 )
@@ -472,21 +473,5 @@ def _in_convex(poly: np.ndarray, pts: np.ndarray) -> np.ndarray:
 
 def _clip_segment(p: np.ndarray, q: np.ndarray, lo: float, hi: float
                   ) -> tuple[float, float, float, float] | None:
-    """Liang-Barsky clip of segment p-q to the square [lo, hi)^2, or None."""
-    d = q - p
-    t0, t1 = 0.0, 1.0
-    for dp, dq in ((-d[0], p[0] - lo), (d[0], hi - p[0]), (-d[1], p[1] - lo),
-                   (d[1], hi - p[1])):
-        if abs(dp) < 1e-12:
-            if dq < 0:
-                return None
-            continue
-        t = dq / dp
-        if dp < 0:
-            t0 = max(t0, t)
-        else:
-            t1 = min(t1, t)
-    if not t0 < t1:
-        return None
-    a, b = p + t0 * d, p + t1 * d
-    return (float(a[0]), float(a[1]), float(b[0]), float(b[1]))
+    """The part of segment p-q inside the square [lo, hi)^2, or None (Liang-Barsky)."""
+    return _clip_line(p, q - p, lo, lo, hi, hi, t_range=(0.0, 1.0))
