@@ -305,19 +305,14 @@ def _render_kernel(height, width, params, ok, reach):  # pragma: no cover - numb
     for a in range(params.shape[0]):
         if not ok[a]:
             continue
-        amp, cx, cy, s = params[a, 1], params[a, 2], params[a, 3], params[a, 4]
+        amp, s = params[a, 1], params[a, 4]
         r = int(math.ceil(reach * s))
         side = 2 * r + 1
-        x0 = int(math.floor(cx + 0.5)) - r
-        y0 = int(math.floor(cy + 0.5)) - r
+        x0 = int(math.floor(params[a, 2] + 0.5)) - r
+        y0 = int(math.floor(params[a, 3] + 0.5)) - r
         ex = np.empty(side)
         ey = np.empty(side)
-        inv = 1.0 / (2.0 * s * s)
-        for u in range(side):
-            d = x0 + u - cx
-            ex[u] = math.exp(-d * d * inv)
-            d = y0 + u - cy
-            ey[u] = amp * math.exp(-d * d * inv)
+        _profiles(x0, y0, side, params[a, 2:4], s, ex, ey)
         for v in range(side):
             y = y0 + v
             if y < 0 or y >= height:
@@ -325,7 +320,7 @@ def _render_kernel(height, width, params, ok, reach):  # pragma: no cover - numb
             for u in range(side):
                 x = x0 + u
                 if 0 <= x < width:
-                    model[y, x] += ey[v] * ex[u]
+                    model[y, x] += amp * ey[v] * ex[u]
     return model
 
 
