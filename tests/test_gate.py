@@ -10,19 +10,17 @@ nobody approving does not stall the service (suggestions expire, frames keep bei
 from __future__ import annotations
 
 import math
-import threading
 import time
 import uuid
 
 import h5py
+import loopback
 import msgpack
 import numpy as np
 import pytest
 
-from rewardscope import config, protocol
-from rewardscope.clients import ControlClient, InstrumentClient, ResultsClient
+from rewardscope import protocol
 from rewardscope.clients.watch import Operator
-from rewardscope.live.daemon import Daemon
 from rewardscope.live.gate import Gate, GateError
 from rewardscope.protocol import ProtocolError
 from rewardscope.simulators.perovskite import PerovskiteSimulator, SimConfig
@@ -259,39 +257,19 @@ def test_operator_commands(tmp_path) -> None:
 
 # ----------------------------------------------------------------------------- the daemon
 
-class Rig:
-    """Instrument client -> daemon (with a session store) -> results + control clients."""
+class Rig(loopback.Rig):
+    """The shared loopback rig with a session store, workflow domains and the regions topics;
+    frames come from a simulator with two walls."""
 
     def __init__(self, tmp_path, **overrides) -> None:
-        self.instrument = InstrumentClient("tcp://127.0.0.1:*")
-        self.seen: list = []  # every message received, in order
         self.store = tmp_path / "store"
-        cfg = config.load(None, {"frames": self.instrument.endpoint,
-                                 "results": "tcp://127.0.0.1:*", "control": "tcp://127.0.0.1:*",
-                                 "metrics_port": 0, "heartbeat_s": 0.2, "workflow": "domains",
-                                 "lattice_px": LATTICE, "store": str(self.store), **overrides})
-        self.daemon = Daemon(cfg)
-        self.daemon.start()
-        self.thread = threading.Thread(target=self.daemon.run, daemon=True)
-        self.thread.start()
-        self.results = ResultsClient(self.daemon.results_endpoint,
-                                     topics=protocol.RESULT_TOPICS + protocol.REGION_TOPICS)
-        self.control = ControlClient(self.daemon.control_endpoint, timeout_s=20)
-        assert self.instrument.wait_for_subscriber(10)
-        assert self.wait_for(lambda m: isinstance(m, tuple) and m[0] == "status", 5)
+        super().__init__(topics=protocol.RESULT_TOPICS + protocol.REGION_TOPICS,
+                         control_timeout_s=20,
+                         **{"workflow": "domains", "lattice_px": LATTICE,
+                            "store": str(self.store), **overrides})
         self.sim = PerovskiteSimulator(SimConfig(shape=(192, 192), lattice_px=LATTICE, seed=5,
                                                  n_walls=2))
         self.frames = self.sim.frames(1000)
-
-    def wait_for(self, pred, timeout: float):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            msg = self.results.recv(timeout=0.2)
-            if msg is not None:
-                self.seen.append(msg)
-                if pred(msg):
-                    return msg
-        return None
 
     def frame(self, session: str) -> tuple[protocol.Result, protocol.Regions | None]:
         """Send one frame (lockstep) and return its result and its regions (if any)."""
@@ -318,14 +296,6 @@ class Rig:
                 if s.name == name and s.labels == labels:
                     return s.value
         raise KeyError((name, labels))
-
-    def close(self) -> None:
-        self.daemon.stop()
-        self.thread.join(timeout=30)
-        assert not self.thread.is_alive()
-        self.results.close()
-        self.control.close()
-        self.instrument.close()
 
 
 @pytest.mark.slow
@@ -494,7 +464,7 @@ def test_watch_approve_cli_releases_what_the_operator_approves(tmp_path) -> None
     rig = Rig(tmp_path, regions_mode="approve")
     proc = subprocess.Popen(
         [sys.executable, "-m", "rewardscope.cli", "watch", "--approve", "--results",
-         rig.daemon.results_endpoint, "--control", rig.daemon.control_endpoint, "--count", "3"],
+         rig.daemon.results_endpoint, "--control", rig.daemon.control_endpoint, "--count", "50"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
         bufsize=1)
     try:

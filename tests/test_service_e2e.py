@@ -8,14 +8,14 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 
+import loopback
 import numpy as np
 import pytest
 
 from rewardscope import config, protocol
-from rewardscope.clients import ControlClient, InstrumentClient, ResultsClient
+from rewardscope.clients import ControlClient
 from rewardscope.live.daemon import Daemon, InsecureBindError
 from rewardscope.science.scoring import match_points
 from rewardscope.simulators.perovskite import PerovskiteSimulator, SimConfig
@@ -25,51 +25,11 @@ LATTICE = 12.0
 pytestmark = pytest.mark.slow
 
 
-class Rig:
-    """An instrument client, a running daemon and a results subscriber, all on loopback."""
+class Rig(loopback.Rig):
+    """The shared loopback rig with this file's lattice hint."""
 
     def __init__(self, **overrides) -> None:
-        self.instrument = InstrumentClient("tcp://127.0.0.1:*")
-        cfg = config.load(None, {"frames": self.instrument.endpoint,
-                                 "results": "tcp://127.0.0.1:*", "control": "tcp://127.0.0.1:*",
-                                 "metrics_port": 0, "heartbeat_s": 0.2,
-                                 "lattice_px": LATTICE, **overrides})
-        self.daemon = Daemon(cfg)
-        self.daemon.start()
-        self.thread = threading.Thread(target=self.daemon.run, daemon=True)
-        self.thread.start()
-        self.results = ResultsClient(self.daemon.results_endpoint)
-        self.control = ControlClient(self.daemon.control_endpoint)
-        assert self.instrument.wait_for_subscriber(10)
-        # the results subscription is confirmed once a heartbeat arrives
-        assert self.wait_for(lambda m: isinstance(m, tuple) and m[0] == "status", 5)
-
-    def wait_for(self, pred, timeout: float):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            msg = self.results.recv(timeout=0.2)
-            if msg is not None and pred(msg):
-                return msg
-        return None
-
-    def collect(self, n_results: int, timeout: float = 30.0):
-        results, errors = [], []
-        deadline = time.monotonic() + timeout
-        while len(results) < n_results and time.monotonic() < deadline:
-            msg = self.results.recv(timeout=0.2)
-            if isinstance(msg, protocol.Result):
-                results.append(msg)
-            elif isinstance(msg, tuple) and msg[0] == "error":
-                errors.append(msg[1])
-        return results, errors
-
-    def close(self) -> None:
-        self.daemon.stop()
-        self.thread.join(timeout=20)
-        assert not self.thread.is_alive()
-        self.results.close()
-        self.control.close()
-        self.instrument.close()
+        super().__init__(**{"lattice_px": LATTICE, **overrides})
 
 
 @pytest.fixture

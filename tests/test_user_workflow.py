@@ -7,16 +7,15 @@ import importlib
 import json
 import re
 import sys
-import threading
 import time
 from pathlib import Path
 
+import loopback
 import numpy as np
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
 from rewardscope import cli, config, protocol
-from rewardscope.clients import InstrumentClient, ResultsClient
 from rewardscope.engine import resolve_chain
 from rewardscope.live.daemon import Daemon
 from rewardscope.science.scoring import match_points
@@ -82,30 +81,17 @@ def test_user_workflow_offline_through_analyze(user_module, tmp_path):
 
 @pytest.mark.slow
 def test_user_workflow_live_through_serve(user_module):
-    instrument = InstrumentClient("tcp://127.0.0.1:*")
-    cfg = config.load(None, {"frames": instrument.endpoint, "results": "tcp://127.0.0.1:*",
-                             "control": "tcp://127.0.0.1:*", "metrics_port": 0,
-                             "heartbeat_s": 0.2, "lattice_px": LATTICE,
-                             "workflow": ["atoms", USER_WF], "budget": 4, "cold_budget": 8})
-    daemon = Daemon(cfg)
-    daemon.start()
-    thread = threading.Thread(target=daemon.run, daemon=True)
-    thread.start()
-    results = ResultsClient(daemon.results_endpoint)
+    rig = loopback.Rig(lattice_px=LATTICE, workflow=["atoms", USER_WF], budget=4, cold_budget=8)
     try:
-        assert instrument.wait_for_subscriber(10)
         frames = [_frame(seed) for seed in (5, 6)]
         got: list[protocol.Result] = []
-        instrument.start_session("user-wf", lattice_px=LATTICE)
+        rig.instrument.start_session("user-wf", lattice_px=LATTICE)
         for sf in frames:
-            instrument.send_frame(sf.pixels)
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
-                msg = results.recv(timeout=0.2)
-                if isinstance(msg, protocol.Result):
-                    got.append(msg)
-                    break
-                assert not (isinstance(msg, tuple) and msg[0] == "error"), msg
+            rig.instrument.send_frame(sf.pixels)
+            msg = rig.wait_for(lambda m: isinstance(m, protocol.Result)
+                               or (isinstance(m, tuple) and m[0] == "error"), 60)
+            assert isinstance(msg, protocol.Result), msg
+            got.append(msg)
         assert len(got) == 2
         for sf, res in zip(frames, got, strict=True):
             assert set(res.params) == {"atoms", "columns"}
@@ -114,10 +100,7 @@ def test_user_workflow_live_through_serve(user_module):
             assert _class_ari(res.atoms, res.labels, sf.truth) >= 0.9
         assert got[1].extra["warm_started"]
     finally:
-        daemon.stop()
-        thread.join(timeout=20)
-        results.close()
-        instrument.close()
+        rig.close()
 
 
 def test_unknown_user_workflow_is_refused_with_its_name():
@@ -227,33 +210,18 @@ class Unencodable(Workflow):
 def test_unencodable_output_costs_one_frame_not_the_service(tmp_path, monkeypatch):
     (tmp_path / "broken_wf.py").write_text(BROKEN)
     monkeypatch.syspath_prepend(str(tmp_path))
-    instrument = InstrumentClient("tcp://127.0.0.1:*")
-    cfg = config.load(None, {"frames": instrument.endpoint, "results": "tcp://127.0.0.1:*",
-                             "control": "tcp://127.0.0.1:*", "metrics_port": 0,
-                             "heartbeat_s": 0.2, "lattice_px": LATTICE, "cold_budget": 2,
-                             "budget": 2, "workflow": ["broken_wf:Unencodable"]})
-    daemon = Daemon(cfg)
-    daemon.start()
-    thread = threading.Thread(target=daemon.run, daemon=True)
-    thread.start()
-    results = ResultsClient(daemon.results_endpoint)
+    rig = loopback.Rig(lattice_px=LATTICE, cold_budget=2, budget=2,
+                       workflow=["broken_wf:Unencodable"])
     try:
-        assert instrument.wait_for_subscriber(10)
-        instrument.start_session("broken")
+        rig.instrument.start_session("broken")
         errors = []
         for _ in range(2):
-            instrument.send_frame(_frame(9, shape=(96, 96)).pixels)
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
-                msg = results.recv(timeout=0.2)
-                if isinstance(msg, tuple) and msg[0] == "error":
-                    errors.append(msg[1])
-                    break
+            rig.instrument.send_frame(_frame(9, shape=(96, 96)).pixels)
+            msg = rig.wait_for(lambda m: isinstance(m, tuple) and m[0] == "error", 60)
+            if msg is not None:
+                errors.append(msg[1])
         assert [e["code"] for e in errors] == ["analysis_failed"] * 2  # both frames answered
-        assert thread.is_alive() and daemon._worker.is_alive()
+        assert rig.thread.is_alive() and rig.daemon._worker.is_alive()
     finally:
-        daemon.stop()
-        thread.join(timeout=20)
-        results.close()
-        instrument.close()
+        rig.close()
         sys.modules.pop("broken_wf", None)
