@@ -3,6 +3,7 @@ and results/control clients, all on 127.0.0.1 with ports picked by the OS."""
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 
@@ -65,3 +66,14 @@ class Rig:
         self.results.close()
         self.control.close()
         self.instrument.close()
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct TCP ports free on loopback right now (for servers that need a number)."""
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports

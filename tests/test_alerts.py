@@ -14,7 +14,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -24,6 +23,7 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+import loopback
 import pytest
 
 from rewardscope import config
@@ -39,16 +39,6 @@ ALERTS = Path(__file__).resolve().parents[1] / "deploy" / "prometheus" / "alerts
 WAIT_S = 25.0  # per step; generous for a slow, shared machine (a timeout, never a measure)
 SHORT_FOR = "1s"
 _FOR = re.compile(r"^(\s*)for:\s*\S+[ \t]*$", re.M)
-
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def shortened_rules(text: str) -> str:
@@ -156,7 +146,7 @@ def wait_for(cond: Callable[[], object], what: str, prom: Prometheus) -> None:
 @pytest.mark.slow
 def test_disconnected_alert_fires_and_clears_with_the_instrument(prometheus_bin: str,
                                                                  tmp_path: Path) -> None:
-    frames_port, metrics_port, prom_port = free_ports(3)
+    frames_port, metrics_port, prom_port = loopback.free_ports(3)
     frames = f"tcp://127.0.0.1:{frames_port}"
     inst = InstrumentClient(frames)
     cfg = config.load(None, {"frames": frames, "results": "tcp://127.0.0.1:*",

@@ -12,6 +12,7 @@ import threading
 import time
 from pathlib import Path
 
+import loopback
 import numpy as np
 import pytest
 
@@ -122,16 +123,6 @@ def test_publisher_restart_and_silent_session_timeout():
         _stop(d, t)
 
 
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
 def _serve(store: Path, ports: list[int]) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "rewardscope.cli", "serve", "--frames",
            f"tcp://127.0.0.1:{ports[0]}", "--results", f"tcp://127.0.0.1:{ports[1]}",
@@ -154,7 +145,7 @@ def _serve(store: Path, ports: list[int]) -> subprocess.Popen:
 def test_sigkill_loses_no_received_frame_and_restarts_warm(tmp_path):
     from rewardscope.storage.sessions import session_path
 
-    ports = _free_ports(3)
+    ports = loopback.free_ports(3)
     sim = PerovskiteSimulator(SimConfig(shape=(128, 128), lattice_px=LATTICE, seed=9))
     inst = InstrumentClient(f"tcp://127.0.0.1:{ports[0]}")
     proc = _serve(tmp_path, ports)
