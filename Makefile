@@ -62,8 +62,11 @@ lint-imports: install
 lint: install
 	$(BIN)/ruff check .
 
+# The benchmark suite: every comparison side by side in one run, written to
+# benchmarks/results/<date>.md and .json. `make bench BENCH_ARGS=--quick`: a few minutes.
+BENCH_ARGS ?=
 bench: install
-	$(BIN)/python -m benchmarks
+	$(BIN)/python -m benchmarks suite -- $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,7 +1,9 @@
 """Run every ``bench_*.py`` module's ``main()`` in this package, or the ones named in argv.
 
-``python -m benchmarks`` runs all; ``python -m benchmarks log`` (or ``bench_log``) runs one,
-passing any further arguments after ``--`` to its ``main(argv)``.
+``python -m benchmarks`` runs all (but ``suite``, which calls the others); ``python -m
+benchmarks log`` (or ``bench_log``) runs one, passing any further arguments after ``--`` to its
+``main(argv)``. ``python -m benchmarks suite`` (``make bench``) runs every comparison in one go
+and writes ``benchmarks/results/<date>.md`` and ``.json``.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import sys
 from pathlib import Path
 
 PREFIX = "bench_"
+NOT_IN_ALL = {"bench_suite"}  # runs the others itself
 
 
 def available() -> list[str]:
@@ -35,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         cut = argv.index("--")
         argv, extra = argv[:cut], argv[cut + 1 :]
     names = available()
-    chosen = [_resolve(a, names) for a in argv] or names
+    chosen = [_resolve(a, names) for a in argv] or [n for n in names if n not in NOT_IN_ALL]
     status = 0
     for mod in chosen:
         print(f"== {mod} ==", flush=True)

@@ -10,21 +10,23 @@ Strategies (one frame budget for all):
 
 ``rewardscope``
     client-side experiment design on the service's messages. *Survey* at a lower magnification
-    (``survey_fov_factor`` x the base field of view per frame, 4/3 by default: the twin's
-    ``lattice_px`` hint follows the pixel size, and the service still resolves the columns and
-    walls at 9 px per lattice spacing), on a grid that tiles the sample. Every frame's published
-    walls (``result.walls``, mapped to instrument metres through the view the controller set)
-    are sampled into points and covered by *high-magnification* views (side ``base_fov / 2``:
-    pixel size <= base / 2) on a grid over their extent, only the tiles that hold wall; a wall
-    that leaves the frame through its edge is *followed*: a view centred past the edge along the
-    wall's direction is queued first, so a wall is imaged stretch by stretch across fields. The
-    frame's other suggestions (``amorphous``, ``junction``, ``novelty``; ``wall`` ones when the
-    frame's result carries no walls; the released ``scan``) are imaged at their centre with the
-    high-magnification side as the field of view (it holds the suggested box, clamped to that
-    side when larger). A planned view whose targets all lie inside views already imaged at high
-    magnification is skipped. With nothing planned: the next survey position. In ``approve``
-    mode the top pending suggestion of the frame (then of earlier frames) is approved over the
-    control socket and imaged with its field of view clamped the same way.
+    (``survey_fov_factor`` x the base field of view per frame, 2 by default: 6 px per lattice
+    spacing on the twin; the service's per-cell polarization map still holds there and it
+    suggests each domain of another variant, reason ``domain``), on a grid that tiles the
+    sample. Every frame's published walls (``result.walls``, mapped to instrument metres
+    through the view the controller set) are sampled into points and covered by
+    *high-magnification* views (side ``base_fov / 2``: pixel size <= base / 2) on a grid over
+    their extent, only the tiles that hold wall; a wall that leaves the frame through its edge
+    is *followed*: a view centred past the edge along the wall's direction is queued first, so
+    a wall is imaged stretch by stretch across fields. The frame's other suggestions
+    (``domain``, ``amorphous``, ``junction``, ``instability``, ``uncertainty``, ``novelty``;
+    ``wall`` ones when the frame's result carries no walls; the released ``scan``) are imaged at
+    high magnification: a box larger than one zoomed view (a domain seen in the overview) is
+    tiled by zoomed views, a smaller one is imaged at its centre. A planned view whose targets
+    all lie inside views already imaged at high magnification is skipped. With nothing planned:
+    the next survey position. In ``approve`` mode the top pending suggestion of the frame (then
+    of earlier frames) is approved over the control socket and imaged with its field of view
+    clamped the same way.
 ``raster``
     visit the base fields of view in raster order, imaging each quadrant zoomed x2.
 ``random``
@@ -47,9 +49,12 @@ STRATEGIES = ("rewardscope", "raster", "random")
 TOPIC_REGIONS = getattr(protocol, "TOPIC_REGIONS", b"regions")
 TOPIC_SCAN = getattr(protocol, "TOPIC_SCAN", b"scan")
 HIGH_MAG = 2.0  # a view zoomed at least this much covers its suggestions (see the twin)
-SURVEY_FOV_FACTOR = 4.0 / 3.0
-"""Survey field of view / base field of view (the service still finds walls at 9 px per
-lattice spacing; at 2x, 6 px, it misses most)."""
+SURVEY_FOV_FACTOR = 2.0
+"""Survey field of view / base field of view: 6 px per lattice spacing at the twin's base
+12 px. The service rarely draws wall segments at that scale, but its per-cell polarization
+map still holds, and it suggests each domain of another variant (reason ``domain``), whose
+box is then tiled at high magnification (at 4/3, 9 px, walls are drawn in the overview, but
+the survey alone takes 36 of 40 frames on 8 x 8 fields of view)."""
 PLAN_FILL = 0.9
 """A planned high-magnification view counts on its central ``PLAN_FILL`` x side only (walls
 located on a lower-magnification frame are off by a few pixels)."""
@@ -287,6 +292,13 @@ class Controller:
             queued += self._tiles(np.vstack(pts), seq)
         for s in self._extra_suggestions(seq, bool(len(walls))):
             c = [float(v) for v in s["center_m"]]
+            if float(s["fov_m"]) > h * (1 + 1e-9):  # larger than one zoomed view: tile its box
+                tiles = self._box_tiles(s)
+                for t in tiles:
+                    t["id"] = s.get("id")
+                if tiles:
+                    queued += tiles
+                    continue
             if self._covered({"center_m": c, "fov_m": 0.0}) or self._planned(c):
                 self._followed_set.add(str(s.get("id")))
                 self.skipped.append(str(s.get("id")))
@@ -336,6 +348,23 @@ class Controller:
             out.append({"kind": "wall", "id": None, "center_m": [float(v) for v in centre],
                         "fov_m": h, "rotation_rad": 0.0, "reason": "wall",
                         "targets": [[float(v) for v in p] for p in mine]})
+        return out
+
+    def _box_tiles(self, s: dict) -> list[dict]:
+        """High-magnification views tiling suggestion ``s``'s field (the square of side
+        ``fov_m`` around ``center_m``, the box's longer side): a grid of points over it at
+        an eighth of a zoomed view, then :meth:`_tiles` (only points not imaged or planned
+        yet). A domain seen in an overview holds its walls on its outline: tiling its box
+        images them at high magnification."""
+        side = float(s["fov_m"])
+        k = int(math.ceil(8.0 * side / self.high_fov_m)) + 1
+        g = (np.linspace(0.0, 1.0, k) - 0.5) * side
+        gx, gy = np.meshgrid(g, g)
+        pts = np.asarray(s["center_m"], float) + np.stack([gx.ravel(), gy.ravel()], axis=1)
+        inside = ((pts >= 0.0) & (pts <= self.scope.side_m)).all(axis=1)
+        out = self._tiles(pts[inside], None)
+        for v in out:
+            v["kind"], v["reason"] = "suggestion", s.get("reason")
         return out
 
     def _extra_suggestions(self, seq: int, has_walls: bool) -> list[dict]:

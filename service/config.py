@@ -30,6 +30,7 @@ from typing import Any
 import tomllib
 
 from rewardscope import protocol
+from rewardscope.protocol import REGION_REASONS
 
 ENV_PREFIX = "REWARDSCOPE_"
 SECTIONS = ("service", "limits", "analysis", "regions", "security", "workflows")
@@ -45,8 +46,6 @@ class ConfigError(ValueError):
     """A configuration value that cannot be used; the message names the key."""
 
 
-REGION_REASONS = ("wall", "junction", "amorphous", "instability", "novelty")
-"""Why a region is suggested (the ``reason`` of a suggestion; keys of ``regions_weights``)."""
 
 
 MOTIFS: dict[str, float] = {
@@ -115,6 +114,10 @@ class ServiceConfig:
                             help="Prometheus bind address; `0.0.0.0` lets a remote one scrape")
     store: str = key("", section="service", flag=True,
                      help="session store directory (record logs, checkpoints); empty = none")
+    cluster: str = key("", section="service", flag=True,
+                       help="Dask cluster for the session engines: `local:N` (N worker "
+                            "processes) or a scheduler address `tcp://host:8786`; empty = "
+                            "engines in the service process")
     heartbeat_s: float = key(1.0, section="service", live=True, positive=True,
                              help="interval between status messages on the results socket (s)")
     session_gap_timeout_s: float = key(60.0, section="service", live=True, positive=True,
@@ -165,6 +168,36 @@ class ServiceConfig:
     knee: str = key("euclidean", section="analysis", live=True,
                     choices=("euclidean", "chebyshev"),
                     help="distance that picks the knee of the Pareto front")
+    # latent workflow's slow loop (service/live/trainer.py), read when `latent` is in the chain
+    latent_train: bool = key(True, section="analysis",
+                             help="train latent models in the background (slow loop)")
+    latent_checkpoint: str = key("", section="analysis",
+                                 help="model-in-use checkpoint file; empty = "
+                                      "`<store>/latent-model.pt` (none without a store)")
+    latent_round_s: float = key(60.0, section="analysis", positive=True,
+                                help="time budget of one model-search round (s)")
+    latent_candidates: int = key(6, section="analysis", minimum=1,
+                                 help="candidate models trained per search round")
+    latent_epochs: int = key(30, section="analysis", minimum=1,
+                             help="training epochs per candidate (fewer when the round's "
+                                  "budget runs out)")
+    latent_hidden: int = key(64, section="analysis", minimum=2,
+                             help="hidden layer width of encoder and decoder")
+    latent_sublattice: str = key("all", section="analysis", choices=("all", "A", "B"),
+                                 help="atoms encoded: `all`, or one sublattice (`A`, `B`)")
+    latent_max_train: int = key(4096, section="analysis", minimum=16,
+                                help="patches per candidate training (a seeded sample)")
+    latent_min_patches: int = key(256, section="analysis", minimum=16,
+                                  help="key points buffered before the first round")
+    latent_buffer_frames: int = key(8, section="analysis", minimum=1,
+                                    help="frames kept in the training buffer")
+    latent_buffer_patches: int = key(20000, section="analysis", minimum=16,
+                                     help="key points kept in the training buffer")
+    latent_collapse_log10: float = key(-2.0, section="analysis",
+                                       help="reject a candidate whose log10 product of latent "
+                                            "variances per dimension is below this")
+    latent_gpu_memory_frac: float = key(0.25, section="analysis", positive=True, maximum=1.0,
+                                        help="share of the GPU's memory torch may use")
     # [regions] recommended regions of interest (service/engine/regions.py)
     regions_mode: str = key("auto", section="regions", live=True,
                             choices=("auto", "approve", "off"),
@@ -177,7 +210,7 @@ class ServiceConfig:
                                      "spacing")
     regions_weights: dict[str, float] = key(
         section="regions", live=True, default_factory=lambda: dict.fromkeys(REGION_REASONS, 1.0),
-        help="score weight per reason (wall, junction, amorphous, instability, novelty); "
+        help="score weight per reason (see docs/PROTOCOL.md: wall, domain, amorphous, ...); "
              "`ctl set regions_weights=wall:2,amorphous:1`, reasons not named keep 1")
     regions_penalty_radius: float = key(3.0, section="regions", live=True, positive=True,
                                         help="radius of the visited-place penalty (lattice "

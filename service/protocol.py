@@ -480,7 +480,9 @@ def decode_event(parts: list[bytes]) -> tuple[str, dict]:
 
 # ----------------------------------------------------------------------------- regions + scans
 
-REGION_REASONS = ("wall", "junction", "amorphous", "instability", "novelty")
+REGION_REASONS = ("wall", "junction", "domain", "amorphous", "instability", "uncertainty",
+                  "novelty")
+"""Why a region is suggested (a suggestion's ``reason``; the keys of ``regions_weights``)."""
 MAX_ID_LEN = 64
 # Suggestion keys that are numbers / optional numbers / 4-boxes / 2-points.
 _SUGGESTION_FLOATS = ("score", "significance", "rotation_rad", "magnification")

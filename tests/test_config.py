@@ -183,7 +183,9 @@ def test_deploy_example_sets_only_declared_keys_in_their_sections():
             continue
         for name in values:
             assert config.KEYS[name].section == section, (section, name)
-    assert config.load(ROOT / "deploy" / "rewardscope.toml", env={}).workflow == "all"
+    # the shipped chain: the "all" alias's workflows plus the latent analysis, listed explicitly
+    assert config.load(ROOT / "deploy" / "rewardscope.toml", env={}).workflow == [
+        "atoms", "domains", "amorphous", "latent"]
 
 
 # ----------------------------------------------------------------------------- workflow

@@ -1,282 +1,296 @@
-"""Latent workflow: the iVAE model manager and the GMM-on-latents workflow, on simulated frames.
-
-Tiny models (one hidden layer of 32, 10 epochs, one CPU thread): each training takes a few
-seconds on ~500 patches, so trainings are shared through module fixtures where possible.
-"""
+"""Latent analysis: models, the fast loop (workflow in the engine), the slow loop (trainer),
+checkpoints, and the daemon end to end. Tiny models (one hidden layer of 32, <= 15 epochs, one
+CPU thread) on small simulated frames."""
 
 from __future__ import annotations
 
+import logging
 import math
+import os
+import signal
+import time
 
 import numpy as np
 import pytest
-import torch
-from scipy import ndimage
+from scipy.spatial import cKDTree
 from sklearn.metrics import adjusted_rand_score
-from sklearn.mixture import GaussianMixture
 
-from rewardscope.science import rewards
+from rewardscope import config
+from rewardscope.engine import SessionEngine
+from rewardscope.live import trainer as trainer_mod
+from rewardscope.science import latentstats, rewards
 from rewardscope.science.atomfind import normalize_frame
-from rewardscope.science.kernels import extract_patches
-from rewardscope.science.rewards import latent_variance
-from rewardscope.science.vae import LatentModel, default_device
-from rewardscope.simulators.perovskite import PerovskiteSimulator, SimConfig
-from rewardscope.workflows.base import FrameContext
-from rewardscope.workflows.latent import (
-    LatentWorkflow,
-    half_window,
+from rewardscope.science.vae import (
+    CheckpointError,
+    FrameSample,
+    LatentModel,
+    load_checkpoint,
+    model_info,
+    model_slot,
 )
+from rewardscope.simulators.perovskite import PerovskiteSimulator, SimConfig
+from rewardscope.simulators.pfm import PFMConfig, PFMSimulator
+from rewardscope.workflows.latent import grid_keypoints, patches_at
 
 LATTICE = 12.0
-HALF = 6  # 13 px patches: half a lattice spacing at 12 px
-
-
-def _frame(**overrides):
-    cfg = SimConfig(shape=(192, 192), lattice_px=LATTICE, seed=1, **overrides)
-    return PerovskiteSimulator(cfg).frame(0)
-
-
-def _ctx(frame) -> FrameContext:
-    return FrameContext(image=normalize_frame(frame.pixels), lattice_px=LATTICE,
-                        atoms=np.asarray(frame.truth.atoms, dtype=np.float64))
+HALF = 6
 
 
 @pytest.fixture(scope="module")
-def single_domain():
-    """One polarization domain: A vs B is the only structure around the columns."""
-    return _frame(n_walls=0)
+def sim():
+    return PerovskiteSimulator(SimConfig(shape=(192, 192), lattice_px=LATTICE, seed=1, dose=200))
 
 
 @pytest.fixture(scope="module")
-def two_domains():
-    return _frame()
-
-
-@pytest.fixture(scope="module")
-def big_patches(single_domain):
-    """19 px patches at the true atoms: rotated, then cropped to 13 px (no empty corners)."""
-    return extract_patches(normalize_frame(single_domain.pixels), single_domain.truth.atoms,
-                           HALF + 3, HALF + 3)
-
-
-@pytest.fixture(scope="module")
-def patches(big_patches):
-    return np.ascontiguousarray(big_patches[:, 3:-3, 3:-3])
-
-
-@pytest.fixture(scope="module")
-def model(patches):
-    m = LatentModel(2 * HALF + 1, latent_dim=2, invariances=("r",), hidden=(32,))
-    m.fit(patches, epochs=10, batch_size=64)
+def b_model(sim):
+    """A vanilla VAE on the B sublattice's patches (its A cage shows the polarization)."""
+    f = sim.frame(0)
+    b = f.truth.site == 1
+    patches, _ = patches_at(normalize_frame(f.pixels), f.truth.atoms[b], HALF)
+    m = LatentModel(2 * HALF + 1, 2, (), (32,))
+    m.fit(patches, epochs=15, batch_size=64)
     return m
 
 
-# --------------------------------------------------------------------------------------------
-# LatentModel
-# --------------------------------------------------------------------------------------------
+@pytest.fixture
+def slot():
+    s = model_slot()
+    s.clear()
+    yield s
+    s.clear()
+    s.collect = False
 
 
-def test_training_loss_decreases(model, patches):
-    h = model.history_
-    assert h.n_patches == len(patches) and len(h.loss) == 10
-    assert all(math.isfinite(v) for v in h.loss)
-    assert h.loss[-1] < 0.8 * h.loss[0]
-    assert min(h.loss[-3:]) <= min(h.loss[:3])
-    assert h.seconds > 0.0  # recorded; how long it takes is the benchmarks' business
+def _truth_at(truth, xy):
+    d, j = cKDTree(truth.atoms).query(np.asarray(xy, np.float64))
+    return d, j
 
 
-def test_encode_shapes(model, patches):
-    z, angle = model.encode(patches)
-    assert z.shape == (len(patches), 2) and z.dtype == np.float32
-    assert angle is not None and angle.shape == (len(patches),)
-    assert np.all(np.isfinite(z)) and np.all(np.isfinite(angle))
-    assert model.encode(patches[:0])[0].shape == (0, 2)
-    # rotation + translation: 3 special latents (angle, dx, dy) are split off the content
-    rt = LatentModel(2 * HALF + 1, latent_dim=3, invariances=("r", "t"), hidden=(8,))
-    z3, a3 = rt.encode(patches[:5])
-    assert rt.n_special == 3 and z3.shape == (5, 3) and a3.shape == (5,)
-    vanilla = LatentModel(2 * HALF + 1, latent_dim=2, invariances=(), hidden=(8,))
-    zv, av = vanilla.encode(patches[:5])
-    assert vanilla.n_special == 0 and zv.shape == (5, 2) and av is None
-    with pytest.raises(ValueError, match="patches must have shape"):
-        model.encode(patches[:, :-1])
+def test_fast_loop_labels_separate_polarization_domains(sim, b_model, slot):
+    slot.swap(b_model, model_info(b_model, sublattice="B"))
+    cfg = config.load(None, {"workflow": ["atoms", "domains", "latent"], "cold_budget": 6,
+                             "budget": 4, "lattice_px": LATTICE})
+    f = sim.frame(1)  # other noise than the training frame
+    a = SessionEngine("t", cfg).analyse(f.pixels, LATTICE, cfg)
+    lab, z = a.arrays["latent_labels"], a.arrays["latent"]
+    assert np.array_equal(a.arrays["keypoints"], a.atoms)
+    assert lab.shape == (len(a.atoms),) and z.shape == (len(a.atoms), 2)
+    assert a.arrays["latent_scale"].shape == z.shape
+    d, j = _truth_at(f.truth, a.atoms)
+    b_rows = (lab >= 0) & (d < 2)
+    assert np.all(f.truth.site[j[lab >= 0]] == 1)  # the model's sublattice only
+    assert np.all(np.isnan(z[lab < 0]))
+    assert adjusted_rand_score(f.truth.domain[j[b_rows]], lab[b_rows]) >= 0.9
+    assert a.scalars["model"]["id"] == b_model.name
+    # the KDE-of-z2 route finds the wall, significantly, near the true one (x ~ 95 px)
+    walls = a.arrays["latent_walls"]
+    assert len(walls) >= 1 and np.all(a.arrays["latent_wall_significance"] > 3)
+    tx = f.truth.walls[0][0]
+    assert abs(0.5 * (walls[0][0] + walls[0][2]) - tx) < LATTICE
 
 
-def test_name_says_architecture(model):
-    assert model.name.startswith("ivae-r-d2-p13-")
-    other = LatentModel(2 * HALF + 1, latent_dim=2, invariances=("r",), hidden=(16,))
-    assert other.name.startswith("ivae-r-d2-p13-") and other.name != model.name
+def test_without_a_model_nothing_latent_is_claimed(sim, slot):
+    cfg = config.load(None, {"workflow": ["atoms", "latent"], "cold_budget": 2,
+                             "lattice_px": LATTICE})
+    a = SessionEngine("t", cfg).analyse(sim.frame(0).pixels, LATTICE, cfg)
+    assert a.scalars["model"] == {"id": None}
+    assert np.all(a.arrays["latent_labels"] == -1) and a.arrays["latent"].size == 0
+    assert len(a.arrays["latent_walls"]) == 0
+    assert not slot.samples()  # no trainer: nothing buffered
 
 
-def test_reconstruction_error(model, patches):
-    rec = model.reconstruct(patches[:20])
-    assert rec.shape == (20, 13, 13) and np.all((rec >= 0) & (rec <= 1))
-    err = model.reconstruction_error(patches)
-    assert 0.0 < err < 0.1  # patch variance is ~0.06: the latent explains most of it
-    assert model.reconstruction_error(patches[:0]) == math.inf
+def test_checkpoint_reload_gives_identical_encodings(tmp_path, b_model, sim):
+    f = sim.frame(0)
+    p, _ = patches_at(normalize_frame(f.pixels), f.truth.atoms, HALF)
+    path = b_model.save(tmp_path / "m.pt", {"sublattice": "B"})
+    again, info = load_checkpoint(path)
+    assert again.name == b_model.name and info == {"sublattice": "B"}
+    np.testing.assert_array_equal(again.posterior(p)[0], b_model.posterior(p)[0])
+    np.testing.assert_array_equal(again.posterior(p)[1], b_model.posterior(p)[1])
 
 
-def test_rotation_invariance_loose(model, big_patches, patches, single_domain):
-    """Patches rotated by 30 degrees keep their content latents (loosely): the A/B mixture
-    fitted on the originals still labels the rotated copies by site, and the shift is well
-    below the A-B separation. (Measured: shift 0.33 of the separation, ARI 1.0.)"""
-    site = single_domain.truth.site
-    z, _ = model.encode(patches)
-    gmm = GaussianMixture(2, random_state=0).fit(z)
-    rotated = ndimage.rotate(big_patches, 30, axes=(1, 2), reshape=False, order=1)
-    zr, _ = model.encode(np.ascontiguousarray(rotated[:, 3:-3, 3:-3]))
-    sep = np.linalg.norm(z[site == 0].mean(axis=0) - z[site == 1].mean(axis=0))
-    shift = np.median(np.linalg.norm(zr - z, axis=1))
-    assert shift < 0.5 * sep
-    assert adjusted_rand_score(site, gmm.predict(zr)) >= 0.8
+def test_bad_checkpoints_are_reported_and_not_used(tmp_path, slot, caplog, b_model):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="cannot be read"):
+        load_checkpoint(bad)
+    with caplog.at_level(logging.ERROR, "rewardscope.trainer"):
+        assert trainer_mod.load_into_slot(bad, slot) is None
+    assert "not loaded" in caplog.text and slot.current() is None
+    other = LatentModel(2 * HALF + 1, 3, (), (32,))
+    path = b_model.save(tmp_path / "m.pt")
+    with pytest.raises(CheckpointError, match="architecture"):
+        other.load(path)
+    assert trainer_mod.load_into_slot(tmp_path / "missing.pt", slot) is None
 
 
-def test_fit_is_reproducible(patches):
-    runs = []
-    for _ in range(2):
-        m = LatentModel(2 * HALF + 1, latent_dim=2, hidden=(8,), seed=3)
-        m.fit(patches[:64], epochs=2, batch_size=32)
-        runs.append((m.history_.loss, m.encode(patches[:10])[0]))
-    assert runs[0][0] == runs[1][0]
-    np.testing.assert_array_equal(runs[0][1], runs[1][1])
+def test_conditional_model_encodes_with_the_sublattice(sim):
+    f = sim.frame(0)
+    p, _ = patches_at(normalize_frame(f.pixels), f.truth.atoms[:64], HALF)
+    c = np.eye(2, dtype=np.float32)[f.truth.site[:64]]
+    m = LatentModel(2 * HALF + 1, 2, ("r", "t"), (8,), c_dim=2, kl_weight=2.0)
+    m.fit(p, epochs=1, batch_size=32, c=c)
+    loc, scale = m.posterior(p, c)
+    assert loc.shape == (64, 5) and np.all(scale > 0) and m.name.startswith("civae-rt-d2")
+    assert math.isfinite(m.loss_per_pixel(p, c))
+    with pytest.raises(ValueError, match="c must be given"):
+        m.posterior(p)
 
 
-def test_state_dict_round_trip(model, patches, tmp_path):
-    path = model.save(tmp_path / "ckpt" / f"{model.name}.pt")
-    assert path.is_file()
-    state = torch.load(path, weights_only=True)
-    assert all(isinstance(v, torch.Tensor) for v in state.values())
-    clone = LatentModel(2 * HALF + 1, latent_dim=2, invariances=("r",), hidden=(32,))
-    assert not clone.trained
-    clone.load(path)
-    assert clone.trained and clone.name == model.name
-    for a, b in zip(model.encode(patches), clone.encode(patches), strict=True):
-        np.testing.assert_array_equal(a, b)
-    assert clone.reconstruction_error(patches) == model.reconstruction_error(patches)
-    wrong = LatentModel(2 * HALF + 1, latent_dim=3, invariances=("r",), hidden=(32,))
-    with pytest.raises(RuntimeError):
-        wrong.load(path)
+def test_collapsed_candidates_are_rejected_and_the_model_in_use_kept(sim, b_model, slot,
+                                                                     caplog):
+    f = sim.frame(0)
+    slot.swap(b_model, model_info(b_model, sublattice="B"))
+    slot.offer(FrameSample(normalize_frame(f.pixels), f.truth.atoms,
+                           f.truth.site.astype(np.int8), LATTICE))
+    # every latent counts as collapsed: nothing may replace the model in use
+    settings = trainer_mod.TrainSettings(round_s=30, candidates=1, epochs=2, hidden=16,
+                                         min_patches=16, collapse_log10=10.0)
+    tr = trainer_mod.LatentTrainer(slot, settings)
+    with caplog.at_level(logging.WARNING, "rewardscope.trainer"):
+        best = tr.round()
+    assert tr.rejected_ == 1 and "rejected: collapsed" in caplog.text
+    assert best is None or best.status == "in_use"
+    assert slot.current().model is b_model
+    # a model trained with a crushing KL weight is a real collapse
+    p, _ = patches_at(normalize_frame(f.pixels), f.truth.atoms, HALF)
+    squashed = LatentModel(2 * HALF + 1, 2, (), (16,), kl_weight=200.0)
+    squashed.fit(p, epochs=5, batch_size=64)
+    rw = trainer_mod.score_model(squashed, p, f.truth.site)
+    assert rw["latent_variance"] / 2 < -2.0
 
 
-def test_device_selection(model):
-    expected = "cuda" if torch.cuda.is_available() else "cpu"
-    assert default_device() == expected and model.device_ == expected
-    assert model.device is None  # the configuration as given; device_ is what it resolved to
-    assert {p.device.type for p in model.vae_.parameters()} == {expected}
-    if not torch.cuda.is_available():
-        assert model.device_ == "cpu"
+def test_a_round_swaps_in_the_best_and_saves_it(sim, slot, tmp_path):
+    f = sim.frame(0)
+    slot.offer(FrameSample(normalize_frame(f.pixels), f.truth.atoms,
+                           f.truth.site.astype(np.int8), LATTICE))
+    settings = trainer_mod.TrainSettings(round_s=60, candidates=1, epochs=15, hidden=32,
+                                         min_patches=16)
+    swapped = []
+    tr = trainer_mod.LatentTrainer(slot, settings, checkpoint=tmp_path / "ck.pt",
+                                   on_swap=swapped.append)
+    best = tr.round()
+    assert best is not None and best.chosen and slot.current().model is best.model
+    assert swapped[0]["id"] == best.model.name and swapped[0]["n_patches"] > 0
+    assert set(trainer_mod.OBJECTIVES) <= set(swapped[0]["rewards"])
+    again, info = load_checkpoint(tmp_path / "ck.pt")
+    assert again.name == best.model.name and info["id"] == best.model.name
 
 
-def test_bad_arguments():
-    with pytest.raises(ValueError, match="invariances"):
-        LatentModel(13, invariances=("x",))
-    with pytest.raises(ValueError, match="patch_px"):
-        LatentModel(2)
-    with pytest.raises(ValueError, match="patches must hold at least one patch"):
-        LatentModel(13, hidden=(8,)).fit(np.zeros((0, 13, 13), np.float32), epochs=1)
+def test_latent_rewards_are_registered_with_worst_values():
+    for name in ("latent_loss", "latent_aic", "latent_icl", "latent_bgmm", "latent_bic",
+                 "latent_variance"):
+        assert name in rewards.REGISTRY
+    assert rewards.latent_icl(math.nan) == math.inf and rewards.latent_loss(0.3) == 0.3
 
 
-# --------------------------------------------------------------------------------------------
-# rewards
-# --------------------------------------------------------------------------------------------
-
-
-def test_rewards_registered_with_directions():
-    wf = LatentWorkflow()
-    assert {n: rewards.REGISTRY[n].direction for n in wf.rewards} == {
-        "latent_bic": "min", "latent_variance": "max", "latent_reconstruction": "min"}
-
-
-def test_latent_variance_flags_collapse():
+def test_latent_statistics_prefer_separated_clusters():
     rng = np.random.default_rng(0)
-    spread = rng.normal(size=(200, 2))
-    collapsed = spread * np.array([1.0, 1e-4])
-    assert latent_variance(spread) == pytest.approx(0.0, abs=0.2)
-    assert latent_variance(collapsed) < latent_variance(spread) - 7
-    assert latent_variance(np.zeros((200, 2))) == pytest.approx(-24.0)
-    assert latent_variance(np.zeros((1, 2))) == -math.inf
+    two = np.concatenate([rng.normal(-2, 0.3, (300, 2)), rng.normal(2, 0.3, (300, 2))])
+    one = rng.normal(0, 1.0, (600, 2))
+    c2 = latentstats.gmm_criteria(two, k_range=(1, 2, 3))
+    assert c2["k_bic"] == 2 and c2["k_icl"] == 2 and c2["n_rows"] == latentstats.SUBSET_ROWS
+    assert latentstats.gmm_criteria(one, k_range=(1, 2, 3))["k_icl"] == 1
+    assert latentstats.bgmm_score(two) < latentstats.bgmm_score(one)
+    lab, peaks = latentstats.kde_peak_labels(two[:, 1])
+    assert len(peaks) == 2 and adjusted_rand_score(np.repeat([0, 1], 300), lab) == 1.0
+    assert len(latentstats.kde_peak_labels(one[:, 1])[1]) == 1  # "nothing here"
 
 
-# --------------------------------------------------------------------------------------------
-# the workflow
-# --------------------------------------------------------------------------------------------
+@pytest.mark.xfail(strict=False, reason="issue #11: a/c ARI >= 0.8 on PFM-like frames not reached "
+                   "yet (measured ~0.3 with a tiny vanilla VAE, k = 2)")
+def test_pfm_frames_latent_separates_a_and_c(slot):
+    """On PFM-like frames (no atoms) the key points are a grid; a/c classes by the latent."""
+    from rewardscope.workflows.base import FrameContext
+    from rewardscope.workflows.latent import LatentWorkflow
+
+    sim = PFMSimulator(PFMConfig(seed=3, shape=(192, 192)))
+    f = sim.frame(0)
+    assert set(np.unique(f.truth.classes)) == {0, 1, 2}
+    kp = grid_keypoints(f.pixels.shape, 6.0)
+    p, inside = patches_at(f.pixels, kp, HALF)
+    m = LatentModel(2 * HALF + 1, 2, (), (32,))
+    m.fit(p[inside], epochs=15, batch_size=64)
+    slot.swap(m, model_info(m))
+    g = sim.frame(1)
+    ctx = FrameContext(image=g.pixels, lattice_px=LATTICE, atoms=np.zeros((0, 2)),
+                       no_lattice=True)
+    ev = LatentWorkflow().evaluate(ctx, {"n_components": 2})
+    lab = ev.output["labels"]
+    assert np.array_equal(ev.output["keypoints"], kp.astype(np.float32))
+    truth = g.truth.ac_class(kp)
+    assert adjusted_rand_score(truth[lab >= 0], lab[lab >= 0]) >= 0.8
 
 
-def test_space_and_defaults():
-    wf = LatentWorkflow()
-    assert set(wf.default_params(LATTICE)) == set(wf.param_names())
-    assert half_window(wf.default_params(LATTICE)["window"], LATTICE) == HALF
-    assert [half_window(w, LATTICE) for w in (4, 5, 6)] == [6, 8, 9]
+@pytest.mark.slow
+def test_serve_trains_in_the_background_and_hot_swaps_without_dropping(sim, b_model, slot):
+    import loopback
+
+    rig = loopback.Rig(lattice_px=LATTICE, cold_budget=2, budget=2, deadline_s=5.0,
+                       workflow=["atoms", "latent"], latent_round_s=20.0,
+                       latent_candidates=1, latent_epochs=15, latent_hidden=32,
+                       latent_min_patches=64)
+    try:
+        assert rig.daemon.trainer is not None and rig.daemon.trainer.alive
+        rig.instrument.start_session("lat")
+        ids = []
+        for i in range(120):  # frames keep coming while the slow loop trains (<= ~60 s)
+            rig.instrument.send_frame(sim.frame(i % 4).pixels)
+            res, errors = rig.collect(1, 30)
+            assert res and not errors
+            ids.append(res[0].extra["model"]["id"])
+            if ids[-1] is not None:
+                break
+            time.sleep(0.5)
+        assert ids[0] is None and ids[-1] is not None  # the slow loop's model reached results
+        # the slow loop is another process: kill it; frames keep their model, it restarts
+        tr = rig.daemon.trainer
+        first_pid = tr.pid
+        assert first_pid != os.getpid()
+        os.kill(first_pid, signal.SIGKILL)
+        for i in range(60):
+            rig.instrument.send_frame(sim.frame(i % 4).pixels)
+            res, errors = rig.collect(1, 30)
+            assert res and not errors and res[0].extra["model"]["id"] == ids[-1]
+            if tr.restarts_ == 1 and tr.alive:
+                break
+            time.sleep(0.2)
+        assert tr.restarts_ == 1 and tr.alive and tr.pid != first_pid
+        slot.swap(b_model, model_info(b_model, sublattice="B"))  # hot swap mid-stream
+        rig.instrument.send_frame(sim.frame(5).pixels)
+        res, errors = rig.collect(1, 30)
+        assert res and res[0].extra["model"]["id"] == b_model.name
+        stats = rig.control.stats()["stats"]
+        assert sum(stats["frames_dropped"].values()) == 0
+        assert stats["latent"]["model"]["id"] == b_model.name and stats["latent"]["rounds"] >= 1
+    finally:
+        rig.close()
+    assert not rig.daemon.trainer.alive
 
 
-def test_workflow_separates_sites(single_domain):
-    """All atoms, 2 components, on a single-domain frame: the labels are the A/B sites
-    (measured ARI 1.0)."""
-    ctx = _ctx(single_domain)
-    wf = LatentWorkflow()
-    ev = wf.evaluate(ctx, wf.default_params(LATTICE))
-    assert all(math.isfinite(v) for v in ev.rewards.values())
-    assert np.all(np.isfinite(wf.objective_vector(ev)))
-    labels = ev.output["labels"]
-    assert labels.dtype == np.int16 and labels.shape == (len(ctx.atoms),)
-    assert set(np.unique(labels)) == {0, 1}
-    assert adjusted_rand_score(single_domain.truth.site, labels) >= 0.8
-    assert ev.output["latent"].shape == (len(ctx.atoms), 2)
-    assert ev.output["model"].startswith("ivae-r-d2-p13-")
-    assert ev.timings["vae"] > 0
-    assert 0.0 < ev.rewards["latent_reconstruction"] < 0.1
+def test_analyze_selects_a_model_and_writes_latent_outputs(tmp_path, sim, slot):
+    import json
 
+    from rewardscope import cli
 
-def test_workflow_b_sublattice_finds_domains(two_domains):
-    """B columns only, 2 components, on a two-domain frame: the labels are the polarization
-    domains (measured ARI 1.0); A columns are left unlabelled (-1)."""
-    ctx = _ctx(two_domains)
-    wf = LatentWorkflow(sublattice="B")
-    ev = wf.evaluate(ctx, wf.default_params(LATTICE))
-    labels = ev.output["labels"]
-    b = labels >= 0
-    assert ctx.sites is not None and np.array_equal(b, np.asarray(ctx.sites) == 1)
-    assert np.array_equal(b, two_domains.truth.site == 1)
-    assert np.all(np.isnan(ev.output["latent"][~b]))
-    assert adjusted_rand_score(two_domains.truth.domain[b], labels[b]) >= 0.8
-    assert all(math.isfinite(v) for v in ev.rewards.values())
-
-
-def test_workflow_trains_once_per_architecture(two_domains):
-    ctx = _ctx(two_domains)
-    wf = LatentWorkflow(sublattice="B", epochs=2)
-    base = wf.default_params(LATTICE)
-    first = wf.evaluate(ctx, base)
-    assert (wf.trainings_, wf.model_swaps_) == (1, 1)
-    again = wf.evaluate(ctx, {**base, "n_components": 3, "covariance_type": "diag"})
-    assert (wf.trainings_, wf.model_swaps_) == (1, 1)  # GMM-only change: same model, cached
-    assert again.output["model"] == first.output["model"]
-    assert again.rewards["latent_variance"] == first.rewards["latent_variance"]
-    wider = wf.evaluate(ctx, {**base, "window": 5})
-    assert (wf.trainings_, wf.model_swaps_) == (2, 2)
-    assert wider.output["model"] != first.output["model"]
-    wf.evaluate(_ctx(two_domains), base)  # next frame, old architecture: swap, no training
-    assert (wf.trainings_, wf.model_swaps_) == (2, 3)
-
-
-def test_workflow_checkpoint_reuse(two_domains, tmp_path):
-    ctx = _ctx(two_domains)
-    params = LatentWorkflow().default_params(LATTICE)
-    a = LatentWorkflow(sublattice="B", epochs=2, checkpoint_dir=tmp_path)
-    ev_a = a.evaluate(ctx, params)
-    assert a.trainings_ == 1 and (tmp_path / f"{ev_a.output['model']}.pt").is_file()
-    b = LatentWorkflow(sublattice="B", epochs=2, checkpoint_dir=tmp_path)
-    ev_b = b.evaluate(_ctx(two_domains), params)
-    assert b.trainings_ == 0 and b.model_swaps_ == 1
-    np.testing.assert_array_equal(ev_a.output["latent"], ev_b.output["latent"])
-
-
-def test_workflow_needs_atoms_and_enough_of_them(single_domain):
-    wf = LatentWorkflow()
-    ctx = FrameContext(image=normalize_frame(single_domain.pixels), lattice_px=LATTICE)
-    with pytest.raises(ValueError, match="needs ctx.atoms"):
-        wf.evaluate(ctx, wf.default_params(LATTICE))
-    ctx.atoms = np.asarray(single_domain.truth.atoms[:3], dtype=np.float64)
-    ev = wf.evaluate(ctx, wf.default_params(LATTICE))
-    assert np.all(ev.output["labels"] == -1) and wf.trainings_ == 0
-    assert np.all(np.isinf(wf.objective_vector(ev)))
+    f = sim.frame(2)
+    img = tmp_path / "frame.npy"
+    np.save(img, f.pixels)
+    out = tmp_path / "out"
+    rc = cli.main(["analyze", str(img), "--lattice-px", str(LATTICE), "--workflow", "latent",
+                   "--budget", "3", "--latent-candidates", "2", "--latent-epochs", "8",
+                   "--out", str(out), "--no-progress"])
+    assert rc == 0
+    sel = json.loads((out / "vae-select.json").read_text())
+    assert len(sel["candidates"]) == 2 and sel["objectives"] == list(trainer_mod.OBJECTIVES)
+    chosen = [c for c in sel["candidates"] if c["chosen"]]
+    assert len(chosen) == 1 and chosen[0]["id"] == sel["chosen"]
+    assert all(set(trainer_mod.OBJECTIVES) <= set(c["rewards"]) for c in sel["candidates"])
+    doc = json.loads((out / "result.json").read_text())
+    assert doc["model"]["id"] == sel["chosen"]
+    lab = np.load(out / doc["latent_labels"])
+    z = np.load(out / doc["latent"])
+    assert lab.shape == (len(doc["atoms"]),) and z.shape[0] == len(lab)
+    assert np.all(np.isfinite(z[lab >= 0])) and len(np.unique(lab[lab >= 0])) >= 2
+    assert (out / "latent.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert slot.current() is None  # the offline model does not stay in the process's slot

@@ -304,3 +304,132 @@ def test_noise_scattered_polarization_is_no_novel_state():
         a = eng.analyse(sf.pixels, None, _settings())
         assert "novelty" not in [s["reason"] for s in a.regions], sf.index
     assert len(eng.regions.seen_states) == len(np.unique(sf.truth.domain)) == 2
+
+
+# ----------------------------------------------------------------------------- domains
+
+
+def _grid_cells(n: int = 40, step: float = 6.0) -> np.ndarray:
+    g = np.arange(n) * step
+    gx, gy = np.meshgrid(g, g)
+    return np.stack([gx.ravel(), gy.ravel()], axis=1)
+
+
+def test_a_block_of_the_other_variant_is_one_domain_with_its_box():
+    c = _grid_cells()
+    rng = np.random.default_rng(0)
+    p = np.array([0.35, 0.35]) + rng.normal(0.0, 0.2, c.shape)
+    inside = (c[:, 0] >= 60) & (c[:, 0] <= 120) & (c[:, 1] >= 90) & (c[:, 1] <= 132)
+    p[inside] *= -1.0  # the 180-degree variant
+    out = regions.domain_candidates(c, p, 6.0, 40.0)
+    assert len(out) == 1
+    (d,) = out
+    assert d["reason"] == "domain" and d["significance"] == pytest.approx(40.0)
+    assert regions.iou(d["box_px"], [54, 84, 126, 138]) > 0.95  # the block padded by a cell
+    # the frame's own test is the gate: "one domain" not rejected -> nothing
+    assert regions.domain_candidates(c, p, 6.0, 2.0) == []
+    assert regions.domain_candidates(c, p, 6.0, None) == []
+
+
+def test_noise_alone_makes_no_domain_even_with_the_gate_open():
+    c = _grid_cells()
+    false = 0
+    for seed in range(40):  # per-cell noise as large as the polarization itself
+        rng = np.random.default_rng(seed)
+        p = np.array([0.35, 0.35]) + rng.normal(0.0, 0.5, c.shape)
+        false += len(regions.domain_candidates(c, p, 6.0, 50.0))
+    assert false == 0
+
+
+def test_overview_suggests_each_twin_domain_where_it_is():
+    """A 2x overview of the twin (6 px per cell, where no wall segment is drawn): the domain
+    of the other variant is suggested with a box on its true outline; a single-domain
+    overview suggests no domain."""
+    from rewardscope.simulators.twin import Twin
+
+    tw = Twin(seed=1)
+    st = _settings()
+    eng = SessionEngine("overview", st)
+    rng = np.random.default_rng(5)
+    ious = []
+    for poly in tw.domains_m[:3]:
+        tw.scan(poly.mean(axis=0) + rng.uniform(-0.3, 0.3, 2) * tw.base_fov_m, 2 * tw.base_fov_m)
+        fr = tw.frame()
+        an = eng.analyse(fr.pixels, fr.lattice_px, st, pixel_size_m=fr.pixel_size_m,
+                         origin_m=fr.origin_m)
+        # a domain the front also disputes may come out as "instability" (merged boxes keep
+        # the stronger candidate's reason): both point at the same place
+        doms = [s for s in an.regions if s["reason"] in ("domain", "instability")]
+        assert all(s["significance"] >= regions.DOMAIN_MIN_SIGNIFICANCE for s in doms)
+        side = fr.pixels.shape[0] - 1.0
+        mids = np.array([[(w[0] + w[2]) / 2, (w[1] + w[3]) / 2] for w in an.walls]).reshape(-1, 2)
+        for other in tw.domains_m:  # every domain well inside the view: its own box...
+            v = np.clip(tw.sample_to_pixel(other), 0.0, side)
+            truth = [*v.min(axis=0), *v.max(axis=0)]
+            if min(truth[2] - truth[0], truth[3] - truth[1]) < 4 * fr.lattice_px:
+                continue
+            pad = 2 * fr.lattice_px  # ...or walls drawn on it (then no domain box is needed)
+            drawn = np.all((mids >= np.subtract(truth[:2], pad))
+                           & (mids <= np.add(truth[2:], pad)), axis=1).any()
+            ious.append(1.0 if drawn else max((regions.iou(s["box_px"], truth) for s in doms),
+                                              default=0.0))
+    assert len(ious) >= 3 and min(ious) >= 0.7, ious
+    busy = {(int(p.mean(axis=0)[0] // tw.base_fov_m), int(p.mean(axis=0)[1] // tw.base_fov_m))
+            for p in tw.domains_m}
+    n = tw.config.fovs
+    free = next((i, j) for j in range(1, n - 1) for i in range(1, n - 1)
+                if not any((i + di, j + dj) in busy for di in (-1, 0, 1) for dj in (-1, 0, 1)))
+    tw.scan(((free[0] + 0.5) * tw.base_fov_m, (free[1] + 0.5) * tw.base_fov_m), 2 * tw.base_fov_m)
+    fr = tw.frame()
+    an = eng.analyse(fr.pixels, fr.lattice_px, st, pixel_size_m=fr.pixel_size_m,
+                     origin_m=fr.origin_m)
+    assert not fr.truth.walls
+    assert [s for s in an.regions if s["reason"] == "domain"] == []
+
+
+# ----------------------------------------------------------------------------- instability
+
+
+def test_label_instability_matches_label_ids_before_counting():
+    from rewardscope.engine.session import label_instability
+
+    chosen = np.r_[np.zeros(50, int), np.ones(50, int)]
+    swapped = 1 - chosen  # the same partition, other ids: no disagreement
+    moved = chosen.copy()
+    moved[40:50] = 1  # ten atoms change sides
+    share = label_instability(chosen, [swapped, moved])
+    assert np.allclose(share[:40], 0.0) and np.allclose(share[40:50], 0.5)
+    assert np.allclose(share[50:], 0.0)
+    unlabelled = chosen.copy()
+    unlabelled[:5] = -1
+    assert np.isnan(label_instability(unlabelled, [chosen])[:5]).all()
+    assert label_instability(chosen, []) is None
+
+
+def test_a_disputed_patch_is_an_instability_candidate_and_scattered_doubt_is_not():
+    xy = _grid_cells(30, 6.0)
+    share = np.zeros(len(xy))
+    patch = (xy[:, 0] >= 60) & (xy[:, 0] <= 96) & (xy[:, 1] >= 30) & (xy[:, 1] <= 60)
+    share[patch] = 1.0
+    (c,) = regions.instability_candidates(xy, share, 6.0)
+    assert c["reason"] == "instability" and c["significance"] > 10
+    assert regions.iou(c["box_px"], [54, 24, 102, 66]) > 0.95
+    rng = np.random.default_rng(1)
+    scattered = (rng.random(len(xy)) < 0.5).astype(float)  # the front disputes everything
+    assert regions.instability_candidates(xy, scattered, 6.0) == []
+
+
+def test_a_patch_the_latent_model_is_unsure_of_is_suggested_and_uniform_doubt_is_not():
+    xy = _grid_cells(30, 6.0)
+    rng = np.random.default_rng(2)
+    scale = np.exp(rng.normal(-2.0, 0.1, (len(xy), 2)))
+    patch = (xy[:, 0] >= 120) & (xy[:, 0] <= 150) & (xy[:, 1] >= 90) & (xy[:, 1] <= 126)
+    scale[patch] *= 3.0  # posterior spread x3 there
+    scale[:7] = np.nan  # rows that are no key point
+    (c,) = regions.uncertainty_candidates(xy, scale, 6.0)
+    assert c["reason"] == "uncertainty" and c["significance"] >= regions.MIN_SIGNIFICANCE
+    assert regions.iou(c["box_px"], [114, 84, 156, 132]) > 0.9
+    for seed in range(20):  # the same spread everywhere: nothing
+        r = np.random.default_rng(seed)
+        flat = np.exp(r.normal(-2.0, 0.1, (len(xy), 2)))
+        assert regions.uncertainty_candidates(xy, flat, 6.0) == []

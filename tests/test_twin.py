@@ -230,7 +230,7 @@ def test_controller_tiles_and_follows_a_published_wall_at_high_magnification() -
     """A survey frame's wall (a result message) leaving the frame through its right edge:
     the controller first follows it past the edge, then covers the rest with views at
     pixel size = base / 2; a later suggestion inside those views is skipped."""
-    tw = Twin(**SMALL, fov_px=64, seed=7)
+    tw = Twin(**{**SMALL, "fovs": 4}, fov_px=64, seed=7)  # room to follow past the survey
     ctx = zmq.Context.instance()
     pub = ctx.socket(zmq.PUB)
     port = pub.bind_to_random_port("tcp://127.0.0.1")
@@ -255,7 +255,9 @@ def test_controller_tiles_and_follows_a_published_wall_at_high_magnification() -
         while views[-1]["kind"] != "survey" and len(views) < 8:
             views.append(ctl.step(len(views)))
         zoomed, last = views[:-1], views[-1]
-        assert last["kind"] == "survey" and zoomed and len(zoomed) <= 4
+        # one follow-up past the edge, then tiles of the wall's length at 0.9 x a zoomed side
+        tiles = math.ceil(float(np.hypot(*(ends[1] - ends[0]))) / (0.9 * tw.base_fov_m / 2))
+        assert last["kind"] == "survey" and zoomed and len(zoomed) <= 1 + tiles
         assert zoomed[0]["kind"] == "follow" and zoomed[0]["center_m"][0] > ends[1][0]
         assert all(v["set"]["magnification"] == pytest.approx(2.0) for v in zoomed)
         t = np.linspace(0.0, 1.0, 50)[:, None]
@@ -308,8 +310,11 @@ def test_experiment_cli_writes_its_record(tmp_path, capsys) -> None:
 
 
 @pytest.mark.slow
-def test_closed_loop_experiment_through_the_service(tmp_path) -> None:
-    rec = run_experiment("rewardscope", 4, 0, twin={**SMALL, "fov_px": 160})
+@pytest.mark.parametrize("approve", [False, True])
+def test_closed_loop_experiment_through_the_service(tmp_path, approve) -> None:
+    """Auto: the service releases scans itself; approve: the controller approves suggestions
+    over the control socket before imaging them."""
+    rec = run_experiment("rewardscope", 4, 0, twin={**SMALL, "fov_px": 160}, approve=approve)
     out = write_outputs(rec, tmp_path)
     doc = json.loads((out / "experiment.json").read_text())
     assert (doc["strategy"], doc["frames"], doc["seed"]) == ("rewardscope", 4, 0)
@@ -321,6 +326,11 @@ def test_closed_loop_experiment_through_the_service(tmp_path) -> None:
     assert doc["rows"][0]["atoms"] > 0  # the base survey frame of crystal
     assert doc["rows"][0]["kind"] == "survey"
     assert doc["rows"][0]["magnification"] == pytest.approx(1.0 / SURVEY_FOV_FACTOR, abs=1e-4)
+    # the overview holds a domain and an amorphous patch: the next frame images a suggestion
+    assert doc["rows"][0]["regions"] >= 1
+    followed = [r for r in doc["rows"][1:] if r["kind"] == "suggestion"]
+    assert followed and all(r["id"] and r["magnification"] >= 2.0 - 1e-6 for r in followed)
+    assert rec["approve"] is approve and rec["suggestions_followed"] >= 1
 
 
 def _point_segment(p: np.ndarray, a: np.ndarray, b: np.ndarray) -> float:
@@ -332,3 +342,37 @@ def _point_segment(p: np.ndarray, a: np.ndarray, b: np.ndarray) -> float:
 def test_twin_config_defaults_documented() -> None:
     cfg = TwinConfig()
     assert cfg.high_mag == 2.0 and cfg.fovs == 8 and cfg.fov_px == 384
+
+
+def test_controller_tiles_a_domain_box_larger_than_a_zoomed_view() -> None:
+    """An overview's ``domain`` suggestion whose box is wider than one zoomed view: the
+    controller images the whole box at x2 with a few tiles, then surveys on."""
+    tw = Twin(**{**SMALL, "fovs": 4}, fov_px=64, seed=8)
+    ctx = zmq.Context.instance()
+    pub = ctx.socket(zmq.PUB)
+    port = pub.bind_to_random_port("tcp://127.0.0.1")
+    ctl = Controller(tw, f"tcp://127.0.0.1:{port}", strategy="rewardscope")
+    try:
+        time.sleep(0.3)
+        ctl.first_view()
+        side = 0.8 * tw.base_fov_m
+        dom = _suggestion((1.3 * tw.base_fov_m, 0.9 * tw.base_fov_m), side, 4.0, "domain")
+        pub.send_multipart(protocol.encode_result(protocol.Result(
+            session="s", seq=0, latency_s=0.1, n_evaluations=1, params={}, rewards={},
+            pareto=[], walls=[], atoms=np.zeros((0, 2)), labels=np.zeros(0, np.int16))))
+        pub.send_multipart(protocol.encode_regions("s", 0, [dom]))
+        assert ctl.wait_for(0, timeout_s=10.0, grace_s=1.0)
+        views = [ctl.step(0)]
+        while views[-1]["kind"] != "survey" and len(views) < 10:
+            views.append(ctl.step(len(views)))
+        tiles = views[:-1]
+        assert 2 <= len(tiles) <= 4 and all(v["id"] == dom["id"] for v in tiles)
+        assert all(v["set"]["magnification"] == pytest.approx(2.0) for v in tiles)
+        g = np.linspace(-0.5, 0.5, 9) * side
+        for dx in g:  # the whole box imaged zoomed
+            for dy in g:
+                p = [dom["center_m"][0] + dx, dom["center_m"][1] + dy]
+                assert ctl._covered({"center_m": p, "fov_m": 0.0}), p
+    finally:
+        ctl.close()
+        pub.close(linger=0)

@@ -8,6 +8,7 @@ Each subcommand is one module of this package (or, for the acquisition side, of
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import sys
 
@@ -25,6 +26,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "replay": ("rewardscope.simulators.replay", "re-publish a recorded session or images"),
     "import": ("rewardscope.cli.importer", "turn still images into a replayable session"),
     "analyze": ("rewardscope.cli.analyze", "reward-driven analysis of one image, offline"),
+    "batch": ("rewardscope.cli.batch",
+              "reprocess sessions, HDF5 exports and image folders (optionally on Dask)"),
     "bench": ("rewardscope.cli.bench", "run the benchmarks (ratios vs. baselines)"),
     "export": ("rewardscope.cli.export", "export a stored session to HDF5"),
     "keys": ("rewardscope.cli.keys", "write CURVE certificates"),
@@ -57,6 +60,7 @@ def build_parser(argv_command: str | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    entry_point = argv is None  # the console script / ``python -m``, not a caller in-process
     argv = sys.argv[1:] if argv is None else argv
     command = next((a for a in argv if not a.startswith("-")), None)
     parser = build_parser(command if command in SUBCOMMANDS else None)
@@ -68,4 +72,10 @@ def main(argv: list[str] | None = None) -> int:
         return int(args._run(args) or 0)
     except KeyboardInterrupt:
         return 130
+    finally:
+        if entry_point:
+            # The process is about to exit: spare it the final garbage collection over every
+            # object the scientific stack allocated (~0.25 s of a cold ``analyze``). Objects
+            # are still released by reference counting; only cycles are left to the OS.
+            gc.freeze()
 

@@ -2,7 +2,10 @@
 
 Writes ``DIR/result.json`` (atoms, labels, walls, params, rewards, pareto, n_evaluations,
 elapsed_s, the workflows' scalars, and for every published array, e.g. ``amorphous_mask``, the
-name of the ``.npy`` file holding it), ``DIR/overlay.png`` and ``DIR/pareto.png``. One
+name of the ``.npy`` file holding it), ``DIR/overlay.png`` and ``DIR/pareto.png``. With the
+latent workflow in the chain, a model is first selected on the image (:func:`select_latent`,
+a progress bar over candidates) and the image analysed with it: ``DIR/vae-select.json`` (every
+candidate with its rewards and status, the chosen one named) and ``DIR/latent.png``. One
 exception: ``polarization`` names ``polarization_map.npy``, the whole map as an (M, 4) table
 x, y, dx, dy in px (cell centres, then B displacements; ``cells.npy`` holds x, y alone).
 """
@@ -11,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -40,6 +44,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--latent-candidates", type=int, default=6,
+                   help="latent workflow: candidate models trained and compared (default 6)")
+    p.add_argument("--latent-epochs", type=int, default=30,
+                   help="latent workflow: training epochs per candidate (default 30)")
+    p.add_argument("--latent-round-s", type=float, default=300.0,
+                   help="latent workflow: time budget of the model search, s (default 300)")
 
 
 def analyze(image: np.ndarray, lattice_px: float | None = None, *, workflow: str = "all",
@@ -87,24 +97,178 @@ def run(args: argparse.Namespace) -> int:
     except config.ConfigError as exc:
         print(f"rewardscope analyze: {exc}", file=sys.stderr)
         return 2
-    doc = {"image": str(args.image), "lattice_px": args.lattice_px, "workflow": args.workflow,
-           "atoms": analysis.atoms.tolist(), "labels": analysis.labels.tolist(),
-           "walls": analysis.walls, "amorphous_mask": None, **analysis.scalars,
-           "params": analysis.params, "rewards": analysis.rewards, "pareto": analysis.pareto,
-           "n_evaluations": analysis.n_evaluations, "elapsed_s": round(elapsed, 3),
-           "optimizer_s": round(analysis.optimizer_s, 3), "hypervolume": analysis.hypervolume}
-    for name, arr in analysis.arrays.items():  # each published array as NAME.npy
-        fname = f"{name}.npy"
-        if name == "polarization" and "cells" in analysis.arrays:  # the map: x, y, dx, dy
-            arr, fname = polarization_table(analysis.arrays["cells"], arr), POLARIZATION_FILE
-        np.save(out / fname, arr)
-        doc[name] = fname
-    (out / "result.json").write_text(json.dumps(doc, indent=1, default=_json_default))
+    if "keypoints" in analysis.arrays and isinstance(analysis.scalars.get("model"), dict):
+        # the latent workflow ran without a model: select one on this image, analyse again
+        from rewardscope.science.vae import model_slot
+
+        try:
+            best, cands, meta = select_latent(
+                image, args.lattice_px, analysis, candidates=args.latent_candidates,
+                epochs=args.latent_epochs, round_s=args.latent_round_s, seed=args.seed,
+                progress=not args.no_progress)
+            (out / "vae-select.json").write_text(json.dumps(
+                {**meta, "chosen": None if best is None else best.as_dict()["id"],
+                 "candidates": [_finite(c.as_dict()) for c in cands]}, indent=1) + "\n")
+            if best is not None:
+                analysis, more = analyze(image, args.lattice_px, workflow=args.workflow,
+                                         budget=args.budget, seed=args.seed,
+                                         progress=not args.no_progress, motif=args.motif,
+                                         contrast=args.contrast,
+                                         pixel_size_m=(_meta or {}).get("pixel_size_m"))
+                elapsed += more
+        finally:
+            slot_model = model_slot().current()
+            model_slot().clear()
+        plots.latent(_engine_image(image, analysis), analysis, out / "latent.png")
+        if slot_model is None:
+            print("latent: every candidate model was rejected (see vae-select.json); "
+                  "nothing latent is claimed", file=sys.stderr)
+    write_result(out, analysis, elapsed, image=str(args.image), lattice_px=args.lattice_px,
+                 workflow=args.workflow)
     plots.overlay(atomfind.normalize_frame(image), analysis, out / "overlay.png")
     plots.pareto(analysis, out / "pareto.png")
     print(f"{len(analysis.atoms)} atoms, {len(analysis.walls)} walls, "
           f"{analysis.n_evaluations} evaluations in {elapsed:.1f} s -> {out}/")
     return 0
+
+
+def write_result(out: Path, analysis, elapsed: float, *, image: str,
+                 lattice_px: float | None, workflow: str, name: str = "result.json",
+                 prefix: str = "") -> dict:
+    """Write one analysis as ``out/name`` (the ``result.json`` keys) plus one ``.npy`` per array.
+
+    The one writer of the ``analyze`` result format (``rewardscope batch`` writes each frame
+    with it). Arrays go to ``out/{prefix}{array}.npy`` first, the JSON last and atomically
+    (written aside, then renamed), so a JSON file on disk means the frame is complete.
+
+    Parameters
+    ----------
+    out : Path
+        Existing output folder.
+    analysis : rewardscope.engine.Analysis
+        The chosen analysis of the frame.
+    elapsed : float
+        Wall time of the analysis, s.
+    image, lattice_px, workflow : str, float or None, str
+        Recorded as given: the input, the lattice hint (px), the workflow setting.
+    name : str
+        File name of the JSON document.
+    prefix : str
+        Prefix of the array files (``""`` for ``analyze``, ``"<seq>."`` for ``batch``).
+
+    Returns
+    -------
+    dict
+        The document written.
+    """
+    doc = {"image": image, "lattice_px": lattice_px, "workflow": workflow,
+           "atoms": analysis.atoms.tolist(), "labels": analysis.labels.tolist(),
+           "walls": analysis.walls, "amorphous_mask": None, **analysis.scalars,
+           "params": analysis.params, "rewards": analysis.rewards, "pareto": analysis.pareto,
+           "n_evaluations": analysis.n_evaluations, "elapsed_s": round(elapsed, 3),
+           "optimizer_s": round(analysis.optimizer_s, 3), "hypervolume": analysis.hypervolume}
+    for key, arr in analysis.arrays.items():  # each published array as NAME.npy
+        fname = f"{prefix}{key}.npy"
+        if key == "polarization" and "cells" in analysis.arrays:  # the map: x, y, dx, dy
+            arr, fname = (polarization_table(analysis.arrays["cells"], arr),
+                          prefix + POLARIZATION_FILE)
+        np.save(out / fname, arr)
+        doc[key] = fname
+    tmp = out / f".{name}.partial"
+    tmp.write_text(json.dumps(doc, indent=1, default=_json_default))
+    os.replace(tmp, out / name)
+    return doc
+
+
+def _engine_image(image: np.ndarray, analysis) -> np.ndarray:
+    """The frame as the engine saw it: normalised to [0, 1], inverted for dark contrast."""
+    from rewardscope.science import atomfind
+
+    img = atomfind.normalize_frame(image)
+    if (analysis.scalars.get("contrast") or {}).get("polarity") == "dark":
+        img = np.float32(1.0) - img
+    return img
+
+
+def _finite(doc: dict) -> dict:
+    """A candidate's plain data with non-finite rewards as null (strict JSON)."""
+    rw = {k: (v if np.isfinite(v) else None) for k, v in doc.get("rewards", {}).items()}
+    return {**doc, "rewards": rw}
+
+
+def select_latent(image: np.ndarray, lattice_px: float | None, analysis, *, candidates: int,
+                  epochs: int, round_s: float, seed: int = 0, progress: bool = False):
+    """Train and select a latent model on one image, inline; the chosen one goes in use.
+
+    The key points are those the latent workflow used in ``analysis`` (its ``keypoints``:
+    the atoms, else a grid); the search is :func:`rewardscope.live.trainer.select_model`
+    (the slow loop's, run here with a progress bar over candidates). The chosen model is
+    swapped into the default model slot, where the latent workflow reads it.
+
+    Parameters
+    ----------
+    image : (H, W) ndarray
+        The frame as loaded.
+    lattice_px : float or None
+        The lattice hint (used as the key-point scale when no lattice was found).
+    analysis : rewardscope.engine.Analysis
+        A first analysis with the latent workflow in the chain.
+    candidates, epochs : int
+        Candidate models, training epochs per candidate.
+    round_s : float
+        Time budget of the search, s.
+    seed : int, optional
+        Seed of sampling and training.
+    progress : bool, optional
+        Show a progress bar on stderr.
+
+    Returns
+    -------
+    best : rewardscope.live.trainer.Candidate or None
+        The chosen candidate (None: all rejected).
+    candidates : list of Candidate
+        Every candidate, the chosen one marked.
+    meta : dict
+        Plain data about the search (objectives, settings, key points, spacing).
+    """
+    from dataclasses import asdict
+
+    from tqdm import tqdm
+
+    from rewardscope.engine.session import FALLBACK_SPACING_PX
+    from rewardscope.live import trainer
+    from rewardscope.science import descriptors
+    from rewardscope.science.vae import FrameSample, model_info, model_slot
+
+    img = _engine_image(image, analysis)
+    kp = np.asarray(analysis.arrays["keypoints"], np.float64).reshape(-1, 2)
+    lat = analysis.scalars.get("lattice") or {}
+    if lat.get("a_px") and lat.get("b_px"):
+        spacing = float(min(lat["a_px"], lat["b_px"]))
+    else:
+        spacing = float(lattice_px or FALLBACK_SPACING_PX)
+    atoms = np.asarray(analysis.atoms, np.float64).reshape(-1, 2)
+    if len(atoms) == len(kp) and len(kp) and np.allclose(atoms, kp, atol=1e-3):
+        sites = descriptors.sublattices(img, kp)
+    else:
+        sites = np.full(len(kp), -1, np.int8)
+    settings = trainer.TrainSettings(round_s=float(round_s), candidates=int(candidates),
+                                     epochs=int(epochs), seed=int(seed), min_patches=16)
+    bar = tqdm(total=settings.candidates, desc="latent models", unit="model",
+               disable=not progress, file=sys.stderr)
+    best, cands = trainer.select_model(
+        [FrameSample(img, kp, np.asarray(sites, np.int8), spacing)], settings,
+        on_candidate=lambda c: bar.set_postfix_str(c.status) or bar.update(1))
+    bar.close()
+    slot = model_slot()
+    slot.clear()
+    if best is not None and best.model is not None:
+        slot.swap(best.model, model_info(best.model, best.rewards,
+                                         sublattice=settings.sublattice, params=best.params,
+                                         spacing_px=spacing))
+    meta = {"objectives": list(trainer.OBJECTIVES), "settings": asdict(settings),
+            "n_keypoints": int(len(kp)), "spacing_px": spacing}
+    return best, cands, meta
 
 
 POLARIZATION_FILE = "polarization_map.npy"

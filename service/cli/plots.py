@@ -92,8 +92,34 @@ def _arrows(ax, cells: np.ndarray, vectors: np.ndarray) -> float:
     return gain
 
 
-def pareto(analysis: Analysis, path: str | Path) -> None:
-    """One panel per workflow: its Pareto front over the first two rewards, the knee starred."""
+ROUTE_PARAM = "descriptor"
+"""A workflow parameter naming the route a candidate took (the domains workflow's descriptor
+menu): on ``pareto.png`` each front point is marked and labelled by it."""
+_ROUTE_MARKERS = "osD^vP<>"
+
+
+def _route_markers(ax, entries: list[dict], pts: np.ndarray, chosen: dict | None) -> None:
+    """Front points of a workflow with a route parameter: one marker per route (legend),
+    each point labelled with its route; the chosen route is named in the legend."""
+    routes = [e["params"].get(ROUTE_PARAM) for e in entries]
+    if all(r is None for r in routes):
+        return
+    chosen_route = (chosen or {}).get(ROUTE_PARAM)
+    for i, r in enumerate(dict.fromkeys(routes)):
+        sel = np.array([q == r for q in routes])
+        tag = f"{r} (chosen)" if r == chosen_route else str(r)
+        ax.plot(pts[sel, 0], pts[sel, 1], _ROUTE_MARKERS[i % len(_ROUTE_MARKERS)], ms=8,
+                mfc="none", color=f"C{(i + 1) % 10}", label=f"route {tag}")
+    for (x, y), r in zip(pts, routes, strict=True):
+        ax.annotate(str(r), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+
+
+def pareto(analysis: Analysis, path: str | Path) -> dict[str, list[str]]:
+    """One panel per workflow: its Pareto front over the first two rewards, the knee starred;
+    a workflow with a route parameter (``ROUTE_PARAM``) gets its points marked and labelled
+    by route, the chosen route named in the legend. Returns each panel's legend entries
+    (workflow -> labels), what the figure states in words."""
+    legends: dict[str, list[str]] = {}
     by_wf: dict[str, list[dict]] = {}
     for entry in analysis.pareto:
         by_wf.setdefault(entry.get("workflow", "?"), []).append(entry)
@@ -107,14 +133,83 @@ def pareto(analysis: Analysis, path: str | Path) -> None:
         order = np.argsort(pts[:, 0])
         ax.plot(pts[order, 0], pts[order, 1], "o-", color="tab:blue", label="Pareto front")
         chosen = analysis.params.get(wf)
+        _route_markers(ax, entries, pts, chosen)
         knee = [e for e in entries if e["params"] == chosen]
         if knee:
             k = knee[0]["rewards"]
-            ax.plot(k[names[0]], k[names[1]], "*", ms=18, color="tab:red", label="knee")
+            route = knee[0]["params"].get(ROUTE_PARAM)
+            label = "knee" if route is None else f"knee (chosen: {route})"
+            ax.plot(k[names[0]], k[names[1]], "*", ms=18, color="tab:red", label=label)
         ax.set_xlabel(names[0])
         ax.set_ylabel(names[1])
         ax.set_title(wf)
-        ax.legend(fontsize=8)
+        legend = ax.legend(fontsize=8)
+        legends[wf] = [t.get_text() for t in legend.get_texts()]
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return legends
+
+
+def latent(image: np.ndarray, analysis: Analysis, path: str | Path) -> None:
+    """The latent analysis in one figure: left, the latent means (z1, z2; z1 against the
+    rotation angle for a one-dimensional latent) of every encoded key point coloured by its
+    latent label; right, the frame in grey with the key points coloured by the same labels
+    (the label map on the frame) and the latent walls in red. Without a model (or with
+    nothing encoded) the figure says so.
+
+    Parameters
+    ----------
+    image : (H, W) ndarray of float
+        The frame as the engine saw it, ~[0, 1].
+    analysis : Analysis
+        A result with the latent workflow's arrays (``keypoints``, ``latent``,
+        ``latent_labels``, ``latent_walls``) and its ``model`` scalar.
+    path : str or Path
+        PNG file written.
+    """
+    import matplotlib  # noqa: PLC0415 - lazy: a cold `analyze` imports no plotting it skips
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    h, w = image.shape
+    kp = np.asarray(analysis.arrays.get("keypoints", np.zeros((0, 2))), float).reshape(-1, 2)
+    z = np.asarray(analysis.arrays.get("latent", np.zeros((len(kp), 0))), float)
+    lab = np.asarray(analysis.arrays.get("latent_labels", np.full(len(kp), -1)), int)
+    angle = np.asarray(analysis.arrays.get("latent_angle", np.full(len(kp), np.nan)), float)
+    model = analysis.scalars.get("model") or {}
+    fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(13, 6.2), dpi=100)
+    ok = (np.all(np.isfinite(z), axis=1) if z.ndim == 2 and z.shape[1] else
+          np.zeros(len(kp), bool))
+    if ok.any():
+        x = z[ok, 0]
+        y = z[ok, 1] if z.shape[1] >= 2 else angle[ok]
+        ax0.scatter(x, y, s=5, c=np.where(lab[ok] >= 0, lab[ok], 9), cmap="tab10", vmin=0,
+                    vmax=9, linewidths=0)
+        ax0.set_xlabel("z1")
+        ax0.set_ylabel("z2" if z.shape[1] >= 2 else "rotation latent (rad)")
+    else:
+        ax0.text(0.5, 0.5, "no model in use: nothing encoded", ha="center", va="center",
+                 transform=ax0.transAxes)
+    ax0.set_title(f"latent of {int(ok.sum())} key points, model {model.get('id')}",
+                  fontsize=9)
+    ax1.imshow(image, cmap="gray", interpolation="nearest")
+    if len(kp):
+        key = lab >= 0
+        ax1.scatter(kp[~key, 0], kp[~key, 1], s=3, c="0.6", linewidths=0)
+        if key.any():
+            ax1.scatter(kp[key, 0], kp[key, 1], s=8, c=lab[key], cmap="tab10", vmin=0,
+                        vmax=9, linewidths=0)
+    walls = np.asarray(analysis.arrays.get("latent_walls", np.zeros((0, 4))), float)
+    for x0, y0, x1, y1 in walls.reshape(-1, 4):
+        ax1.plot([x0, x1], [y0, y1], color="red", lw=2)
+    n_lab = len(np.unique(lab[lab >= 0]))
+    ax1.set_title(f"latent labels on the frame ({n_lab} classes), {len(walls)} latent walls",
+                  fontsize=9)
+    ax1.set_xlim(-0.5, w - 0.5)
+    ax1.set_ylim(h - 0.5, -0.5)
+    ax1.set_axis_off()
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -12,8 +12,28 @@ from:
   by one lattice spacing, so a T-junction that stops just short counts); a square of
   :data:`JUNCTION_SIDE_SPACINGS` lattice spacings around the point; significance = the smaller
   of the two walls'.
+* ``domain``: a domain of another polarization variant, read from the per-cell polarization
+  map, when the frame's ``domain_significance`` says the frame is not one domain (p <
+  10^-:data:`DOMAIN_MIN_SIGNIFICANCE`, the domains workflow's own null test) - also when no
+  wall segment could be drawn (a small domain in a wide overview, a few pixels per cell: the
+  walls of a domain lie on its outline, and a zoom onto its box finds them); a domain whose
+  box a published wall crosses is suggested through its walls instead. Each cell's
+  vector is averaged with its neighbours' (within 1.6 lattice spacings); cells whose direction
+  bin (the ``novelty`` bins) is neither the majority's nor next to it are linked to those
+  within 1.5 spacings; a connected group of at least :data:`DOMAIN_MIN_CELLS` cells is a
+  candidate, box = the bounding box of its cells whose own vector lies on the group's side
+  of the midpoint between the two means, padded by one spacing, anchor = the cell nearest
+  their median. Significance = the smaller of the frame's ``domain_significance`` and a z-test of
+  the group's mean (unsmoothed) polarization against the majority cells' along the
+  difference of the two means (-log10 of the one-sided normal tail).
 * ``amorphous``: each region of ``region_labels``: its bounding box; significance = its
   ``region_significance``; anchor = the region's pixel nearest its centroid.
+* ``uncertainty``: where the latent model is unsure (when the ``latent`` workflow runs).
+  Per key point (the rows of ``latent_scale``: the atoms, or ``keypoints`` without atoms),
+  u = the mean log posterior standard deviation over the latent dimensions; a point is
+  uncertain when u lies :data:`UNCERTAINTY_MIN_Z` robust standard deviations above the
+  frame's median; groups of at least :data:`UNCERTAINTY_MIN_POINTS` as for ``instability``
+  (same significance). A frame the model finds uniformly hard points nowhere in particular.
 * ``novelty``: a polarization state not seen earlier in the session. The per-cell
   ``polarization`` vectors are binned by direction into eight 45-degree bins centred on the
   multiples of 45 degrees (so the <100> and <110> directions are bin centres, not edges); a bin
@@ -24,9 +44,18 @@ from:
   its cell nearest their median; the session's first frame with a polarization map sets the
   baseline and suggests none. Its significance is the number of cells in the state (a count,
   not a p-value).
-* ``instability`` (label instability across the Pareto front) is not produced: the engine
-  keeps only the chosen evaluation's outputs, and measuring it would mean re-evaluating the
-  front's candidates. The reason and its weight exist so a producer can be added.
+* ``instability``: where the Pareto-optimal analyses disagree. For every per-atom label
+  output (kind ``labels``: domains, amorphous sites) the engine compares the chosen
+  candidate's labels with those of the other candidates on the frame's Pareto front (label
+  ids matched by overlap) and gives each atom the share of them that label it differently
+  (:func:`rewardscope.engine.session.label_instability`; the largest share over the label
+  outputs). Atoms with a share >= :data:`INSTABILITY_MIN_SHARE` are linked to those within
+  1.5 lattice spacings; a group of at least :data:`INSTABILITY_MIN_ATOMS` atoms is a
+  candidate, box = its bounding box padded by a spacing. Significance: how much more
+  unstable the box is than the frame: -log10 of the binomial tail P(X >= k), X ~ Bin(m, r),
+  k of the box's m labelled atoms unstable, r = the frame's share of unstable atoms (a
+  frame where the front disagrees everywhere points nowhere in particular). ``domain``,
+  ``instability`` and ``uncertainty`` candidates below :data:`MIN_SIGNIFICANCE` are dropped.
 
 A box longer than :data:`MAX_BOX_FRACTION` of the frame's longer side is cut to that side around
 the candidate's *anchor* (a point inside the detection: the wall's midpoint, ...), so every
@@ -71,7 +100,7 @@ from typing import Any
 
 import numpy as np
 
-from rewardscope.config import REGION_REASONS
+from rewardscope.protocol import REGION_REASONS
 
 REASONS = REGION_REASONS
 SIGNIFICANCE_HALF = 3.0
@@ -91,6 +120,25 @@ NOVELTY_MIN_CELLS = 8
 NOVELTY_MIN_FRACTION = 0.1
 NOVELTY_MIN_MAGNITUDE = 0.5
 """Cells whose displacement is below this fraction of the frame's median have no direction."""
+DOMAIN_MIN_SIGNIFICANCE = 3.0
+"""-log10 p the frame's domain homogeneity test must reach before a ``domain`` candidate."""
+DOMAIN_MIN_CELLS = 12
+"""Smallest group of cells of another variant suggested as a ``domain``."""
+DOMAIN_SMOOTH_SPACINGS = 1.6
+DOMAIN_LINK_SPACINGS = 1.5
+INSTABILITY_MIN_SHARE = 0.5
+"""An atom is unstable when at least this share of the other front candidates label it
+differently from the chosen one."""
+INSTABILITY_MIN_ATOMS = 12
+"""Smallest group of unstable atoms suggested as ``instability``."""
+UNCERTAINTY_MIN_Z = 3.0
+"""A key point is uncertain when its mean log posterior spread lies this many robust standard
+deviations (1.4826 x MAD) above the frame's median."""
+UNCERTAINTY_MIN_POINTS = 12
+"""Smallest group of uncertain key points suggested as ``uncertainty``."""
+MIN_SIGNIFICANCE = 3.0
+"""-log10 p a ``domain``, ``instability`` or ``uncertainty`` candidate must reach (the
+workflows' detections pass their own tests at p < 10^-3 before they are published)."""
 FRAME_VISIT_FOV_RATIO = 1.5
 """An earlier frame visited a candidate when its field of view was at most this x the
 candidate's (it imaged the place at about the suggested magnification or closer)."""
@@ -338,6 +386,212 @@ def polarization_states(cells: Any, polarization: Any) -> dict[int, np.ndarray]:
     return out
 
 
+def domain_candidates(cells: Any, polarization: Any, spacing: float,
+                      frame_significance: Any, walls: Sequence[Sequence[float]] = ()
+                      ) -> list[dict]:
+    """``domain`` candidates: connected groups of cells polarized unlike the frame's majority
+    (see the module doc); none unless ``frame_significance`` (the frame's
+    ``domain_significance``, -log10 p) reaches :data:`DOMAIN_MIN_SIGNIFICANCE`.
+
+    Parameters
+    ----------
+    cells, polarization : (M, 2) array_like
+        Cell centres and polarization vectors (px), row-aligned.
+    spacing : float
+        Lattice spacing, px.
+    frame_significance : float or None
+        -log10 p of the frame's "one domain" test.
+    walls : sequence of [x0, y0, x1, y1], optional
+        The frame's published wall segments (px): a group whose box one of them crosses is
+        already suggested through its walls and is skipped.
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+    from scipy.spatial import cKDTree
+    from scipy.stats import norm
+
+    try:
+        frame_s = float(frame_significance)
+    except (TypeError, ValueError):
+        return []
+    if not (frame_s >= DOMAIN_MIN_SIGNIFICANCE) or cells is None or polarization is None:
+        return []
+    c = np.asarray(cells, dtype=np.float64).reshape(-1, 2)
+    p = np.asarray(polarization, dtype=np.float64).reshape(-1, 2)
+    ok = np.all(np.isfinite(c), axis=1) & np.all(np.isfinite(p), axis=1)
+    c, p = c[ok], p[ok]
+    if len(c) != len(p) or len(c) < 2 * DOMAIN_MIN_CELLS or not spacing > 0:
+        return []
+    tree = cKDTree(c)
+    pairs = tree.query_pairs(DOMAIN_SMOOTH_SPACINGS * spacing, output_type="ndarray")
+    n = len(c)
+    adj = coo_matrix((np.ones(2 * len(pairs)), (np.r_[pairs[:, 0], pairs[:, 1]],
+                                                 np.r_[pairs[:, 1], pairs[:, 0]])),
+                     shape=(n, n)).tocsr()
+    smooth = (adj @ p + p) / (np.asarray(adj.sum(axis=1)).ravel() + 1.0)[:, None]
+    n_bins = int(round(360 / NOVELTY_BIN_DEG))
+    ang = np.degrees(np.arctan2(smooth[:, 1], smooth[:, 0]))
+    bins = np.round(ang / NOVELTY_BIN_DEG).astype(int) % n_bins
+    major = int(np.argmax(np.bincount(bins, minlength=n_bins)))
+    off = (bins - major) % n_bins
+    other = (off >= 2) & (off <= n_bins - 2)
+    majority = ~other & (off == 0)
+    if other.sum() < DOMAIN_MIN_CELLS or majority.sum() < DOMAIN_MIN_CELLS:
+        return []
+    idx = np.flatnonzero(other)
+    links = cKDTree(c[idx]).query_pairs(DOMAIN_LINK_SPACINGS * spacing, output_type="ndarray")
+    graph = coo_matrix((np.ones(len(links)), (links[:, 0], links[:, 1])),
+                       shape=(len(idx), len(idx)))
+    n_groups, group = connected_components(graph, directed=False)
+    pm = p[majority]
+    mean_m, var_m = pm.mean(axis=0), pm.var(axis=0, ddof=1)
+    t = np.linspace(0.0, 1.0, 11)[:, None]
+    wall_pts = np.vstack([(1 - t) * np.asarray(w[:2], float) + t * np.asarray(w[2:4], float)
+                          for w in walls]) if len(walls) else np.zeros((0, 2))
+    out = []
+    for g in range(n_groups):
+        members = idx[group == g]
+        if len(members) < DOMAIN_MIN_CELLS:
+            continue
+        pg = p[members]
+        diff = pg.mean(axis=0) - mean_m
+        norm_d = float(np.hypot(*diff))
+        if not norm_d > 0:
+            continue
+        u = diff / norm_d
+        se = math.sqrt(float(u ** 2 @ pg.var(axis=0, ddof=1)) / len(pg)
+                       + float(u ** 2 @ var_m) / len(pm))
+        z = norm_d / se if se > 0 else math.inf
+        s = float(-norm.logsf(z) / math.log(10.0)) if math.isfinite(z) else math.inf
+        # the box: members whose own vector sides with the group (smoothing blurs the
+        # outline by a cell: edge cells of the majority can fall in the group)
+        own = (pg - 0.5 * (pg.mean(axis=0) + mean_m)) @ u > 0
+        xy = c[members[own]] if own.sum() >= DOMAIN_MIN_CELLS else c[members]
+        med = np.median(xy, axis=0)
+        lo, hi = xy.min(axis=0) - spacing, xy.max(axis=0) + spacing
+        if np.any(np.all((wall_pts >= lo) & (wall_pts <= hi), axis=1)):
+            continue  # its walls were drawn: suggested as walls
+        if min(s, frame_s) < MIN_SIGNIFICANCE:
+            continue
+        out.append({"reason": "domain", "significance": min(s, frame_s),
+                    "anchor": xy[int(np.argmin(np.sum((xy - med) ** 2, axis=1)))].tolist(),
+                    "box_px": [float(lo[0]), float(lo[1]), float(hi[0]), float(hi[1])]})
+    return out
+
+
+def flagged_groups(xy: Any, flagged: Any, valid: Any, spacing: float, reason: str,
+                   min_points: int) -> list[dict]:
+    """Candidates from flagged points: connected groups (links within
+    :data:`DOMAIN_LINK_SPACINGS` lattice spacings) of at least ``min_points`` flagged points,
+    box = a group's bounding box padded by a spacing, significance = -log10 of the binomial
+    tail P(X >= k), X ~ Bin(m, r): k of the box's m valid points flagged, r = the frame's
+    flagged share (a place flagged more densely than the frame as a whole); only groups
+    reaching :data:`MIN_SIGNIFICANCE` are kept.
+
+    Parameters
+    ----------
+    xy : (N, 2) array_like
+        Point positions, px.
+    flagged, valid : (N,) array_like of bool
+        Points flagged / points that could be flagged at all.
+    spacing : float
+        Lattice spacing, px.
+    reason : str
+        The candidates' reason.
+    min_points : int
+        Smallest group.
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+    from scipy.spatial import cKDTree
+    from scipy.stats import binom
+
+    xy = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
+    valid = np.asarray(valid, bool).ravel() & np.all(np.isfinite(xy), axis=1)
+    bad = np.asarray(flagged, bool).ravel() & valid
+    if bad.sum() < min_points or not spacing > 0:
+        return []
+    rate = float(bad.sum()) / float(valid.sum())
+    idx = np.flatnonzero(bad)
+    links = cKDTree(xy[idx]).query_pairs(DOMAIN_LINK_SPACINGS * spacing, output_type="ndarray")
+    graph = coo_matrix((np.ones(len(links)), (links[:, 0], links[:, 1])),
+                       shape=(len(idx), len(idx)))
+    n_groups, group = connected_components(graph, directed=False)
+    out = []
+    for g in range(n_groups):
+        members = xy[idx[group == g]]
+        if len(members) < min_points:
+            continue
+        lo, hi = members.min(axis=0) - spacing, members.max(axis=0) + spacing
+        inside = valid & np.all((xy >= lo) & (xy <= hi), axis=1)
+        m, k = int(inside.sum()), int((inside & bad).sum())
+        logp = float(binom.logsf(k - 1, m, rate)) if rate < 1.0 else 0.0
+        sig = max(0.0, -logp / math.log(10.0))
+        if sig < MIN_SIGNIFICANCE:
+            continue
+        med = np.median(members, axis=0)
+        out.append({"reason": reason, "significance": sig,
+                    "anchor": members[int(np.argmin(np.sum((members - med) ** 2,
+                                                           axis=1)))].tolist(),
+                    "box_px": [float(lo[0]), float(lo[1]), float(hi[0]), float(hi[1])]})
+    return out
+
+
+def instability_candidates(atoms: Any, share: Any, spacing: float) -> list[dict]:
+    """``instability`` candidates: groups of atoms whose labels the Pareto front disputes
+    (share >= :data:`INSTABILITY_MIN_SHARE`; see the module doc and :func:`flagged_groups`).
+
+    Parameters
+    ----------
+    atoms : (N, 2) array_like
+        Atom positions, px.
+    share : (N,) array_like
+        Per atom, the share (0..1) of the other front candidates labelling it differently;
+        NaN = unlabelled.
+    spacing : float
+        Lattice spacing, px.
+    """
+    f = np.asarray(share, dtype=np.float64).ravel()
+    if len(np.asarray(atoms).reshape(-1, 2)) != len(f):
+        return []
+    ok = np.isfinite(f)
+    return flagged_groups(atoms, ok & (np.where(ok, f, 0.0) >= INSTABILITY_MIN_SHARE), ok,
+                          spacing, "instability", INSTABILITY_MIN_ATOMS)
+
+
+def uncertainty_candidates(points: Any, latent_scale: Any, spacing: float) -> list[dict]:
+    """``uncertainty`` candidates: groups of key points the latent model encodes with
+    unusually large posterior spread (see the module doc and :func:`flagged_groups`).
+
+    Parameters
+    ----------
+    points : (N, 2) array_like
+        The key points the latent rows belong to (atoms or ``keypoints``), px.
+    latent_scale : (N, d) array_like
+        Posterior standard deviations per latent dimension; NaN rows = not encoded.
+    spacing : float
+        Lattice spacing, px.
+    """
+    xy = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    sc = np.asarray(latent_scale, dtype=np.float64)
+    if sc.ndim == 1:
+        sc = sc[:, None]
+    if sc.ndim != 2 or len(sc) != len(xy):
+        return []
+    with np.errstate(divide="ignore", invalid="ignore"):
+        u = np.mean(np.log(sc), axis=1)
+    ok = np.isfinite(u)
+    if ok.sum() < 2 * UNCERTAINTY_MIN_POINTS:
+        return []
+    med = float(np.median(u[ok]))
+    mad = 1.4826 * float(np.median(np.abs(u[ok] - med)))
+    if not mad > 0:
+        return []
+    z = np.where(ok, (u - med) / mad, 0.0)
+    return flagged_groups(xy, ok & (z >= UNCERTAINTY_MIN_Z), ok, spacing, "uncertainty",
+                          UNCERTAINTY_MIN_POINTS)
+
+
 def novelty_candidates(states: dict[int, np.ndarray], seen: set[int] | None) -> list[dict]:
     """A candidate per state in ``states`` (see :func:`polarization_states`) not in ``seen``;
     none when ``seen`` is None (the session's first polarization map is the baseline)."""
@@ -479,7 +733,8 @@ def significance_factor(s: float) -> float:
 
 def suggest(*, walls: Sequence[Sequence[float]], arrays: dict[str, Any],
             scalars: dict[str, Any], geo: FrameGeometry, spacing_px: float, settings: Any,
-            state: RegionState) -> list[dict]:
+            state: RegionState, instability: tuple[Any, Any] | None = None,
+            atoms: Any = None) -> list[dict]:
     """The frame's ranked suggestions (the shared contract's plain dicts), best first.
 
     Parameters
@@ -501,6 +756,11 @@ def suggest(*, walls: Sequence[Sequence[float]], arrays: dict[str, Any],
     state : RegionState
         The session's memory; its polarization states and the frame's field of view are
         recorded (also with ``regions_mode = "off"``, which suggests nothing).
+    instability : (atoms (N, 2), share (N,)), optional
+        Per atom, the share of the other Pareto-optimal candidates that label it differently
+        (the engine's :func:`~rewardscope.engine.session.label_instability`).
+    atoms : (N, 2) array_like, optional
+        The frame's atoms: the rows of ``latent_scale`` when the frame has no ``keypoints``.
 
     Returns
     -------
@@ -512,7 +772,8 @@ def suggest(*, walls: Sequence[Sequence[float]], arrays: dict[str, Any],
     seen = None if state.seen_states is None else set(state.seen_states)
     out: list[dict] = []
     if settings.regions_mode != "off" and settings.regions_max > 0:
-        out = _rank(walls, arrays, scalars, geo, spacing, settings, state, states, seen)
+        out = _rank(walls, arrays, scalars, geo, spacing, settings, state, states, seen,
+                    instability, atoms)
     if states:
         state.seen_states = sorted((seen or set()) | set(states))
     state.add_frame(geo)
@@ -521,16 +782,21 @@ def suggest(*, walls: Sequence[Sequence[float]], arrays: dict[str, Any],
 
 def _rank(walls: Sequence[Sequence[float]], arrays: dict[str, Any], scalars: dict[str, Any],
           geo: FrameGeometry, spacing: float, settings: Any, state: RegionState,
-          states: dict[int, np.ndarray], seen: set[int] | None) -> list[dict]:
+          states: dict[int, np.ndarray], seen: set[int] | None,
+          instability: tuple[Any, Any] | None = None, atoms: Any = None) -> list[dict]:
     wall_sig = arrays.get("wall_significance")
     if wall_sig is None and walls:
         ds = scalars.get("domain_significance")
         wall_sig = np.full(len(walls), float(ds) if ds is not None else np.nan)
     cands = (wall_candidates(walls, wall_sig, spacing)
              + junction_candidates(walls, wall_sig, spacing, geo.shape)
+             + domain_candidates(arrays.get("cells"), arrays.get("polarization"), spacing,
+                                 scalars.get("domain_significance"), walls)
              + amorphous_candidates(arrays.get("region_labels"),
                                     arrays.get("region_significance"))
-             + novelty_candidates(states, seen))
+             + novelty_candidates(states, seen)
+             + (instability_candidates(*instability, spacing) if instability else [])
+             + _uncertainty(arrays, atoms, spacing))
     min_side = float(settings.regions_min_px) or spacing
     radius_px = float(settings.regions_penalty_radius) * spacing
     weights = settings.regions_weights or {}
@@ -557,6 +823,18 @@ def _rank(walls: Sequence[Sequence[float]], arrays: dict[str, Any], scalars: dic
             kept.append(c)
     kept = [c for c in kept if c["score"] >= MIN_SCORE][:int(settings.regions_max)]
     return [_suggestion(c, geo, state) for c in kept]
+
+
+def _uncertainty(arrays: dict[str, Any], atoms: Any, spacing: float) -> list[dict]:
+    scale = arrays.get("latent_scale")
+    if scale is None:
+        return []
+    points = arrays.get("keypoints")
+    if points is None or len(points) != len(scale):
+        points = atoms
+    if points is None:
+        return []
+    return uncertainty_candidates(points, scale, spacing)
 
 
 def _suggestion(c: dict, geo: FrameGeometry, state: RegionState) -> dict:

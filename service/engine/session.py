@@ -210,6 +210,7 @@ class WorkflowSearch:
                                                  seed=seed, n_initial=5)
         self.frames = 0
         self.lattice_px = float(getattr(workflow, "lattice_px", 0.0) or 0.0)
+        self.front_: list[Evaluation] = []  # the last frame's Pareto-optimal evaluations
 
     def _knee_scale(self) -> np.ndarray | None:
         scale = np.array([r.scale for r in self.objectives], dtype=float)
@@ -238,18 +239,21 @@ class WorkflowSearch:
             return self._vector(ctx, ev)
 
         wf.prepare(ctx)
+        self.optimizer.restrict(wf.allowed_values(ctx))
         if self.frames == 0:
             self.optimizer.enqueue([[p[n] for n in names] for p in wf.initial_points(ctx)])
         fs = run_frame(objective, self.optimizer, budget=budget, deadline_s=deadline_s,
                        workers=workers if wf.thread_safe else 1)
         self.frames += 1
         pareto = []
+        self.front_ = []
         for x in fs.pareto_X:
             key = tuple(plain(v) for v in x)
             ev = evaluated.get(key)
             if ev is not None:
                 pareto.append({"workflow": wf.name, "params": dict(zip(names, key, strict=True)),
                                "rewards": ev.rewards})
+                self.front_.append(ev)
         if fs.knee_x is None:
             # No candidate scored finitely (e.g. no amorphous region anywhere: every mask is
             # empty): that is an answer, not a failure. Report the first candidate's output.
@@ -266,6 +270,38 @@ class WorkflowSearch:
 
 
 # ------------------------------------------------------------------------------ merging
+
+
+def label_instability(chosen: Any, others: Sequence[Any]) -> np.ndarray | None:
+    """Per atom, the share of ``others`` (label arrays of the other Pareto-optimal candidates,
+    row-aligned with ``chosen``) that label it differently from ``chosen``, after each
+    other's label ids are matched to the chosen ones by overlap (Hungarian assignment on the
+    contingency table: label ids are arbitrary). NaN where ``chosen`` labels nothing (-1);
+    None when there is no other candidate to compare with."""
+    from scipy.optimize import linear_sum_assignment
+
+    ref = np.asarray(chosen).astype(np.int64).ravel()
+    comps = [np.asarray(o).astype(np.int64).ravel() for o in others
+             if o is not None and np.shape(o) == ref.shape]
+    if not comps or not len(ref):
+        return None
+    ok = ref >= 0
+    differ = np.zeros(len(ref))
+    for lab in comps:
+        both = ok & (lab >= 0)
+        mapped = np.full(len(ref), -2)
+        if both.any():
+            a_ids, a = np.unique(ref[both], return_inverse=True)
+            b_ids, b = np.unique(lab[both], return_inverse=True)
+            table = np.zeros((len(b_ids), len(a_ids)))
+            np.add.at(table, (b, a), 1.0)
+            rows, cols = linear_sum_assignment(-table)
+            lut = dict(zip(b_ids[rows].tolist(), a_ids[cols].tolist(), strict=True))
+            mapped[both] = [lut.get(int(v), -2) for v in lab[both]]
+        differ += mapped != ref
+    frac = differ / len(comps)
+    frac[~ok] = np.nan
+    return frac
 
 
 class _Merged:
@@ -450,6 +486,7 @@ class SessionEngine:
         pareto: list[dict] = []
         hypervolume: dict[str, float] = {}
         merged = _Merged()
+        unstable: list[np.ndarray] = []  # per atom: share of the front disagreeing, per labels
         n_eval, opt_s, warm = 0, 0.0, False
         cold = any(self._search_for(spec, lattice_px).frames == 0 for spec in chain)
         frame_deadline = settings.cold_deadline_s if cold else settings.deadline_s
@@ -480,6 +517,13 @@ class SessionEngine:
                     if o.kind == ATOMS and ctx.atoms is None:
                         ctx.atoms = np.asarray(chosen.output[o.key], dtype=np.float64)
             merged.add(wf, chosen.output)
+            for o in wf.produces:
+                if o.kind == LABELS and o.key in chosen.output and ctx.atoms is not None:
+                    frac = label_instability(chosen.output[o.key],
+                                             [ev.output.get(o.key) for ev in search.front_
+                                              if ev is not chosen])
+                    if frac is not None and len(frac) == len(ctx.atoms):
+                        unstable.append(frac)
         timings["optimizer"] = opt_s
         t0 = time.perf_counter()
         if lat is not None:  # refined on the columns found, kept for the next frame
@@ -505,7 +549,10 @@ class SessionEngine:
         suggestions = regions_mod.suggest(
             walls=merged.walls, arrays=merged.arrays, scalars=merged.scalars, geo=geo,
             spacing_px=lat.spacing if lat is not None else lattice_px, settings=settings,
-            state=self.regions)
+            state=self.regions,
+            instability=None if not unstable or ctx.atoms is None
+            else (ctx.atoms, np.max(np.vstack(unstable), axis=0)),
+            atoms=ctx.atoms)
         timings["regions"] = time.perf_counter() - t0
         self.frames_processed += 1
         return merged.analysis(params=params, rewards=rewards, pareto=pareto,

@@ -4,7 +4,7 @@ Two threads, one direction of data:
 
 * the I/O thread owns every ZeroMQ socket (they are not thread-safe). It polls the frames and
   control sockets, hands accepted frames to the analysis thread through a one-slot mailbox, and
-  forwards what the analysis thread sends back over an ``inproc`` PAIR socket to the results PUB.
+  forwards what the analysis thread sends back over an ``inproc`` PUSH-PULL pair to the results PUB.
 * the analysis thread takes the newest frame from the mailbox, runs the session's engine and
   sends the encoded result (or an ``analysis_failed`` error) back.
 
@@ -157,7 +157,15 @@ class Daemon:
         self.ctx = context or zmq.Context.instance()
         self.metrics = metrics or Metrics()
         self.ingest = Ingest(cfg.limits())
-        self.slot = LatestFrameSlot(on_depth=self.metrics.set_queue)
+        self.cluster = None  # serve --cluster: engines on Dask workers (rewardscope.live.cluster)
+        if cfg.cluster:
+            from rewardscope.live import cluster as cluster_mod
+
+            self.cluster = cluster_mod.Cluster(cfg.cluster)  # parsed now, started by start()
+            self.slot = cluster_mod.SessionSlots(on_depth=self.metrics.set_queue,
+                                                 on_stale=lambda n: self._drop("stale", n))
+        else:
+            self.slot = LatestFrameSlot(on_depth=self.metrics.set_queue)
         self.stats = Stats()
         self.dropped: Counter[str] = Counter({r: 0 for r in DROP_REASONS})
         self.errors: Counter[str] = Counter({c: 0 for c in protocol.ERROR_CODES})
@@ -181,6 +189,7 @@ class Daemon:
         self.frames_endpoint = ""
         self.curve: security.CurveServer | None = None
         self._model: str | None = None
+        self.trainer = None  # the latent slow loop (rewardscope.live.trainer), when latent runs
         # recommended regions: the gate lives in the I/O thread; released suggestions reach
         # their engine through this queue, applied by the analysis thread before its next frame
         self.gate = Gate()
@@ -201,14 +210,24 @@ class Daemon:
         if cfg.metrics_port:
             self.metrics.serve(cfg.metrics_port, cfg.metrics_addr)
         engine_warmup()
+        self._start_latent(cfg)
         if self.store is not None:
             self.checkpoints = CheckpointWriter(
                 self.store.checkpoint,
                 on_written=lambda seconds: self.metrics.observe_stage("checkpoint", seconds),
                 on_failed=self.metrics.checkpoint_failed)
-        self._worker = threading.Thread(target=self._analysis_loop, name="analysis",
-                                        daemon=True)
-        self._worker.start()
+        n_threads = 1
+        if self.cluster is not None:  # one analysis thread per worker thread of the cluster
+            from rewardscope.live import cluster as cluster_mod
+
+            self.cluster.start()
+            self._pool = cluster_mod.EnginePool(self.cluster)
+            n_threads = cluster_mod.analysis_threads(self.cluster)
+        self._workers = [threading.Thread(target=self._analysis_loop, name=f"analysis-{i}",
+                                          daemon=True) for i in range(n_threads)]
+        self._worker = self._workers[0]
+        for t in self._workers:
+            t.start()
         self.state = "running"
         self.metrics.set_state("running")
         log.info("service started", extra={"frames": self.frames_endpoint,
@@ -218,6 +237,29 @@ class Daemon:
                                            "metrics_port": cfg.metrics_port,
                                            "curve": self.curve is not None,
                                            "version": __version__})
+
+    def _start_latent(self, cfg: ServiceConfig) -> None:
+        """The latent slow loop, when the chain runs the latent workflow: reload the
+        checkpoint (a bad one is logged, the service starts without it), start the trainer."""
+        from rewardscope.engine.session import resolve_chain
+
+        if "latent" not in resolve_chain(cfg.workflow):
+            return
+        from pathlib import Path
+
+        from rewardscope.live import trainer as trainer_mod
+        from rewardscope.science.vae import model_slot
+
+        slot = model_slot()
+        slot.max_frames, slot.max_keypoints = cfg.latent_buffer_frames, cfg.latent_buffer_patches
+        path = cfg.latent_checkpoint or (str(Path(cfg.store) / "latent-model.pt")
+                                         if cfg.store else "")
+        if path:
+            trainer_mod.load_into_slot(path, slot)
+        self.trainer = trainer_mod.LatentTrainer(
+            slot, trainer_mod.TrainSettings.from_config(cfg), checkpoint=path or None)
+        if cfg.latent_train:
+            self.trainer.start()
 
     def _open_sockets(self, cfg: ServiceConfig) -> None:
         self.frames = self.ctx.socket(zmq.SUB if cfg.frames_mode == "sub" else zmq.PULL)
@@ -248,7 +290,7 @@ class Daemon:
         security.secure(self.curve, self.control, bind=True, url=cfg.control)
         self.control.bind(cfg.control)
         self.control_endpoint = self.control.getsockopt_string(zmq.LAST_ENDPOINT)
-        self.from_worker = self.ctx.socket(zmq.PAIR)
+        self.from_worker = self.ctx.socket(zmq.PULL)  # one PUSH per analysis thread
         self.from_worker.bind(self._inproc)
 
     def stop(self) -> None:
@@ -299,12 +341,16 @@ class Daemon:
         pending = self.slot.close()  # the frame not yet started is dropped; the one in hand ends
         if pending is not None:
             self._drop("stale")
-        if self._worker is not None:
-            self._worker.join(timeout=max(5.0, 2 * self.cfg.cold_deadline_s + 5))
+        for t in getattr(self, "_workers", []):
+            t.join(timeout=max(5.0, 2 * self.cfg.cold_deadline_s + 5))
+        if self.trainer is not None:
+            self.trainer.stop()
         while self.from_worker.poll(0):
             self._forward_from_worker()
         if self.checkpoints is not None:  # the last frame's state, so a restart continues warm
             self.checkpoints.close(timeout=30.0)
+        if self.cluster is not None:
+            self.cluster.close()
         self._heartbeat()
         self.state = "stopped"
         self.connected = False
@@ -440,11 +486,13 @@ class Daemon:
         with self._engines_lock:
             eng = self.engines.get(session)
             if eng is None:
-                eng = make_engine(session, self.cfg)
+                eng = (self._pool.engine(session, self.cfg) if self.cluster is not None
+                       else make_engine(session, self.cfg))
                 self._restore(eng)
                 self.engines[session] = eng
                 while len(self.engines) > self.cfg.max_sessions:
-                    old, _ = self.engines.popitem(last=False)
+                    old, old_eng = self.engines.popitem(last=False)
+                    getattr(old_eng, "close", lambda: None)()  # a remote engine frees its actor
                     log.info("session engine evicted", extra={"session": old})
             self.engines.move_to_end(session)
             return eng
@@ -481,7 +529,7 @@ class Daemon:
 
     # ------------------------------------------------------------------ analysis thread
     def _analysis_loop(self) -> None:
-        out = self.ctx.socket(zmq.PAIR)
+        out = self.ctx.socket(zmq.PUSH)
         out.connect(self._inproc)
         try:
             while True:
@@ -553,9 +601,14 @@ class Daemon:
 
     def _analysis_metrics(self, analysis: Analysis) -> None:
         self.metrics.observe_stages(analysis.timings)
-        if analysis.model and analysis.model != self._model:
-            self._model = analysis.model
-            self.metrics.model_swap(analysis.model)
+        model = analysis.scalars.get("model")
+        model_id = model.get("id") if isinstance(model, dict) else analysis.model
+        if model_id and model_id != self._model:
+            self._model = model_id
+            info = model if isinstance(model, dict) else {}
+            self.metrics.model_swap(model_id, train_s=info.get("train_s", ""),
+                                    n_patches=info.get("n_patches", ""),
+                                    rewards=info.get("rewards", ""))
         self.metrics.set_warm(analysis.warm_started)
         self.metrics.evaluations(analysis.n_evaluations)
         if analysis.rewards:
@@ -706,7 +759,8 @@ class Daemon:
                 "last_seq": self.stats.last_seq, "last_session": self.stats.last_session,
                 "uptime_s": round(time.monotonic() - self._started_monotonic, 3),
                 "sessions": len(self.ingest.sessions), "queue_depth": self.slot.depth(),
-                "connected": self.connected}
+                "connected": self.connected,
+                **({"latent": self.trainer.status()} if self.trainer is not None else {})}
 
     def _heartbeat(self) -> None:
         self.results.send_multipart(protocol.encode_status(self.stats_dict()))

@@ -337,10 +337,11 @@ class Metrics:
         since = self._analysing_since
         return self._lag_value if since is None else max(0.0, time.monotonic() - since)
 
-    def model_swap(self, model_name: str) -> None:
-        """Count a model replacement and label the model now in use."""
+    def model_swap(self, model_name: str, **labels: object) -> None:
+        """Count a model replacement and label the model now in use (plus ``labels``, e.g. the
+        latent model's ``train_s``, ``n_patches``, ``rewards``)."""
         self.model_swaps.inc()
-        self.model.info({"model": str(model_name)})
+        self.model.info({"model": str(model_name), **{k: str(v) for k, v in labels.items()}})
 
     def set_last_frame_timestamp(self, t: float) -> None:
         """Unix time (seconds) of the last frame received."""

@@ -157,6 +157,7 @@ class MultiObjectiveOptimizer:
         self._frame_of = np.zeros(0, dtype=np.int64)
         self._frame = 0
         self._init_queue: list[list] = self._initial_design(self.n_initial)
+        self._allowed: dict[int, tuple] = {}  # dimension index -> values this frame can run
         self._pending: set[tuple] = set()
         self._reeval: dict[tuple, np.ndarray] = {}
         self._reeval_new: dict[tuple, np.ndarray] = {}
@@ -195,8 +196,8 @@ class MultiObjectiveOptimizer:
             self._assess_jump()
         out: list[list] = []
         while self._init_queue and len(out) < n:
-            x = self._init_queue.pop(0)
-            if _key(x) not in self._pending:
+            x = self._project(self._init_queue.pop(0))
+            if _key(x) not in self._pending and all(_key(x) != _key(o) for o in out):
                 out.append(x)
         if len(out) < n:
             if self._model_ready():
@@ -252,7 +253,8 @@ class MultiObjectiveOptimizer:
         self.stats["frame"] = self._frame
         self.stats["warm"] = True
         self._init_queue = []
-        out = self._select_reevaluation(np.flatnonzero(self._frame_of == last))
+        out = [x for x in self._select_reevaluation(np.flatnonzero(self._frame_of == last))
+               if self._feasible(x)]
         for x in out:
             i = self._last_index_of(x, last)
             self._reeval[_key(x)] = self._Y[i].copy()
@@ -266,6 +268,54 @@ class MultiObjectiveOptimizer:
     def enqueue(self, points: list[list]) -> None:
         """Evaluate these points next (before LHS/BO proposals), e.g. a workflow's defaults."""
         self._init_queue[:0] = [[plain(v) for v in x] for x in points]
+
+    def restrict(self, allowed: dict[str, Sequence] | None) -> None:
+        """Limit categorical dimensions to some of their values for the coming asks.
+
+        For a frame on which only some values of a categorical can run (e.g. a descriptor
+        route that needs resolved atoms): queued initial-design points and random points get
+        one of the allowed values instead (drawn at random), EI candidates are snapped to an
+        allowed value, and the previous front's re-evaluations skip points outside. The
+        observations themselves are kept. ``None`` or ``{}`` lifts every limit.
+
+        Parameters
+        ----------
+        allowed : dict of str to sequence, or None
+            Dimension name -> the values allowed (a non-empty subset of its categories).
+
+        Raises
+        ------
+        ValueError
+            If a name is not a categorical dimension or the values are not a non-empty
+            subset of its categories.
+        """
+        limits: dict[int, tuple] = {}
+        for name, values in (allowed or {}).items():
+            i = self.names.index(name) if name in self.names else -1
+            dim = self.space.dimensions[i] if i >= 0 else None
+            if dim is None or not hasattr(dim, "categories"):
+                raise ValueError(f"allowed: {name!r} is not a categorical dimension "
+                                 f"of {self.names}")
+            vals = tuple(plain(v) for v in values)
+            if not vals or any(v not in dim.categories for v in vals):
+                raise ValueError(f"allowed[{name!r}] must be a non-empty subset of "
+                                 f"{dim.categories}, got {values!r}")
+            if len(set(vals)) < len(dim.categories):
+                limits[i] = vals
+        self._allowed = limits
+
+    def _feasible(self, x: list) -> bool:
+        return all(x[i] in vals for i, vals in self._allowed.items())
+
+    def _project(self, x: list) -> list:
+        """``x`` with every value outside its allowed set replaced by a random allowed one."""
+        if self._feasible(x):
+            return x
+        y = list(x)
+        for i, vals in self._allowed.items():
+            if y[i] not in vals:
+                y[i] = vals[int(self._rng.integers(len(vals)))]
+        return y
 
     def observe_jump(self, jumped: bool = True) -> None:
         """External scene-change signal (e.g. a new sample area): same response as detection."""
@@ -469,7 +519,7 @@ class MultiObjectiveOptimizer:
         taken = {_key(x) for x in exclude} | self._pending
         out: list[list] = []
         for _ in range(20 * n):
-            x = [plain(v) for v in self.space.rvs(1, random_state=self._seed())[0]]
+            x = self._project([plain(v) for v in self.space.rvs(1, random_state=self._seed())[0]])
             if _key(x) not in taken:
                 out.append(x)
                 taken.add(_key(x))
@@ -524,17 +574,25 @@ class MultiObjectiveOptimizer:
         one-hot categories) column-block-wise — skopt's row-wise transform is ~10x slower."""
         out = np.clip(Z, 0.0, 1.0)
         col = 0
-        for dim in self.space.dimensions:
+        for i, dim in enumerate(self.space.dimensions):
             size = dim.transformed_size
             block = out[:, col : col + size]
+            allowed = self._allowed.get(i)
             if isinstance(dim, Real):
                 pass
             elif size > 1:  # one-hot
-                hot = np.argmax(block, axis=1)
+                score = block
+                if allowed is not None:  # only allowed categories can be hot
+                    ok = np.array([c in allowed for c in dim.categories])
+                    score = np.where(ok[None, :], block, -np.inf)
+                hot = np.argmax(score, axis=1)
                 block[:] = 0.0
                 block[np.arange(len(block)), hot] = 1.0
             else:
-                snapped = dim.transform(dim.inverse_transform(block[:, 0]))
+                values = dim.inverse_transform(block[:, 0])
+                if allowed is not None:
+                    values = [v if v in allowed else allowed[0] for v in values]
+                snapped = dim.transform(values)
                 block[:, 0] = np.asarray(snapped, dtype=float).reshape(len(block))
             col += size
         return out

@@ -87,6 +87,12 @@ MIN_PAIRS = 8
 """Column pairs needed before the real-space refinement replaces the Fourier estimate."""
 MIN_SIDE_PX = 16
 """Smallest frame side :func:`find_lattice` accepts, px."""
+MIN_DIRECTIONS = 3
+"""Distinct lattice directions the indexed reflections must lie on (:func:`directions`): the
+two basis lines and at least one mixed node such as (1, 1)."""
+STREAK_BINS = (3, 4, 5, 6, 7, 8)
+"""Radial offsets (bins, both sides) at which a reflection's own line through the origin is
+sampled for the streak floor (:func:`_candidates`)."""
 HINT_TOLERANCE = 0.10
 """A hint agrees with the frame when within this relative distance of a cell length."""
 
@@ -251,6 +257,20 @@ def _candidates(p: np.ndarray, wht: np.ndarray, g: dict, threshold: float,
         keep[n] = not (close[n, :n] & keep[:n]).any()
     sel = np.flatnonzero(keep)[:64]
     iy, ix = iy[sel], ix[sel]
+    # Streak floor: scan-line offsets (the kx = 0 line), straight edges and walls put power
+    # on a whole line through the origin, which the ring median does not see. A reflection
+    # is a point: it must also stand ``threshold`` above the median of its own radial line.
+    kb = np.column_stack([fx[ix] * w, fy[iy] * h])  # bins
+    kn = np.maximum(np.hypot(*kb.T), 1e-9)
+    samples = []
+    for d in STREAK_BINS:
+        for sgn in (-1.0, 1.0):
+            r = np.maximum(kn + sgn * d, 1.0) / kn
+            samples.append(_lookup(wht, np.rint(kb[:, 1] * r).astype(int),
+                                   np.rint(kb[:, 0] * r).astype(int), w))
+    streak = np.maximum(np.median(np.stack(samples), axis=0), 1.0)
+    point = wht[iy, ix] / streak > threshold
+    sel, iy, ix = sel[point], iy[point], ix[point]
     # Sub-bin position: a parabola through the log power along each axis.
     c = np.log(np.maximum(p[iy, ix], 1e-300))
     offs = []
@@ -309,6 +329,38 @@ def _span(basis: np.ndarray, node: np.ndarray) -> np.ndarray:
     rest = [v for v in vs if abs(u[0] * v[1] - u[1] * v[0]) > 1e-6 * lu * math.hypot(*v)]
     v = min(rest, key=lambda v: math.hypot(*v))
     return np.array(_reduce(u, v))
+
+
+def directions(basis: np.ndarray, ks: np.ndarray) -> int:
+    """How many distinct lattice directions the reflections ``ks`` lie on.
+
+    Each reflection's integer index (h, k) in ``basis`` is reduced to its primitive
+    direction (h, k) / gcd(h, k), up to sign: (2, 0) and (-1, 0) are one direction, (1, 1)
+    another. A two-dimensional lattice of compact motifs (columns) puts power on nodes off
+    the two basis lines too; two unrelated one-dimensional periodicities (domain stripes
+    plus scan-line noise, two sets of fringes) put it on two lines only.
+
+    Parameters
+    ----------
+    basis : (2, 2) ndarray
+        Reciprocal basis (rows), cycles/px.
+    ks : (N, 2) ndarray
+        Reflections it indexes, cycles/px.
+
+    Returns
+    -------
+    int
+        Number of distinct primitive directions.
+    """
+    hk, ok = _index(basis, np.asarray(ks, float).reshape(-1, 2))
+    seen = set()
+    for h, k in hk[ok].astype(int):
+        g = math.gcd(int(h), int(k)) or 1
+        h, k = h // g, k // g
+        if h < 0 or (h == 0 and k < 0):
+            h, k = -h, -k
+        seen.add((int(h), int(k)))
+    return len(seen)
 
 
 def _choose_basis(ks: np.ndarray, pw: np.ndarray, wht: np.ndarray
@@ -474,6 +526,8 @@ def find_lattice(image: np.ndarray, *, previous: Lattice | None = None,
     if chosen is None:
         return None
     basis, snr, ok = chosen
+    if directions(basis, ks[ok]) < MIN_DIRECTIONS:
+        return None  # two unrelated 1-D periodicities (stripes, scan lines) are no lattice
     real = np.linalg.inv(basis).T  # rows a, b: a . g1 = 1, a . g2 = 0
     a, b = _orient(real[0], real[1])
     if max(np.hypot(*a), np.hypot(*b)) * MIN_PERIODS > max(h, w):

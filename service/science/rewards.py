@@ -42,7 +42,8 @@ __all__ = [
     "to_minimisation",
 ] + [
     "cluster_separation", "count_quality", "domain_interior", "gmm_bic",
-    "implausible_neighbours", "latent_bic", "latent_reconstruction", "latent_variance",
+    "implausible_neighbours", "latent_aic", "latent_bgmm", "latent_bic", "latent_icl",
+    "latent_loss", "latent_reconstruction", "latent_variance",
     "normalised_perimeter", "order_contrast", "region_compactness", "wall_curvature",
     "wall_length_per_segment", "wall_span", "wall_straightness",
 ]
@@ -1033,6 +1034,82 @@ def latent_reconstruction(error: float) -> float:
     return v if not math.isnan(v) else math.inf
 
 
+def _criterion(value: float) -> float:
+    v = float(value)
+    return v if math.isfinite(v) else math.inf
+
+
+def latent_loss(loss_per_pixel: float) -> float:
+    """The VAE's negative ELBO per pixel: Bernoulli reconstruction loss plus KL, per pixel.
+
+    The KL is divided by the patch's pixels with the reconstruction term, so models on
+    windows of different size compare (:meth:`rewardscope.science.vae.LatentModel.
+    loss_per_pixel`).
+
+    Parameters
+    ----------
+    loss_per_pixel : float
+        nats per pixel.
+
+    Returns
+    -------
+    float
+        ``loss_per_pixel``; +inf (worst) for NaN/inf (a diverged model).
+    """
+    return _criterion(loss_per_pixel)
+
+
+def latent_aic(aic: float) -> float:
+    """AIC per row of the best Gaussian mixture (2..10 components) on the density-filtered
+    latent (:func:`rewardscope.science.latentstats.gmm_criteria`).
+
+    Parameters
+    ----------
+    aic : float
+        AIC per row.
+
+    Returns
+    -------
+    float
+        ``aic``; +inf (worst) for NaN/inf (too few rows, failed fit).
+    """
+    return _criterion(aic)
+
+
+def latent_icl(icl: float) -> float:
+    """ICL per row (BIC + 2 x entropy of the responsibilities) of the best mixture on the
+    latent: parsimony that also penalises overlapping clusters.
+
+    Parameters
+    ----------
+    icl : float
+        ICL per row.
+
+    Returns
+    -------
+    float
+        ``icl``; +inf (worst) for NaN/inf.
+    """
+    return _criterion(icl)
+
+
+def latent_bgmm(score: float) -> float:
+    """Bayesian-GMM score of the latent: -mean log-likelihood + 2 x mean responsibility
+    entropy (:func:`rewardscope.science.latentstats.bgmm_score`).
+
+    Parameters
+    ----------
+    score : float
+        nats per row.
+
+    Returns
+    -------
+    float
+        ``score``; +inf (worst) for NaN/inf.
+    """
+    return _criterion(score)
+
+
 # --------------------------------------------------------------------------------------------
 # the registry: every built-in reward, declared once
 # --------------------------------------------------------------------------------------------
@@ -1118,6 +1195,26 @@ BUILTIN: tuple[Reward, ...] = (
         "latent_reconstruction", "min",
         "VAE reconstruction error, mean squared per pixel of [0, 1] patches",
         latent_reconstruction,
+    ),
+    Reward(
+        "latent_loss", "min",
+        "VAE negative ELBO per pixel (reconstruction + KL, both per pixel: windows compare)",
+        latent_loss,
+    ),
+    Reward(
+        "latent_aic", "min",
+        "AIC per row of the best GMM (2..10 components) on the density-filtered latent",
+        latent_aic,
+    ),
+    Reward(
+        "latent_icl", "min",
+        "ICL per row (BIC + 2 x responsibility entropy) of the best GMM on the latent",
+        latent_icl,
+    ),
+    Reward(
+        "latent_bgmm", "min",
+        "Bayesian-GMM score of the latent: -log-likelihood + 2 x entropy per row (overlap)",
+        latent_bgmm,
     ),
 )
 """Scales: count_quality and implausible_neighbours are both fractions of the atoms, one common

@@ -206,6 +206,13 @@ class Workflow(ABC):
         p = self.default_params(ctx.lattice_px)
         return [p] if p else []
 
+    def allowed_values(self, ctx: FrameContext) -> dict[str, list] | None:
+        """Categorical values of ``space`` that can run on this frame (called after
+        :meth:`prepare`), e.g. ``{"descriptor": ["patch", "fft"]}`` when a route needs
+        resolved atoms: the optimizer proposes nothing else on this frame, so no evaluation
+        is spent on a candidate that can only fail. Default None: every value can run."""
+        return None
+
     def objective_vector(self, ev: Evaluation) -> np.ndarray:
         """The declared rewards of ``ev`` as objectives to minimise (the registry's one rule)."""
         return rewards_mod.objective_vector([rewards_mod.get_reward(n) for n in self.rewards],

@@ -84,6 +84,7 @@ reads ~1e-4 /px. See docs/REWARDS.md, "Walls on a featureless frame".
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass
@@ -107,6 +108,7 @@ from rewardscope.science.rewards import (
 from rewardscope.workflows.base import (
     ATOMS,
     LABELS,
+    MASK,
     PER_WALL,
     POLYLINES,
     SCALAR,
@@ -127,6 +129,7 @@ __all__ = [
     "merge_unsupported",
     "polarization_silhouette",
     "rasterise_tree",
+    "refine_grid_labels",
     "select_key_sites",
     "wall_chains",
 ]
@@ -144,6 +147,13 @@ GMM_FIT_ROWS = 3000  # sites the mixture is fitted on (a fixed random sample bey
 SUPPORT_RADIUS = 1.0  # lattice spacings: a boundary point this close to a published wall is on it
 MIN_SUPPORT_POINTS = 4  # boundary points on published walls that keep two regions apart
 LINE_GAP = 1e6  # lattice spacings: collinear wall pieces are tested as one line, any gap
+ROUTES = ("patch", "fft", *descriptors.GRID_FAMILIES)
+"""The descriptor routes: two at atom sites (need atoms), four on a grid of windows (none)."""
+GRID_WINDOWS = (16, 24, 32)  # px: window sides the grid routes may use
+GRID_STRIDES = (0.25, 0.5)  # grid step as a fraction of the window
+MIN_POLARIZATION_SITES = 50  # key sites from which the measured polarization is the yardstick
+TEXTURE_WINDOW = 24  # px: window of the texture yardstick (frames without enough sites)
+TEXTURE_FLOOR = 0.05  # texture score units: systematic floor on a mean difference's std error
 NULL_REWARDS = {"wall_curvature": 0.0, "wall_span": 0.0, "wall_length_per_segment": 0.0,
                 "domain_interior": 1.0, "cluster_separation": 0.0}
 """Rewards of the answer "one domain, no walls" (see the module doc and docs/REWARDS.md)."""
@@ -601,6 +611,118 @@ class _Evidence:
     structured: bool  # p < domaintests.ALPHA: walls may be looked for
 
 
+@dataclass
+class _Yardstick:
+    """The frame's one measure every candidate is judged on (cached in ctx.cache)."""
+
+    kind: str  # "polarization" (key sites) or "texture" (window spectra)
+    xy: np.ndarray  # (m, 2) positions of the measured sites, px
+    values: np.ndarray  # (m, 2) the measure there (offsets px, or texture scores)
+    evidence: _Evidence  # noise model and homogeneity test on it
+    spacing: float  # px: site spacing the tests' bands are in
+
+
+def _grid_index(g: descriptors.GridSet, xy: np.ndarray) -> np.ndarray:
+    """Index of the grid window whose centre is nearest to each point (row-major)."""
+    pts = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
+    c = 0.5 * (g.window - 1)
+    ny, nx = g.grid
+    ix = np.clip(np.rint((pts[:, 0] - c) / g.step), 0, nx - 1).astype(np.int64)
+    iy = np.clip(np.rint((pts[:, 1] - c) / g.step), 0, ny - 1).astype(np.int64)
+    return iy * nx + ix
+
+
+def _grid_label_map(g: descriptors.GridSet, labels: np.ndarray,
+                    shape: tuple[int, int]) -> np.ndarray:
+    """(H, W) int16: each pixel the label with the largest bilinear weight of the four window
+    centres around it (a boundary runs between the centres, not along the blocks of a
+    nearest-centre map); pixels beyond the outermost centres take the nearest ones."""
+    h, w = shape
+    c = 0.5 * (g.window - 1)
+    ny, nx = g.grid
+    grid = np.asarray(labels, np.int64).reshape(ny, nx)
+
+    def axis(n_px: int, n_grid: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        f = np.clip((np.arange(n_px) - c) / g.step, 0.0, n_grid - 1.0)
+        i0 = np.minimum(np.floor(f).astype(np.int64), max(n_grid - 2, 0))
+        return i0, np.minimum(i0 + 1, n_grid - 1), f - i0
+
+    y0, y1, fy = axis(h, ny)
+    x0, x1, fx = axis(w, nx)
+    ids = np.unique(grid)
+    best = np.full((h, w), -1.0)
+    out = np.zeros((h, w), np.int16)
+    for lab in ids:
+        m = (grid == lab).astype(np.float64)
+        top = m[y0][:, x0] * (1 - fx)[None, :] + m[y0][:, x1] * fx[None, :]
+        bot = m[y1][:, x0] * (1 - fx)[None, :] + m[y1][:, x1] * fx[None, :]
+        v = top * (1 - fy)[:, None] + bot * fy[:, None]
+        win = v > best
+        out[win], best[win] = lab, v[win]
+    return out
+
+
+def refine_grid_labels(coarse: descriptors.GridSet, labels: np.ndarray,
+                       fine: descriptors.GridSet, use_all: bool = False) -> np.ndarray:
+    """Labels of a coarse grid carried to the finest grid of the same window size.
+
+    A fine window between coarse centres of one label takes it; one between differently
+    labelled centres (a boundary cell) takes whichever of those labels has the nearest
+    centroid in descriptor space (per-dimension standardised by the pooled within-label
+    std). So no new islands appear, and a boundary is placed at the finest step (window / 4)
+    whatever the stride: a coarse grid places it only to within half its step (8 px for a
+    32 px window at stride 1/2, ~0.05 of per-pixel ARI on a 256 px frame).
+
+    Parameters
+    ----------
+    coarse : rewardscope.science.descriptors.GridSet
+        The labelled grid (a subsampling of ``fine``: same window, stride a multiple).
+    labels : (N,) array_like of int
+        Label of each coarse window, >= 0.
+    fine : rewardscope.science.descriptors.GridSet
+        The finest grid of the same window size and reduction.
+    use_all : bool, optional
+        Compare on all score columns (default: as many as ``coarse.scores`` has).
+
+    Returns
+    -------
+    (M,) ndarray of int64
+        Label of each fine window, row-major over ``fine.grid``.
+    """
+    lab = np.asarray(labels, dtype=np.int64).ravel()
+    ny, nx = coarse.grid
+    fy, fx = fine.grid
+    if len(lab) != ny * nx or ny * nx == 0 or fy * fx == 0 or fine.step <= 0:
+        return np.zeros(fy * fx, np.int64)
+    sub = max(1, int(round(coarse.step / fine.step)))
+    grid = lab.reshape(ny, nx)
+    iy = np.arange(fy) / sub
+    ix = np.arange(fx) / sub
+    y0 = np.minimum(np.floor(iy).astype(np.int64), ny - 1)
+    x0 = np.minimum(np.floor(ix).astype(np.int64), nx - 1)
+    y1, x1 = np.minimum(y0 + 1, ny - 1), np.minimum(x0 + 1, nx - 1)
+    corners = np.stack([grid[y0][:, x0], grid[y0][:, x1], grid[y1][:, x0], grid[y1][:, x1]],
+                       axis=-1).reshape(fy * fx, 4)
+    out = corners[:, 0].copy()
+    mixed = np.any(corners != corners[:, :1], axis=1)
+    ids = np.unique(lab)
+    if not mixed.any() or ids.size < 2:
+        return out
+    d = coarse.scores.shape[1] if not use_all else fine.scores.shape[1]
+    xc = coarse.scores[:, :d]
+    xf = fine.scores[:, :d]
+    cent = np.stack([xc[lab == i].mean(axis=0) for i in ids])
+    resid = xc - cent[np.searchsorted(ids, lab)]
+    sd = np.sqrt(np.maximum((resid ** 2).mean(axis=0), 1e-12))
+    dist = (((xf[mixed, None, :] - cent[None, :, :]) / sd) ** 2).sum(-1)  # (m, L)
+    allowed = np.zeros_like(dist, dtype=bool)
+    cols = np.searchsorted(ids, corners[mixed])
+    allowed[np.arange(len(cols))[:, None], cols] = True
+    dist[~allowed] = np.inf
+    out[mixed] = ids[np.argmin(dist, axis=1)]
+    return out
+
+
 def _rounded(value: float, quantum: float) -> float:
     """``value`` rounded to a multiple of ``quantum``; inf/NaN unchanged."""
     v = float(value)
@@ -764,22 +886,33 @@ class DomainsWorkflow(Workflow):
         Integer(2, 12, name="pca_dims"),
         Integer(2, 4, name="n_components"),
         Categorical(list(mixtures.COVARIANCE_TYPES), name="covariance_type"),
-        Categorical(["patch", "fft"], name="descriptor"),
+        Categorical(list(ROUTES), name="descriptor"),  # the route (module doc)
+        Categorical(list(GRID_WINDOWS), name="window"),  # grid routes: window side, px
+        Categorical(list(GRID_STRIDES), name="stride"),  # grid routes: step / window
     )
     rewards = ("wall_curvature", "wall_span", "cluster_separation")
-    needs = (ATOMS,)
+    needs = (ATOMS,)  # read when there are atoms; the grid routes run without (module doc)
     produces = (
         Output("labels", LABELS),
         Output("walls", SEGMENTS),
         Output("wall_points", POLYLINES),
         Output("wall_significance", PER_WALL),
         Output("domain_significance", SCALAR),
+        Output("label_map", MASK),
     )
 
-    def __init__(self, sublattice: str = "B") -> None:
+    def __init__(self, sublattice: str = "B", routes: tuple[str, ...] | None = None) -> None:
         if sublattice not in SUBLATTICES:
             raise ValueError(f"sublattice must be one of {tuple(SUBLATTICES)}, got {sublattice!r}")
         self.sublattice = sublattice
+        chosen = tuple(ROUTES if routes is None else routes)
+        bad = [r for r in chosen if r not in ROUTES]
+        if bad or not chosen:
+            raise ValueError(f"routes must be a non-empty subset of {ROUTES}, got {routes!r}")
+        self.routes = chosen
+        if chosen != ROUTES:  # a forced route: the descriptor dimension holds only these
+            self.space = tuple(Categorical(list(chosen), name="descriptor")
+                               if d.name == "descriptor" else d for d in type(self).space)
 
     def default_params(self, lattice_px: float) -> dict[str, Any]:
         """Site-centred patches one lattice spacing in half size (the B column, its A cage and
@@ -787,15 +920,105 @@ class DomainsWorkflow(Workflow):
         by a mean shift, the noise is the same). Chosen on noisy simulated frames: with half
         size 0.75 a, found atoms on 3 of 6 noisy/scan-distorted frames split on noise (ARI ~0);
         this setting kept ARI >= 0.97 on all 12 frame/atom-source combinations tried."""
+        route = "patch" if "patch" in self.routes else self.routes[0]
         return {"w1": 1.0, "w2": 1.0, "blur": 0.5, "pca_dims": 10, "n_components": 2,
-                "covariance_type": "tied", "descriptor": "patch"}
+                "covariance_type": "tied", "descriptor": route, "window": 16, "stride": 0.25}
+
+    def initial_points(self, ctx: FrameContext) -> list[dict[str, Any]]:
+        """A cold search starts from each route this frame can run (:meth:`allowed_values`):
+        on a frame with resolved atoms the atom route's default (:meth:`default_params`);
+        otherwise every grid route's default (the same settings: 16 px windows, stride 1/4,
+        10 components, 2 phases, tied covariance), so each route has been tried once before
+        the rewards and the model steer the rest of the budget."""
+        first = self.default_params(ctx.lattice_px)
+        routes = self._frame_routes(ctx)
+        if not routes or routes[0] not in descriptors.GRID_FAMILIES:
+            return [{**first, "descriptor": routes[0]}] if routes else [first]
+        return [{**first, "descriptor": r} for r in routes]
+
+    def allowed_values(self, ctx: FrameContext) -> dict[str, list] | None:
+        """The routes this frame can run (:meth:`_frame_routes`), as a limit on
+        ``descriptor``: the optimizer spends no evaluation on a route that can only fail
+        (grid routes on a frame with resolved atoms, atom routes on one without)."""
+        routes = self._frame_routes(ctx)
+        return {"descriptor": routes} if routes and len(routes) < len(self.routes) else None
+
+    def _frame_routes(self, ctx: FrameContext) -> list[str]:
+        """Routes of ``self.routes`` that compete on this frame: the atom routes when it has
+        at least MIN_POLARIZATION_SITES key sites (the measured polarization judges them),
+        else the grid routes (the texture judges them); all of them when the frame's kind has
+        none (a forced route then answers "failed" where it cannot run)."""
+        atom = [r for r in self.routes if r not in descriptors.GRID_FAMILIES]
+        grid = [r for r in self.routes if r in descriptors.GRID_FAMILIES]
+        if not atom or not grid:
+            return list(self.routes)
+        return atom if len(self._sites(ctx).xy) >= MIN_POLARIZATION_SITES else grid
 
     # ---------------------------------------------------------------- per-frame work
     def prepare(self, ctx: FrameContext) -> None:
         """Classify sublattices, find neighbour pairs and test the frame for any domain
-        structure once per frame (and atom set)."""
-        if ctx.atoms is not None:
+        structure once per frame (and atom set): on the measured polarization when there are
+        enough key sites, else on the texture yardstick (:meth:`_yardstick`)."""
+        if ctx.atoms is not None and len(ctx.atoms):
             self._evidence(ctx, self._sites(ctx))
+        if any(r in descriptors.GRID_FAMILIES for r in self.routes):
+            self._yardstick(ctx)
+
+    def _yardstick(self, ctx: FrameContext) -> _Yardstick:
+        """The frame's one yardstick for grid candidates (cached per frame and atom set).
+
+        With at least MIN_POLARIZATION_SITES key sites it is the measured polarization and its
+        evidence (the atom route's own test): candidates of every route are then judged alike.
+        Otherwise it is the texture: the first two principal components of the window spectra
+        (:func:`rewardscope.science.descriptors.window_spectra`) of TEXTURE_WINDOW px windows
+        every TEXTURE_WINDOW / 2 px, with the same noise model, homogeneity test and wall
+        test as the polarization (sites = window centres, spacing = the grid step), and a
+        systematic floor of TEXTURE_FLOOR score units.
+        """
+        s = self._sites(ctx)
+        key = ("domains", "yardstick", s.tag)
+        if key in ctx.cache:
+            return ctx.cache[key]
+        if len(s.xy) >= MIN_POLARIZATION_SITES:
+            ev = self._evidence(ctx, s)
+            out = _Yardstick("polarization", s.xy, s.offsets, ev, float(ctx.lattice_px))
+        else:
+            g = descriptors.grid_descriptors(ctx.image, "fft_svd", TEXTURE_WINDOW, 0.5, 2,
+                                             cache=ctx.cache)
+            values = g.scores[:, :2] if g.scores.shape[1] >= 2 else np.zeros((len(g.xy), 2))
+            step = float(g.step)
+            if len(g.xy) >= 3:
+                noise = domaintests.offset_noise(g.xy, values, step, ctx.shape)
+                noise = dataclasses.replace(noise, floor=TEXTURE_FLOOR ** 2)
+                logp, q = domaintests.homogeneity_test(g.xy, noise)
+            else:
+                noise = domaintests.offset_noise(np.zeros((0, 2)), np.zeros((0, 2)), step,
+                                                 ctx.shape)
+                logp, q = 0.0, 0.0
+            ev = _Evidence(noise=noise, neg_log10_p=logp, q_per_dof=q,
+                           structured=logp > -math.log10(domaintests.ALPHA))
+            out = _Yardstick("texture", g.xy, values, ev, step)
+        ctx.cache[key] = out
+        return out
+
+    def _grid_sites(self, g: descriptors.GridSet, cache: dict) -> _Sites:
+        """Grid windows as sites: 4-neighbour pairs (walls), 8-neighbour ``near`` (cached)."""
+        key = ("domains", "grid-sites", g.grid, g.step, g.window)
+        if key in cache:
+            return cache[key]
+        ny, nx = g.grid
+        idx = np.arange(ny * nx).reshape(ny, nx)
+        pairs = np.concatenate([np.stack([idx[:, :-1].ravel(), idx[:, 1:].ravel()], 1),
+                                np.stack([idx[:-1, :].ravel(), idx[1:, :].ravel()], 1)])
+        diag = np.concatenate([np.stack([idx[:-1, :-1].ravel(), idx[1:, 1:].ravel()], 1),
+                               np.stack([idx[:-1, 1:].ravel(), idx[1:, :-1].ravel()], 1)])
+        out = _Sites(site=np.zeros(0, np.int8), index=np.zeros(0, np.int64), xy=g.xy,
+                     pairs=pairs.astype(np.int64),
+                     near=np.concatenate([pairs, diag]).astype(np.int64),
+                     nearest=np.zeros(0, np.int64), tag=("grid", g.grid, g.step),
+                     offsets=np.zeros((len(g.xy), 2)))
+        cache[key] = out
+        return out
 
     def _evidence(self, ctx: FrameContext, s: _Sites) -> _Evidence:
         """The frame's noise model of the measured polarization and its homogeneity test."""
@@ -808,9 +1031,9 @@ class DomainsWorkflow(Workflow):
         return ctx.cache[key]
 
     def _sites(self, ctx: FrameContext) -> _Sites:
-        if ctx.atoms is None:
-            raise ValueError("domains workflow needs ctx.atoms (run the atoms workflow first)")
-        atoms = np.asarray(ctx.atoms, dtype=np.float64).reshape(-1, 2)
+        """The frame's key sites (none when ``ctx.atoms`` is None or empty: grid routes)."""
+        atoms = np.zeros((0, 2)) if ctx.atoms is None else \
+            np.asarray(ctx.atoms, dtype=np.float64).reshape(-1, 2)
         fp = descriptors.fingerprint(atoms)
         key = ("domains", "sites", self.sublattice, fp)
         if key in ctx.cache:
@@ -836,6 +1059,9 @@ class DomainsWorkflow(Workflow):
     # ---------------------------------------------------------------- one candidate
     def evaluate(self, ctx: FrameContext, params: dict[str, Any]) -> Evaluation:
         """Descriptors -> GMM labels -> walls -> rewards for one parameter set."""
+        route = str(params.get("descriptor", "patch"))
+        if route in descriptors.GRID_FAMILIES:
+            return self._evaluate_grid(ctx, params, route)
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
         s = self._sites(ctx)
@@ -875,6 +1101,98 @@ class DomainsWorkflow(Workflow):
         timings.update(descriptors=t1 - t0, walls=t3 - t2)  # the engine books the rest as "cluster"
         return Evaluation(rewards=rw, output=out, timings=timings)
 
+    def _evaluate_grid(self, ctx: FrameContext, params: dict[str, Any],
+                       route: str) -> Evaluation:
+        """A grid route: windows -> reduction -> labels -> walls -> rewards (module doc)."""
+        t0 = time.perf_counter()
+        s = self._sites(ctx)
+        yard = self._yardstick(ctx)
+        if yard.kind == "polarization":  # resolved columns: the atom routes' frame
+            return self._empty(s, ctx.shape)
+        if not yard.evidence.structured:  # one phase: no candidate may draw walls here
+            return self._null(s, yard.evidence, ctx.shape)
+        k_mix = int(params["n_components"])
+        k = k_mix if route == "fft_nmf" else int(params["pca_dims"])
+        with single_thread():
+            g = descriptors.grid_descriptors(ctx.image, route, int(params["window"]),
+                                             float(params["stride"]), k, cache=ctx.cache)
+            t1 = time.perf_counter()
+            if len(g.xy) < 4 * k_mix or min(g.grid) < 2:
+                return self._empty(s, ctx.shape)
+            if route == "fft_nmf":  # the dominant component labels (as the paper does)
+                raw = np.argmax(g.scores, axis=1)
+                lab = mixtures.labels_by_size(raw, int(raw.max()) + 1)
+            else:
+                try:
+                    lab, _ = _gmm_labels(g.take(k), np.ones(len(g.xy), bool), k_mix,
+                                         str(params["covariance_type"]))
+                except (ValueError, np.linalg.LinAlgError):
+                    return self._empty(s, ctx.shape)
+        t2 = time.perf_counter()
+        gs = self._grid_sites(g, ctx.cache)
+        lab = _absorb_wall_clusters(np.asarray(lab, np.int64), gs.xy, gs.near)
+        lab, geom, logp = self.gate(gs, lab, yard.evidence.noise, float(g.step), ctx.shape,
+                                    test_xy=yard.xy)
+        if len(geom.segments) == 0:
+            ev = self._null(s, yard.evidence, ctx.shape)
+            ev.timings.update(descriptors=t1 - t0, walls=time.perf_counter() - t2)
+            return ev
+        at_sites = lab[_grid_index(g, s.xy)] if len(s.xy) else np.zeros(0, np.int16)
+        out = self._output(s, at_sites, geom)
+        if ctx.atoms is not None and len(ctx.atoms):
+            out["labels_nearest"] = lab[_grid_index(g, np.asarray(ctx.atoms, float)
+                                                    .reshape(-1, 2))].astype(np.int16)
+        out["wall_significance"] = logp
+        out["domain_significance"] = yard.evidence.neg_log10_p
+        out["_grid"] = (g, lab, route, int(params["window"]), k)
+        a = float(g.step)
+        sep = polarization_silhouette(lab[_grid_index(g, yard.xy)], yard.values)
+        rw = {
+            "wall_curvature": _rounded(rewards.wall_curvature(geom.chains, step=2.0 * a,
+                                                              smooth=1), 1e-5),
+            "wall_span": _rounded(wall_span(geom.segments, ctx.shape), 2.0 * a / min(ctx.shape)),
+            "wall_length_per_segment": rewards.wall_length_per_segment(geom.segments),
+            "domain_interior": _rounded(domain_interior(lab, gs.near), 1e-4),
+            "cluster_separation": _rounded(rewards.cluster_separation(sep), 1e-4),
+        }
+        timings = {"descriptors": t1 - t0, "walls": time.perf_counter() - t2}
+        return Evaluation(rewards=rw, output=out, timings=timings)
+
+    def finalize(self, ctx: FrameContext, chosen: Evaluation) -> dict[str, Any]:
+        """The per-pixel ``label_map`` of the chosen candidate, (H, W) int16, -1 = unlabelled.
+
+        Grid routes: every pixel takes the label of the nearest window centre. Atom routes:
+        every pixel within one lattice spacing of a labelled site takes its nearest site's
+        label (computed on a grid of a quarter lattice spacing, then repeated), others -1.
+        """
+        out = chosen.output
+        h, w = ctx.shape
+        if "_grid" in out:
+            g, lab, route, window, k = out["_grid"]
+            fine = descriptors.grid_descriptors(ctx.image, route, window,
+                                                1.0 / descriptors.GRID_SUBSTEPS, k,
+                                                cache=ctx.cache)
+            fine_lab = refine_grid_labels(g, lab, fine, use_all=route == "fft_nmf")
+            return {"label_map": _grid_label_map(fine, fine_lab, (h, w))}
+        if out.get("_null_phase"):
+            return {"label_map": np.zeros((h, w), np.int16)}
+        labels = np.asarray(out.get("labels", np.zeros(0)), dtype=np.int64)
+        s = self._sites(ctx)
+        if len(s.xy) == 0 or len(labels) != len(s.site):
+            return {"label_map": np.full((h, w), -1, np.int16)}
+        lab = labels[s.index]
+        ok = lab >= 0
+        if not ok.any():
+            return {"label_map": np.full((h, w), -1, np.int16)}
+        a = float(ctx.lattice_px)
+        b = max(1, int(a // 4))
+        yy, xx = np.mgrid[0:h:b, 0:w:b]
+        pts = np.stack([xx.ravel() + 0.5 * (b - 1), yy.ravel() + 0.5 * (b - 1)], axis=1)
+        dist, near = cKDTree(s.xy[ok]).query(pts, distance_upper_bound=a)
+        small = np.where(np.isfinite(dist), lab[ok][np.minimum(near, ok.sum() - 1)], -1)
+        big = np.repeat(np.repeat(small.reshape(xx.shape), b, axis=0), b, axis=1)
+        return {"label_map": big[:h, :w].astype(np.int16)}
+
     @staticmethod
     def score(geom: WallGeometry, sub_labels: np.ndarray, s: _Sites, lattice_px: float,
               shape: tuple[int, int]) -> dict[str, float]:
@@ -906,7 +1224,7 @@ class DomainsWorkflow(Workflow):
 
     @classmethod
     def gate(cls, s: _Sites, sub_labels: np.ndarray, noise: domaintests.OffsetNoise,
-             lattice_px: float, shape: tuple[int, int]
+             lattice_px: float, shape: tuple[int, int], test_xy: np.ndarray | None = None
              ) -> tuple[np.ndarray, WallGeometry, np.ndarray]:
         """Only walls that stand above the noise are published, and the labels follow them.
 
@@ -928,6 +1246,9 @@ class DomainsWorkflow(Workflow):
             Lattice spacing a, px.
         shape : (int, int)
             Frame (H, W), px.
+        test_xy : (m, 2) ndarray of float, optional
+            Positions of the sites ``noise`` was estimated on, when they are not ``s.xy``
+            (the grid routes test on the frame's yardstick sites).
 
         Returns
         -------
@@ -940,7 +1261,7 @@ class DomainsWorkflow(Workflow):
         """
         radius = SUPPORT_RADIUS * lattice_px
         geom = cls.walls(s, sub_labels, lattice_px, shape)
-        keep, logp = cls.significance(geom.segments, s, noise, lattice_px)
+        keep, logp = cls.significance(geom.segments, s, noise, lattice_px, test_xy)
         if keep.any():
             sub_labels = merge_unsupported(sub_labels, s.pairs, s.xy, geom.segments[keep],
                                            radius, MIN_SUPPORT_POINTS)
@@ -954,7 +1275,8 @@ class DomainsWorkflow(Workflow):
 
     @staticmethod
     def significance(segments: np.ndarray, s: _Sites, noise: domaintests.OffsetNoise,
-                     lattice_px: float) -> tuple[np.ndarray, np.ndarray]:
+                     lattice_px: float, test_xy: np.ndarray | None = None
+                     ) -> tuple[np.ndarray, np.ndarray]:
         """Which wall segments stand above the noise, and by how much (-log10 p).
 
         Segments on one line (whatever the gaps between them) are tested together, as one
@@ -974,7 +1296,9 @@ class DomainsWorkflow(Workflow):
         noise : rewardscope.science.domaintests.OffsetNoise
             The frame's noise model of the measured polarization.
         lattice_px : float
-            Lattice spacing a, px.
+            Lattice spacing a (grid routes: the grid step), px: collinearity tolerances.
+        test_xy : (m, 2) ndarray of float, optional
+            Positions of the sites ``noise`` was estimated on (default ``s.xy``).
 
         Returns
         -------
@@ -988,9 +1312,9 @@ class DomainsWorkflow(Workflow):
             return np.zeros(0, bool), np.zeros(0)
         n_lines, line = _collinear_groups(seg, lattice_px, LINE_GAP)
         lines = _group_lines(seg, line, np.arange(n_lines))
-        logp = domaintests.wall_tests(lines, s.xy, noise)
+        logp = domaintests.wall_tests(lines, s.xy if test_xy is None else test_xy, noise)
         keep = domaintests.discoveries(logp) & _strongest_nearby(
-            lines, logp, domaintests.BAND[1] * lattice_px)
+            lines, logp, domaintests.BAND[1] * noise.lattice_px)
         return keep[line], logp[line]
 
     @staticmethod
@@ -1027,15 +1351,19 @@ class DomainsWorkflow(Workflow):
             "sublattice": {"labelled": self.sublattice, "site": s.site},
         }
 
-    def _null(self, s: _Sites, evidence: _Evidence) -> Evaluation:
-        """The answer "one domain, no walls": every key site label 0, the null rewards."""
+    def _null(self, s: _Sites, evidence: _Evidence,
+              shape: tuple[int, int] | None = None) -> Evaluation:
+        """The answer "one domain, no walls": every key site label 0, the null rewards
+        (with ``shape``, a grid route's: the whole frame is one phase, label_map all 0)."""
         out = self._output(s, np.zeros(len(s.xy), np.int16),
                            WallGeometry(np.zeros((0, 2)), [], np.zeros((0, 4))))
         out["wall_significance"] = np.zeros(0)
         out["domain_significance"] = evidence.neg_log10_p
+        if shape is not None:
+            out["_null_phase"] = True
         return Evaluation(rewards=dict(NULL_REWARDS), output=out)
 
-    def _empty(self, s: _Sites) -> Evaluation:
+    def _empty(self, s: _Sites, shape: tuple[int, int] | None = None) -> Evaluation:
         """Too few sites to cluster: worst rewards, everything unlabelled."""
         n = len(s.site)
         out = {"labels": np.full(n, -1, np.int16), "labels_nearest": np.full(n, -1, np.int16),

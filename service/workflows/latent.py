@@ -1,77 +1,54 @@
-"""Latent structure: a rotation-invariant VAE on atom-centred patches, clustered by a GMM.
+"""Latent workflow: the fast loop of the latent analysis (encode with the model in use, label).
 
-After Slautin et al. (reward-driven discovery of microstructure representations with
-invariant VAEs). Steps for one candidate:
+Per frame, the model in use (:func:`rewardscope.science.vae.model_slot`, swapped in by the
+background trainer :mod:`rewardscope.live.trainer`, or by an offline caller) encodes the
+patches around the frame's key points in one batched forward (CUDA when torch sees a GPU);
+the optimizer then searches a Gaussian mixture on the latent means (number of components
+1..5, full covariances) against the latent BIC and ICL. Nothing is trained here: without a model in
+use every latent row is NaN / -1 and the header's ``model`` says ``{"id": null}``.
 
-1. patches of (2h+1)^2 px around the atoms of ``ctx.atoms`` (all of them, or one sublattice),
-   h = ``window`` eighths of a lattice spacing;
-2. an iVAE (:class:`rewardscope.science.vae.LatentModel`, rotation-invariant by default) maps each
-   patch to ``latent_dim`` content latents. A model is trained once per session per
-   architecture (patch size, latent_dim), on the first frame that asks for it, and reused on
-   later frames; the workflow counts trainings and model swaps;
-3. a Gaussian mixture (``n_components``, ``covariance_type``) on the latent means, fitted on
-   interior patches (no mirror padding), labels every used atom.
+Key points: the atoms of the chain (``ctx.atoms``; those of the model's sublattice when it was
+trained on one), else, on a frame without atoms (e.g. piezoresponse force microscopy), a
+regular grid with step ``ctx.lattice_px / 2`` (published as ``keypoints``, N x 2; every latent
+row aligns with them and, when there are atoms, with ``atoms``).
 
-Rewards, the paper's three families (in the reward registry, so configs can name them):
+While a trainer collects material (``slot.collect``), each frame's image and key points are
+offered to the slot's bounded buffer (a reference, no copy of the image is made here).
 
-* ``latent_bic`` (min): BIC of the mixture per fitted patch. The paper's GMM reward: fit
-  quality vs. components, i.e. latent-space parsimony (BIC / n so frames compare, as the paper
-  suggests). The GMM gets ``reg_covar`` = GMM_REG_COVAR, a floor so a collapsed latent does
-  not score an unbounded likelihood.
-* ``latent_variance`` (max): log10 of the product of the per-dimension variances of the
-  latent means (paper eq. 2, taken as log10 so the optimizer sees a well-scaled number; the
-  Pareto order is the same). The paper's point: BIC *prefers* a collapsed latent (dense,
-  simply shaped), and the variance product drops to ~0 (here: very negative) when any latent
-  dimension collapses, so it must be maximised alongside BIC. It also penalises a latent
-  dimension that carries nothing, which is how it tunes ``latent_dim``.
-* ``latent_reconstruction`` (min): mean squared reconstruction error per pixel (paper eq. 1,
-  per pixel instead of per patch so window sizes compare): how much of the patch the latent
-  keeps.
+Latent walls (paper 000 section III): a KDE of z2 (the second content latent; the first for a
+one-dimensional latent), its peaks, each key point assigned to the nearest peak, then the
+domain route's wall extraction (wall points between neighbouring key points of different
+class, chains, Hough segments) and significance (each segment's two sides compared by
+:func:`rewardscope.science.domaintests.wall_tests` on the latent means, kept at FDR 1e-3).
+Computed once per frame, on the chosen candidate (``finalize``).
 
-The ICL of the paper (BIC + assignment entropy, favouring separated clusters) is reported in
-the output as ``icl_per_site`` but is not an objective.
-
-Measured on simulated 192 x 192 frames (lattice 12 px, 512 atoms; hidden 32, 10 epochs,
-one CPU thread of a busy 2-core host: 2-3 s to train on 512 patches of 13 px, ~5.5 s on 1024,
-~9.5 s on 1024 of 19 px, hence ``max_train`` = 512):
-
-* one domain, all atoms, 2 components: labels = A/B sites, ARI 1.0 for every window;
-* two domains, B sublattice, 2 components: labels = polarization domains, ARI 1.0 (window 4
-  and 6; 0.67 at window 5). The two variants are a 180 degree pair: a fully rotation-invariant
-  encoder would merge them; at this training budget the angle latent hardly learns rotation
-  (it barely moves for rotated patches), so the content latent keeps them apart;
-* two domains, all atoms: the latent holds site x domain (4 clusters). Window 4 with 4
-  components gives ARI 0.92 against site x domain, and BIC prefers 4 components over 2 or 3;
-  with 2 components window 4 splits by a mix (site ARI 0.25), windows 5-6 by site (ARI 1.0);
-* one domain, B only: nothing varies, every latent dimension collapses (``latent_variance``
-  -24, the floor) and BIC is at its best: the paper's collapse case, which is why the
-  variance reward is there.
-
-Output: ``labels`` (N,) int16 per atom of ``ctx.atoms`` (-1 = not used), ``latent`` (N, d)
-float32 (NaN rows for atoms not used), ``angle`` (N,) rotation latent (NaN when unused or the
-model is not rotation-invariant), ``model`` (its name, for the model_swap metric), and
-``timings`` with ``vae`` (training + encoding seconds spent in this call, ~0 when cached).
+Outputs: ``labels`` (published as ``latent_labels``; also the result's ``labels`` when no
+earlier workflow labels), ``latent`` (N x d means), ``latent_scale`` (N x d posterior standard
+deviations), ``latent_angle`` (N, rotation latent, NaN without rotation invariance),
+``keypoints`` (N x 2), ``latent_walls`` (S x 4) with ``latent_wall_significance`` (S,
+-log10 p), and the scalar ``model`` (the model in use: id, architecture, rewards, training
+time, patches).
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections import OrderedDict
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-from skopt.space import Categorical, Integer
+from scipy.spatial import cKDTree
+from skopt.space import Integer
 
-from rewardscope.science import descriptors, kernels, mixtures
-from rewardscope.science.rewards import latent_bic, latent_reconstruction, latent_variance
-from rewardscope.science.vae import LatentModel
+from rewardscope.science import descriptors, domaintests, kernels, latentstats, mixtures
+from rewardscope.science.rewards import latent_bic, latent_icl
+from rewardscope.science.vae import FrameSample, ModelInUse, model_slot, one_hot
 from rewardscope.workflows.base import (
     ATOMS,
     LABELS,
     PER_ATOM,
+    PER_WALL,
     SCALAR,
     Evaluation,
     FrameContext,
@@ -80,285 +57,341 @@ from rewardscope.workflows.base import (
     single_thread,
 )
 
-__all__ = ["LatentWorkflow", "latent_bic", "latent_reconstruction", "latent_variance"]
+__all__ = ["GRID_FRACTION", "MIN_SITES", "LatentWorkflow", "grid_keypoints", "half_window",
+           "keypoints_of", "latent_walls", "patches_at"]
 
 SUBLATTICES = {"A": 0, "B": 1}
 WINDOW_UNIT = 8  # window = patch half-width in 1/WINDOW_UNIT lattice spacings
-GMM_REG_COVAR = 1e-4  # latent variance floor for the mixture (latent stds are ~0.1 here)
+GMM_REG_COVAR = 1e-4  # latent variance floor for the mixture
 GMM_SEED = 0
+COVARIANCE = "full"  # the latent has 2-3 dimensions: full covariances cost little
 MIN_SITES = 8
+GRID_FRACTION = 0.5  # grid key points every GRID_FRACTION x ctx.lattice_px on atom-less frames
+NO_MODEL = {"id": None}
 
 
-# --------------------------------------------------------------------------------------------
-# helpers
-# --------------------------------------------------------------------------------------------
-
-
-def half_window(window: int, lattice_px: float) -> int:
-    """Patch half-width in px of a ``window`` candidate parameter.
-
-    The window is searched in eighths of a lattice spacing so one search space serves every
-    magnification.
+def half_window(window: int, spacing_px: float) -> int:
+    """Patch half-width in px of a ``window`` parameter (eighths of the key-point spacing).
 
     Parameters
     ----------
     window : int
-        Patch half-width in 1/WINDOW_UNIT lattice spacings.
-    lattice_px : float
-        Lattice spacing in px.
+        Patch half-width in 1/WINDOW_UNIT spacings.
+    spacing_px : float
+        Lattice spacing (or grid scale), px.
 
     Returns
     -------
     int
         Half-width in px, rounded half up, at least 2.
     """
-    return max(2, int(math.floor(int(window) * float(lattice_px) / WINDOW_UNIT + 0.5)))
+    return max(2, int(math.floor(int(window) * float(spacing_px) / WINDOW_UNIT + 0.5)))
 
 
-def fit_mixture(z: np.ndarray, fit_rows: np.ndarray, k: int,
-                cov: str) -> tuple[np.ndarray, float, float]:
-    """Label the latent means by a Gaussian mixture; the paper's BIC and ICL with them.
-
-    :func:`rewardscope.science.mixtures.mixture_labels` in float64 on the interior patches,
-    with a larger iteration budget and a tighter tolerance than the domain workflow (the
-    latent has 2-3 dimensions, a fit costs little) and ``reg_covar`` = GMM_REG_COVAR.
+def grid_keypoints(shape: tuple[int, int], step_px: float) -> np.ndarray:
+    """(N, 2) x, y of a regular grid with ``step_px`` spacing, centred in the frame.
 
     Parameters
     ----------
-    z : (N, d) array_like of float
-        Latent means, one row per atom (latent units).
-    fit_rows : (N,) array_like of bool
-        Rows the mixture is fitted on (patches wholly inside the frame).
-    k : int
-        Number of components.
-    cov : {"full", "tied", "diag", "spherical"}
-        Covariance type.
+    shape : (int, int)
+        Frame (H, W), px.
+    step_px : float
+        Grid step, px (>= 1).
 
     Returns
     -------
-    labels : (N,) ndarray of int16
-        Label of every row, renumbered by decreasing cluster size.
-    bic : float
-        BIC per fitted row.
-    icl : float
-        ICL per fitted row: BIC plus the assignment entropy -sum tau log tau.
+    (N, 2) ndarray of float64
 
     Raises
     ------
     ValueError
-        For an unknown ``cov`` or a degenerate latent (ill-defined covariances).
+        If ``step_px`` < 1.
     """
-    fit = mixtures.mixture_labels(np.asarray(z, dtype=np.float64), k, cov, fit_rows=fit_rows,
-                                  seed=GMM_SEED, n_init=2, max_iter=200, tol=1e-4,
-                                  reg_covar=GMM_REG_COVAR)
-    return fit.labels, fit.bic_per_row, fit.icl_per_row
+    step = float(step_px)
+    if not step >= 1.0:
+        raise ValueError(f"step_px must be >= 1, got {step_px!r}")
+    h, w = int(shape[0]), int(shape[1])
+    xs = np.arange((w - 1) % step / 2.0, w, step)
+    ys = np.arange((h - 1) % step / 2.0, h, step)
+    gx, gy = np.meshgrid(xs, ys)
+    return np.stack([gx.ravel(), gy.ravel()], axis=1)
+
+
+def keypoints_of(ctx: FrameContext) -> tuple[np.ndarray, np.ndarray, float]:
+    """The frame's key points: its atoms (with sublattice), else a regular grid.
+
+    Parameters
+    ----------
+    ctx : FrameContext
+        The frame (``ctx.atoms`` from upstream).
+
+    Returns
+    -------
+    keypoints : (N, 2) ndarray of float64
+        x, y px.
+    sites : (N,) ndarray of int8
+        0 = A, 1 = B for atoms; -1 for grid points.
+    spacing_px : float
+        The key points' scale: ``ctx.lattice_px``.
+    """
+    key = ("latent", "keypoints")
+    if key not in ctx.cache:
+        atoms = None if ctx.atoms is None else np.asarray(ctx.atoms, np.float64).reshape(-1, 2)
+        if atoms is not None and len(atoms) >= MIN_SITES:
+            site = np.asarray(descriptors.sublattices(ctx.image, atoms, ctx.sites), np.int8)
+            ctx.sites = site
+            ctx.cache[key] = (atoms, site, float(ctx.lattice_px))
+        else:
+            kp = grid_keypoints(ctx.shape, max(1.0, GRID_FRACTION * float(ctx.lattice_px)))
+            ctx.cache[key] = (kp, np.full(len(kp), -1, np.int8), float(ctx.lattice_px))
+    return ctx.cache[key]
+
+
+def patches_at(image: np.ndarray, keypoints: np.ndarray, half: int
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Square patches (2 half + 1 px) around key points, and which lie wholly in the frame.
+
+    Parameters
+    ----------
+    image : (H, W) array_like of float
+        Frame, ~[0, 1].
+    keypoints : (N, 2) array_like of float
+        x, y px.
+    half : int
+        Patch half-width, px.
+
+    Returns
+    -------
+    patches : (N, 2 half + 1, 2 half + 1) ndarray of float32
+    inside : (N,) ndarray of bool
+    """
+    kp = np.asarray(keypoints, np.float64).reshape(-1, 2)
+    return (kernels.extract_patches(image, kp, half, half),
+            kernels.patches_valid(kp, np.shape(image), half, half))
+
+
+def used_rows(sites: np.ndarray, sublattice: str) -> np.ndarray:
+    """Indices of the key points a model for ``sublattice`` ("A", "B", "all") encodes.
+
+    Parameters
+    ----------
+    sites : (N,) array_like of int
+        0 = A, 1 = B, -1 = no sublattice (grid points: always used).
+    sublattice : {"A", "B", "all"}
+
+    Returns
+    -------
+    (n,) ndarray of int
+    """
+    s = np.asarray(sites)
+    if sublattice in SUBLATTICES and np.any(s >= 0):
+        return np.flatnonzero(s == SUBLATTICES[sublattice])
+    return np.arange(len(s))
+
+
+def latent_walls(xy: np.ndarray, z: np.ndarray, lattice_px: float, shape: tuple[int, int]
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Walls between the KDE-of-z2 classes of the key points, with their significance.
+
+    Parameters
+    ----------
+    xy : (n, 2) array_like of float
+        Key points x, y px (finite latent rows only).
+    z : (n, d) array_like of float
+        Their latent means.
+    lattice_px : float
+        Lattice spacing (or key-point scale), px.
+    shape : (int, int)
+        Frame (H, W), px.
+
+    Returns
+    -------
+    classes : (n,) ndarray of int16
+        Nearest KDE peak of each key point's z2.
+    segments : (S, 4) ndarray of float64
+        Significant wall segments [x0, y0, x1, y1], px.
+    neg_log10_p : (S,) ndarray of float64
+        -log10 p of each segment (its two sides' latent means differ).
+    """
+    from rewardscope.workflows.domains import (  # noqa: PLC0415 - the domain route's walls
+        hough_segments,
+        merge_collinear,
+        rasterise_tree,
+        wall_chains,
+    )
+
+    xy = np.asarray(xy, np.float64).reshape(-1, 2)
+    z = np.asarray(z, np.float64).reshape(len(xy), -1)
+    empty = (np.zeros(len(xy), np.int16), np.zeros((0, 4)), np.zeros(0))
+    if len(xy) < 2 * MIN_SITES or z.shape[1] == 0:
+        return empty
+    classes, peaks = latentstats.kde_peak_labels(z[:, min(1, z.shape[1] - 1)])
+    if len(peaks) < 2:
+        return classes, empty[1], empty[2]
+    tree = cKDTree(xy)
+    d, _ = tree.query(xy, k=2)
+    spacing = float(np.median(d[:, 1]))
+    pairs = np.array(sorted(tree.query_pairs(1.5 * spacing)), dtype=np.int64).reshape(-1, 2)
+    diff = pairs[classes[pairs[:, 0]] != classes[pairs[:, 1]]] if len(pairs) else pairs
+    if len(diff) < 2:
+        return classes, empty[1], empty[2]
+    points = 0.5 * (xy[diff[:, 0]] + xy[diff[:, 1]])
+    _, forest = wall_chains(points, 1.5 * spacing)
+    raster = rasterise_tree(points, forest, shape)
+    segments = merge_collinear(hough_segments(raster, lattice_px), lattice_px)
+    segments = np.asarray(segments, np.float64).reshape(-1, 4)
+    if len(segments) == 0:
+        return classes, empty[1], empty[2]
+    zz = z[:, :2] if z.shape[1] >= 2 else np.concatenate([z, np.zeros_like(z)], axis=1)
+    try:
+        noise = domaintests.offset_noise(xy, zz, lattice_px, shape)
+        logp = domaintests.wall_tests(segments, xy, noise)
+    except ValueError:
+        return classes, empty[1], empty[2]
+    keep = domaintests.discoveries(logp)
+    return classes, segments[keep], logp[keep]
 
 
 @dataclass
 class _Encoded:
-    """One model's view of one frame's atom set (cached in ctx.cache)."""
+    """The model in use's view of one frame (cached in ctx.cache)."""
 
-    latent: np.ndarray  # (n, d) content latent means of the used atoms
+    entry: ModelInUse | None
+    keypoints: np.ndarray  # (N, 2) every key point of the frame
+    index: np.ndarray  # rows encoded (the model's sublattice)
+    loc: np.ndarray  # (n, d) content latent means of the encoded rows
+    scale: np.ndarray  # (n, d) their posterior standard deviations
     angle: np.ndarray | None  # (n,) rotation latent, or None
-    valid: np.ndarray  # (n,) patch wholly inside the frame (fitted rows)
-    reconstruction: float  # mean squared error per pixel on the valid patches
-    variance: float  # latent_variance on the valid rows
-
-
-# --------------------------------------------------------------------------------------------
-# the workflow
-# --------------------------------------------------------------------------------------------
+    valid: np.ndarray  # (n,) patch wholly inside the frame (the mixture's fitted rows)
+    seconds: float
 
 
 class LatentWorkflow(Workflow):
-    """iVAE latents at atoms -> GMM labels, scored by the paper's latent rewards; see module.
+    """Encode with the model in use, label by a GMM on the latent; see the module docstring.
 
-    ``sublattice``: None = every atom of ``ctx.atoms``, "A" or "B" = that sublattice only
-    (``ctx.sites``, else classified by column intensity). ``invariances``, ``hidden``,
-    ``epochs``, ``batch_size``, ``max_train`` (patches per training, a seeded random subset)
-    fix the training budget; they are not searched, so the search space holds only
-    3 windows x 2 latent sizes = 6 models. ``checkpoint_dir``: when set, a trained model is
-    saved there as ``<name>.pt`` and a later session loads it instead of training.
-
-    What a session learns sits in attributes ending in ``_`` (scikit-learn's convention):
-    ``models_`` (the trained models by (patch px, latent_dim), least recently used first),
-    ``current_`` (name of the model in use), ``model_swaps_`` and ``trainings_`` (counts).
+    Parameters
+    ----------
+    slot : str, optional
+        Name of the model slot (:func:`rewardscope.science.vae.model_slot`) read for the
+        model in use and offered the frame's material (default ``"default"``).
     """
 
     name = "latent"
-    space = (
-        Integer(4, 6, name="window"),  # patch half-width, eighths of a lattice spacing
-        Integer(2, 3, name="latent_dim"),
-        Integer(2, 4, name="n_components"),
-        Categorical(list(mixtures.COVARIANCE_TYPES), name="covariance_type"),
-    )
-    rewards = ("latent_bic", "latent_variance", "latent_reconstruction")
+    space = (Integer(1, 5, name="n_components"),)
+    rewards = ("latent_bic", "latent_icl")
     needs = (ATOMS,)
     produces = (
-        Output("labels", LABELS),
+        Output("labels", LABELS, name="latent_labels"),
         Output("latent", PER_ATOM),
+        Output("latent_scale", PER_ATOM),
+        Output("latent_angle", PER_ATOM),
+        Output("keypoints", PER_ATOM),
+        Output("latent_walls", PER_WALL),
+        Output("latent_wall_significance", PER_WALL),
         Output("model", SCALAR),
     )
+    stage = "vae"
+    thread_safe = True
 
-    def __init__(self, sublattice: str | None = None, invariances: tuple[str, ...] = ("r",),
-                 hidden: tuple[int, ...] = (32,), epochs: int = 10, batch_size: int = 64,
-                 max_train: int = 512, device: str | None = None, seed: int = 0,
-                 max_models: int = 8, checkpoint_dir: str | Path | None = None) -> None:
-        if sublattice is not None and sublattice not in SUBLATTICES:
-            raise ValueError(f"sublattice must be None or one of {tuple(SUBLATTICES)}, "
-                             f"got {sublattice!r}")
-        self.sublattice = sublattice
-        self.invariances = tuple(invariances)
-        self.hidden = tuple(hidden)
-        self.epochs = int(epochs)
-        self.batch_size = int(batch_size)
-        self.max_train = int(max_train)
-        self.device = device
-        self.seed = int(seed)
-        self.max_models = max(1, int(max_models))
-        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
-        self.models_: OrderedDict[tuple[int, int], LatentModel] = OrderedDict()
-        self.current_: str | None = None  # name of the model in use
-        self.model_swaps_ = 0  # times the model in use changed (the first one included)
-        self.trainings_ = 0  # models trained this session (loaded checkpoints excluded)
+    def __init__(self, slot: str = "default") -> None:
+        self.slot = str(slot)
 
     def default_params(self, lattice_px: float) -> dict[str, Any]:
-        """Half a lattice spacing (the nearest other-sublattice columns at the corners), a 2-D
-        latent as in the paper, 2 components, full covariance."""
-        return {"window": 4, "latent_dim": 2, "n_components": 2, "covariance_type": "full"}
+        """Two components (two polarization variants, a/c domains)."""
+        return {"n_components": 2}
 
     # ---------------------------------------------------------------- per-frame work
     def prepare(self, ctx: FrameContext) -> None:
-        """Select the atoms once per frame (and atom set)."""
-        if ctx.atoms is not None:
-            self._used(ctx)
+        """Key points, patches and one batched encode per frame; offer the frame's material."""
+        self._encoded(ctx)
 
-    def _used(self, ctx: FrameContext) -> np.ndarray:
-        """Indices into ctx.atoms of the atoms this workflow labels."""
-        if ctx.atoms is None:
-            raise ValueError("latent workflow needs ctx.atoms (run the atoms workflow first)")
-        atoms = np.asarray(ctx.atoms, dtype=np.float64).reshape(-1, 2)
-        key = ("latent", "used", self.sublattice, descriptors.fingerprint(atoms))
-        if key not in ctx.cache:
-            if self.sublattice is None:
-                index = np.arange(len(atoms))
-            else:
-                site = descriptors.sublattices(ctx.image, atoms, ctx.sites)
-                ctx.sites = site  # later workflows on these atoms read the same split
-                index = np.flatnonzero(np.asarray(site) == SUBLATTICES[self.sublattice])
-            ctx.cache[key] = index
-        return ctx.cache[key]
-
-    # ---------------------------------------------------------------- models
-    def _model(self, patch_px: int, latent_dim: int, patches: np.ndarray) -> LatentModel:
-        """The model for this architecture: cached, else loaded from a checkpoint, else trained
-        on ``patches`` (this frame's). Counts a swap when the model in use changes."""
-        key = (patch_px, latent_dim)
-        model = self.models_.get(key)
-        if model is None:
-            model = LatentModel(patch_px, latent_dim, self.invariances, self.hidden,
-                                device=self.device, seed=self.seed)
-            if not self._load_checkpoint(model):
-                model.fit(self._training_set(patches), self.epochs, self.batch_size)
-                self.trainings_ += 1
-                self._save_checkpoint(model)
-            self.models_[key] = model
-            while len(self.models_) > self.max_models:
-                self.models_.popitem(last=False)
-        self.models_.move_to_end(key)
-        if model.name != self.current_:
-            self.current_ = model.name
-            self.model_swaps_ += 1
-        return model
-
-    def _training_set(self, patches: np.ndarray) -> np.ndarray:
-        """At most ``max_train`` patches, a seeded random subset: bounds the training time."""
-        if len(patches) <= self.max_train:
-            return patches
-        pick = np.random.default_rng(self.seed).choice(len(patches), self.max_train,
-                                                       replace=False)
-        return patches[np.sort(pick)]
-
-    def _checkpoint_path(self, model: LatentModel) -> Path | None:
-        return self.checkpoint_dir / f"{model.name}.pt" if self.checkpoint_dir else None
-
-    def _load_checkpoint(self, model: LatentModel) -> bool:
-        path = self._checkpoint_path(model)
-        if path is None or not path.is_file():
-            return False
-        model.load(path)
-        return True
-
-    def _save_checkpoint(self, model: LatentModel) -> None:
-        path = self._checkpoint_path(model)
-        if path is not None:
-            model.save(path)
+    def _encoded(self, ctx: FrameContext) -> _Encoded:
+        key = ("latent", "encoded", self.slot)
+        if key in ctx.cache:
+            return ctx.cache[key]
+        t0 = time.perf_counter()
+        slot = model_slot(self.slot)
+        kp, sites, spacing = keypoints_of(ctx)
+        if slot.collect:
+            slot.offer(FrameSample(ctx.image, kp, sites, spacing))
+        entry = slot.current()
+        if entry is None:
+            enc = _Encoded(None, kp, np.zeros(0, np.int64), np.zeros((0, 0), np.float32),
+                           np.zeros((0, 0), np.float32), None, np.zeros(0, bool), 0.0)
+        else:
+            model = entry.model
+            index = used_rows(sites, str(entry.info.get("sublattice", "all")))
+            half = (model.patch_px - 1) // 2
+            patches, inside = patches_at(ctx.image, kp[index], half)
+            c = one_hot(sites[index], model.c_dim) if model.conditional else None
+            loc, scale = model.posterior(patches, c)
+            ns = model.n_special
+            angle = loc[:, 0].copy() if "r" in model.invariances else None
+            enc = _Encoded(entry, kp, index, np.ascontiguousarray(loc[:, ns:]),
+                           np.ascontiguousarray(scale[:, ns:]), angle,
+                           mixtures.trusted_rows(inside, MIN_SITES),
+                           time.perf_counter() - t0)
+        ctx.cache[key] = enc
+        return enc
 
     # ---------------------------------------------------------------- one candidate
-    def _encoded(self, ctx: FrameContext, index: np.ndarray, half: int,
-                 latent_dim: int) -> tuple[_Encoded, LatentModel]:
-        """Patches -> (trained) model -> latents, reconstruction and variance, cached per
-        frame, atom set and model: candidates that differ only in the GMM reuse them."""
-        atoms = np.asarray(ctx.atoms, dtype=np.float64).reshape(-1, 2)[index]
-        tag = ("latent", "patches", half, descriptors.fingerprint(atoms))
-        if tag not in ctx.cache:
-            patches = kernels.extract_patches(ctx.image, atoms, half, half)
-            valid = kernels.patches_valid(atoms, ctx.shape, half, half)
-            ctx.cache[tag] = (patches, valid)
-        patches, valid = ctx.cache[tag]
-        rows = mixtures.trusted_rows(valid, MIN_SITES)
-        model = self._model(2 * half + 1, latent_dim, patches[rows])
-        key = ("latent", "encoded", model.name, tag)
-        if key not in ctx.cache:
-            z, angle = model.encode(patches)
-            ctx.cache[key] = _Encoded(
-                latent=z, angle=angle, valid=rows,
-                reconstruction=latent_reconstruction(model.reconstruction_error(patches[rows])),
-                variance=latent_variance(z[rows]))
-        return ctx.cache[key], model
-
     def evaluate(self, ctx: FrameContext, params: dict[str, Any]) -> Evaluation:
-        """Encode (training the model if this architecture is new), cluster, score."""
-        index = self._used(ctx)
+        """A GMM with ``n_components`` on the frame's latent means; its BIC and ICL."""
+        enc = self._encoded(ctx)
         k = int(params["n_components"])
-        n_atoms = len(np.asarray(ctx.atoms).reshape(-1, 2))
-        if len(index) < max(MIN_SITES, 2 * k):
-            return self._empty(n_atoms, int(params["latent_dim"]))
-        t0 = time.perf_counter()
-        half = half_window(params["window"], ctx.lattice_px)
-        enc, model = self._encoded(ctx, index, half, int(params["latent_dim"]))
-        t_vae = time.perf_counter() - t0
+        if enc.entry is None or len(enc.index) < max(MIN_SITES, 2 * k):
+            return self._empty(enc)
         try:
             with single_thread():
-                sub, bic, icl = fit_mixture(enc.latent, enc.valid, k,
-                                            str(params["covariance_type"]))
+                fit = mixtures.mixture_labels(
+                    enc.loc.astype(np.float64), k, COVARIANCE,
+                    fit_rows=enc.valid, seed=GMM_SEED, n_init=1, max_iter=200, tol=1e-4,
+                    reg_covar=GMM_REG_COVAR, max_fit_rows=2000)
+                bic = fit.bic_per_row
+                tau = fit.model.predict_proba(fit.fit)
+                ent = float(-np.sum(tau * np.log(np.clip(tau, 1e-300, None)))) / len(fit.fit)
         except (ValueError, np.linalg.LinAlgError):  # degenerate latent: worst case
-            return self._empty(n_atoms, int(params["latent_dim"]), model.name)
-        rw = {"latent_bic": latent_bic(bic), "latent_variance": enc.variance,
-              "latent_reconstruction": enc.reconstruction}
-        out = self._output(n_atoms, index, sub, enc, model.name)
-        out.update(bic_per_site=bic, icl_per_site=icl, patch_px=2 * half + 1,
-                   model_swaps=self.model_swaps_)
-        return Evaluation(rewards=rw, output=out, timings={"vae": t_vae})
+            return self._empty(enc)
+        rw = {"latent_bic": latent_bic(bic), "latent_icl": latent_icl(bic + 2.0 * ent)}
+        out = self._output(enc, fit.labels)
+        return Evaluation(rewards=rw, output=out, timings={"vae": enc.seconds})
 
-    @staticmethod
-    def _output(n_atoms: int, index: np.ndarray, sub: np.ndarray, enc: _Encoded,
-                model_name: str) -> dict[str, Any]:
-        labels = np.full(n_atoms, -1, dtype=np.int16)
-        labels[index] = sub
-        latent = np.full((n_atoms, enc.latent.shape[1]), np.nan, dtype=np.float32)
-        latent[index] = enc.latent
-        angle = np.full(n_atoms, np.nan, dtype=np.float32)
-        if enc.angle is not None:
-            angle[index] = enc.angle
-        return {"labels": labels, "latent": latent, "angle": angle, "model": model_name}
+    def finalize(self, ctx: FrameContext, chosen: Evaluation) -> dict[str, Any]:
+        """The latent walls (KDE of z2, once per frame on the chosen candidate)."""
+        enc = self._encoded(ctx)
+        if enc.entry is None or len(enc.index) == 0:
+            return {}
+        ok = np.all(np.isfinite(enc.loc), axis=1)
+        with single_thread():
+            _, seg, logp = latent_walls(enc.keypoints[enc.index][ok], enc.loc[ok],
+                                        float(ctx.lattice_px), ctx.shape)
+        return {"latent_walls": seg.astype(np.float32),
+                "latent_wall_significance": logp.astype(np.float32)}
 
+    # ---------------------------------------------------------------- outputs
     @staticmethod
-    def _empty(n_atoms: int, latent_dim: int, model_name: str = "") -> Evaluation:
-        """Too few atoms or a degenerate latent: worst rewards, nothing labelled."""
-        out = {"labels": np.full(n_atoms, -1, np.int16),
-               "latent": np.full((n_atoms, latent_dim), np.nan, np.float32),
-               "angle": np.full(n_atoms, np.nan, np.float32), "model": model_name}
-        rw = {"latent_bic": math.inf, "latent_variance": -math.inf,
-              "latent_reconstruction": math.inf}
-        return Evaluation(rewards=rw, output=out)
+    def _output(enc: _Encoded, sub: np.ndarray | None) -> dict[str, Any]:
+        n = len(enc.keypoints)
+        d = enc.loc.shape[1] if enc.entry is not None else 0
+        labels = np.full(n, -1, np.int16)
+        latent = np.full((n, d), np.nan, np.float32)
+        scale = np.full((n, d), np.nan, np.float32)
+        angle = np.full(n, np.nan, np.float32)
+        if enc.entry is not None and len(enc.index):
+            latent[enc.index] = enc.loc
+            scale[enc.index] = enc.scale
+            if enc.angle is not None:
+                angle[enc.index] = enc.angle
+            if sub is not None:
+                labels[enc.index] = sub
+        model = dict(enc.entry.info) if enc.entry is not None else dict(NO_MODEL)
+        return {"labels": labels, "latent": latent, "latent_scale": scale,
+                "latent_angle": angle, "keypoints": enc.keypoints.astype(np.float32),
+                "latent_walls": np.zeros((0, 4), np.float32),
+                "latent_wall_significance": np.zeros(0, np.float32), "model": model}
+
+    def _empty(self, enc: _Encoded) -> Evaluation:
+        """No model in use, too few key points or a degenerate latent: nothing labelled,
+        the rewards NaN (a failed candidate)."""
+        return Evaluation(rewards={"latent_bic": math.nan, "latent_icl": math.nan},
+                          output=self._output(enc, None))
