@@ -16,7 +16,11 @@ Method
    significant when ``t > log2(n_bins / false_alarm)`` (about 26 at 384 x 384 for a 1e-3
    chance per frame of one false reflection). That is the "nothing here" answer: a blank,
    pure-noise or amorphous frame (whose ring of short-range order is absorbed by the ring
-   median) has no significant reflection and gets no lattice.
+   median) has no significant reflection and gets no lattice. Noise that is not isotropic
+   escapes a ring median: scan-line offsets put power along the whole ``kx = 0`` line,
+   straight edges and walls along a line through the origin. So a reflection must also be a
+   *point*: significant again over the median of its own radial line a few bins either side
+   (the streak floor).
 2. **The cell.** After suppressing satellites and side lobes within ``max(3 bins, 0.2 |k|)``
    of a stronger reflection, the strong reflections (>= 5 % of the strongest power) propose
    the reciprocal basis: the non-collinear pair that indexes most of them, the coarsest such
@@ -28,7 +32,10 @@ Method
    cell, because A and B columns differ in brightness and the (1, 0) reflections that tell
    them apart are significant; the finer net of all columns only when A and B are
    indistinguishable (or their difference drowns in the noise). Domain satellites, noise
-   spikes and low-frequency background index nowhere and are left out.
+   spikes and low-frequency background index nowhere and are left out. A lattice of columns
+   puts power off its two basis lines too (e.g. at (1, 1)): the indexed reflections must lie
+   on at least three lattice directions (:func:`directions`), so two unrelated 1-D
+   periodicities (stripe domains plus scan lines, two sets of fringes) are no lattice.
 3. **Refined on the columns** (:func:`refine_lattice`, once the columns are found): each
    column is paired with the column one cell vector away, then three; the inliers' mean
    displacement is the refined vector (the Fourier estimate is already within ~0.2 % on
@@ -57,6 +64,7 @@ from scipy.spatial import cKDTree
 __all__ = [
     "Lattice",
     "contrast_skew",
+    "directions",
     "find_lattice",
     "hint_agrees",
     "refine_lattice",
