@@ -7,7 +7,9 @@ lattice, two domains, two amorphous regions, noise 0.15), in the same run. ``ana
 lattice hint (it finds the cell); the seeds' way is given the true 12 px spacing. Quality
 against the simulator's truth: atom F1 within 0.25 lattice spacings, domain ARI on the
 labelled atoms, amorphous mask IoU. ``analyze`` runs ``--repeat`` times (median reported, and
-the first run alone: it pays for numba's cache if that is cold); the seeds' way once.
+the first run alone: it pays for numba's cache if that is cold); the seeds' way once. The
+``no pictures`` row is ``analyze --no-pictures`` (result.json and arrays, no overlay/pareto
+PNGs, no plotting library imported), run alternately with the default in the same loop.
 
     python -m benchmarks cold [-- --repeat 3 --size 384]
 """
@@ -93,10 +95,11 @@ def run(size: int = 384, repeat: int = 3, calls: int = 20,
         tmp = Path(tmp)
         frame = tmp / "frame.npy"
         np.save(frame, pixels)
-        times, doc = [], None
-        for i in range(max(1, repeat)):
+        times, bare, doc = [], [], None
+        for i in range(max(1, repeat)):  # alternately, so a load change hits both alike
             dt, doc = run_ours(frame, tmp / f"ours{i}", extra)
             times.append(dt)
+            bare.append(run_ours(frame, tmp / f"bare{i}", [*(extra or []), "--no-pictures"])[0])
         mask_file = doc.get("amorphous_mask")
         mask = np.load(tmp / f"ours{len(times) - 1}" / mask_file) if mask_file else None
         ours_q = quality(doc["atoms"], doc["labels"], mask, truth)
@@ -107,7 +110,8 @@ def run(size: int = 384, repeat: int = 3, calls: int = 20,
     ours = statistics.median(times)
     row = {"size": size, "ours_s": ours, "ours_first_s": times[0], "ours_runs": len(times),
            "n_evaluations": doc["n_evaluations"], "analysis_s": doc["elapsed_s"],
-           "seeds_s": seeds_s, "seeds_calls": calls, "ratio": seeds_s / ours}
+           "seeds_s": seeds_s, "seeds_calls": calls, "ratio": seeds_s / ours,
+           "bare_s": statistics.median(bare), "bare_ratio": seeds_s / statistics.median(bare)}
     for k in ("F1", "ARI", "IoU"):
         row[f"ours_{k}"], row[f"seeds_{k}"] = ours_q[k], seeds_q[k]
     return row
@@ -123,6 +127,9 @@ def format_table(rows: list[dict[str, Any]]) -> str:
                      f"{r['ours_F1']:>6.3f}/{r['seeds_F1']:<7.3f} "
                      f"{r['ours_ARI']:>7.3f}/{r['seeds_ARI']:<7.3f} "
                      f"{r['ours_IoU']:>7.3f}/{r['seeds_IoU']:<7.3f}")
+        if "bare_s" in r:
+            lines.append(f"{'':>5} {r['bare_s']:>9.2f} {'':>8} {'':>5} {'':>8} "
+                         f"{r['bare_ratio']:>6.1f}  (no pictures)")
     return "\n".join(lines)
 
 

@@ -47,7 +47,9 @@ class PFMTruth:
     classes: np.ndarray
 
     def ac_class(self, xy: np.ndarray) -> np.ndarray:
-        """a/c class (0 = a, 1 = c) at key points x, y px (rounded, clipped to the frame).
+        """a/c class (0 = a, 1 = c) at key points x, y px: the class of the pixel a patch
+        around the key point is centred on (coordinates rounded half up, ``floor(v + 0.5)``,
+        as patch extraction rounds them; clipped to the frame).
 
         Parameters
         ----------
@@ -60,8 +62,8 @@ class PFMTruth:
         """
         p = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
         h, w = self.classes.shape
-        c = np.clip(np.rint(p[:, 0]).astype(int), 0, w - 1)
-        r = np.clip(np.rint(p[:, 1]).astype(int), 0, h - 1)
+        c = np.clip(np.floor(p[:, 0] + 0.5).astype(int), 0, w - 1)
+        r = np.clip(np.floor(p[:, 1] + 0.5).astype(int), 0, h - 1)
         return (self.classes[r, c] > 0).astype(np.int8)
 
 

@@ -483,7 +483,9 @@ def test_watch_approve_cli_releases_what_the_operator_approves(tmp_path) -> None
         assert lines_until(proc, lines, "approved "), lines
         scan = rig.wait_for(lambda m: isinstance(m, protocol.Scan), 10)
         assert scan is not None and scan.id == first
-        assert lines_until(proc, lines, "SCAN cli"), lines
+        # the scan line may have come in the same read as the approval's reply
+        assert any("SCAN cli" in ln for ln in lines) or lines_until(proc, lines, "SCAN cli"), \
+            lines
     finally:
         proc.kill()
         proc.wait(timeout=10)
@@ -491,22 +493,35 @@ def test_watch_approve_cli_releases_what_the_operator_approves(tmp_path) -> None
 
 
 def lines_until(proc, lines: list[str], needle: str, timeout: float = 20.0) -> bool:
-    """Read the subprocess's stdout into ``lines`` until a line contains ``needle``."""
+    """Read the subprocess's stdout into ``lines`` until a line contains ``needle``.
+
+    Reads the pipe's file descriptor directly (no Python-side buffer: two lines that arrive
+    in one chunk must both be seen, or the second would wait in a buffer the selector cannot
+    see); a partial last line is kept for the next call."""
+    import os
     import selectors
 
+    fd = proc.stdout.fileno()
     sel = selectors.DefaultSelector()
-    sel.register(proc.stdout, selectors.EVENT_READ)
+    sel.register(fd, selectors.EVENT_READ)
     deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline:
             if not sel.select(0.2):
                 continue
-            line = proc.stdout.readline()
-            if not line:
+            chunk = os.read(fd, 65536)
+            if not chunk:
                 return False
-            lines.append(line.rstrip("\n"))
-            if needle in line:
+            text = _PARTIAL.pop(proc.pid, "") + chunk.decode()
+            *complete, rest = text.split("\n")
+            if rest:
+                _PARTIAL[proc.pid] = rest
+            lines.extend(complete)
+            if any(needle in ln for ln in complete):
                 return True
         return False
     finally:
         sel.close()
+
+
+_PARTIAL: dict[int, str] = {}  # pid -> the partial last line read from its stdout

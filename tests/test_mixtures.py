@@ -98,3 +98,57 @@ def test_fingerprint_follows_the_content():
     assert descriptors.fingerprint(xy) != descriptors.fingerprint(xy[1:])
     assert descriptors.fingerprint(xy) != descriptors.fingerprint(xy + 0.5)
     assert descriptors.fingerprint(np.zeros((0, 2))) == (0, 0.0, 0.0)
+
+
+@pytest.mark.parametrize("covariance_type", mixtures.COVARIANCE_TYPES)
+@pytest.mark.parametrize("n_init", [1, 2])
+def test_numba_em_fits_the_mixture_scikit_learn_fits(monkeypatch, covariance_type, n_init):
+    """The GIL-free EM kernel is scikit-learn's algorithm: same k-means start, same
+    iterations, same model (to rounding), whichever engine runs it."""
+    rng = np.random.default_rng(7)
+    x = np.concatenate([rng.normal(0.0, 1.0, (250, 4)), rng.normal(3.0, 0.6, (120, 4)),
+                        rng.normal(-2.5, 1.5, (80, 4))]) @ rng.normal(size=(4, 4))
+    monkeypatch.setattr(mixtures, "EM_ENGINE", "sklearn")
+    ref = mixtures.fit_gmm(x, 3, covariance_type, seed=3, n_init=n_init)
+    monkeypatch.setattr(mixtures, "EM_ENGINE", "numba")
+    got = mixtures.fit_gmm(x, 3, covariance_type, seed=3, n_init=n_init)
+    assert got.n_iter_ == ref.n_iter_ and got.converged_ == ref.converged_
+    assert got.lower_bound_ == pytest.approx(ref.lower_bound_, rel=1e-9)
+    assert got.bic(x) == pytest.approx(ref.bic(x), rel=1e-9)
+    np.testing.assert_allclose(got.predict_proba(x), ref.predict_proba(x), atol=1e-7)
+    np.testing.assert_array_equal(got.predict(x), ref.predict(x))
+
+
+def test_numba_kmeans_start_is_scikit_learns():
+    from sklearn.cluster import KMeans
+
+    rng = np.random.default_rng(3)
+    for trial in range(20):
+        k = 1 + trial % 4
+        x = rng.normal(size=(200 + 37 * trial, 1 + trial % 6))
+        x += rng.integers(0, k, len(x))[:, None] * 2.0
+        ref = KMeans(k, n_init=1, random_state=np.random.RandomState(trial)).fit(x).labels_
+        np.testing.assert_array_equal(
+            mixtures._kmeans_labels(x, k, np.random.RandomState(trial)), ref)
+
+
+def test_numba_em_reports_a_collapsed_component_as_scikit_learn_does(monkeypatch):
+    x = np.zeros((40, 2))
+    x[:20] = 1.0  # two points repeated: zero covariance without regularisation
+    for engine in ("sklearn", "numba"):
+        monkeypatch.setattr(mixtures, "EM_ENGINE", engine)
+        with pytest.raises(ValueError, match="ill-defined empirical covariance"):
+            mixtures.fit_gmm(x, 2, "full", reg_covar=0.0)
+
+
+@pytest.mark.parametrize("covariance_type", mixtures.COVARIANCE_TYPES)
+def test_posterior_is_predict_proba(covariance_type):
+    rng = np.random.default_rng(2)
+    x = np.concatenate([rng.normal(0.0, 1.0, (200, 3)), rng.normal(2.5, 0.7, (90, 3))])
+    gmm = mixtures.fit_gmm(x, 3, covariance_type, seed=1)
+    np.testing.assert_allclose(mixtures.posterior(gmm, x), gmm.predict_proba(x), atol=1e-10)
+    fit = mixtures.mixture_labels(x, 3, covariance_type)
+    np.testing.assert_array_equal(
+        fit.labels, mixtures.labels_by_size(fit.model.predict(x), fit.model.n_components))
+    x32 = x.astype(np.float32)  # not the kernel's dtype: scikit-learn answers
+    np.testing.assert_allclose(mixtures.posterior(gmm, x32), gmm.predict_proba(x32))

@@ -411,3 +411,100 @@ def test_candidate_snapping_matches_skopt_round_trip():
     snapped = opt._snap(Z)
     np.testing.assert_allclose(snapped, opt.space.transform(opt.space.inverse_transform(snapped)))
     np.testing.assert_allclose(snapped, opt.space.transform(opt.space.inverse_transform(Z)))
+
+
+def test_hyperparameter_fit_is_scikit_learns_gaussian_process_fit():
+    """The GP likelihood behind the hyperparameter refits is scikit-learn's (value and
+    gradient), and the fitted theta is the one ``GaussianProcessRegressor.fit`` finds."""
+    import warnings
+
+    from skopt.learning import GaussianProcessRegressor
+
+    rng = np.random.default_rng(4)
+    opt = MultiObjectiveOptimizer([Real(0, 1, name="a"), Real(0, 1, name="b"),
+                                   Integer(1, 5, name="c")], 2)
+    kernel = opt._kernel
+    X = rng.random((40, 3))
+    y = np.sin(4 * X[:, 0]) + X[:, 1] ** 2 + 0.05 * rng.normal(size=40)
+    y = (y - y.mean()) / y.std()
+    alpha = rng.choice([0.03**2, 0.06**2, 0.12**2], size=40)
+    theta = np.clip(kernel.theta + 0.5 * rng.normal(size=kernel.theta.shape),
+                    kernel.bounds[:, 0], kernel.bounds[:, 1])
+    for restarts in (0, 1):
+        gp = GaussianProcessRegressor(kernel=kernel.clone_with_theta(theta), alpha=alpha,
+                                      optimizer=mobo_module._lbfgs_capped, normalize_y=False,
+                                      n_restarts_optimizer=restarts, random_state=9)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            gp.fit(X, y)
+        lml, grad = gp.log_marginal_likelihood(theta, eval_gradient=True)
+        value, ours = mobo_module._neg_log_marginal_likelihood(theta, X, y, alpha)
+        assert value == pytest.approx(-lml, rel=1e-10)
+        np.testing.assert_allclose(ours, -grad, rtol=1e-8, atol=1e-10)
+        fitted = mobo_module._fit_theta(X, y, alpha, kernel.bounds, theta, restarts, 9)
+        np.testing.assert_allclose(fitted, gp.kernel_.theta, atol=1e-5)
+
+
+def test_run_frame_skips_reevaluations_unchanged_within_noise():
+    """A warm frame whose re-evaluated anchor moved no more than the calm-frame typical move
+    keeps the rest of the previous front's values (counted toward the budget, evaluated on
+    no candidate); a frame that changed re-evaluates the whole front."""
+    calls: list[list] = []
+    scale = {"k": 1.0}
+
+    def objective(x):
+        calls.append(list(x))
+        a, b = float(x[0]), float(x[1])
+        return [scale["k"] * a, scale["k"] * (1.0 - a) ** 2 + 0.1 * b]
+
+    opt = MultiObjectiveOptimizer([Real(0, 1, name="a"), Real(0, 1, name="b")], 2, seed=1,
+                                  n_initial=4)
+    run_frame(objective, opt, budget=12)  # cold
+    first = run_frame(objective, opt, budget=8, reuse=True)  # nothing measured yet: no reuse
+    assert first.reused_X == [] and opt.stats["n_calm"] == 1
+    anchor = first.knee_x
+    front = len(opt._select_reevaluation(np.flatnonzero(opt._frame_of == opt._frame)))
+    assert front >= 2
+    calls.clear()
+    calm = run_frame(objective, opt, budget=8, reuse=True, anchor=anchor)
+    assert calls[0] == list(anchor)  # the previous choice is re-evaluated first
+    assert len(calm.reused_X) == min(front, 8) - 1 and list(anchor) not in calm.reused_X
+    assert calm.n_evaluations == len(calls) == 8 - len(calm.reused_X)
+    assert opt.stats["n_reused"] == len(calm.reused_X)
+    assert len(calm.pareto_X) >= 1
+    scale["k"] = 3.0  # the scene changed: the anchor moves, everything is re-evaluated
+    calls.clear()
+    moved = run_frame(objective, opt, budget=8, reuse=True, anchor=calm.knee_x)
+    assert moved.reused_X == [] and moved.n_evaluations == len(calls) == 8
+
+
+def test_fast_transform_is_skopts():
+    """The optimizer's table-driven transform equals skopt's Space.transform (categoricals of
+    2 and more values, booleans, integers, log-uniform reals)."""
+    from rewardscope.plaindata import plain
+
+    space = [Real(0, 1, name="a"), Categorical(["x", "y"], name="b"),
+             Categorical(["p", "q", "r"], name="c"), Integer(2, 12, name="d"),
+             Real(1e-3, 1.0, prior="log-uniform", name="e"), Categorical([True, False], name="f"),
+             Categorical([8, 16, 32], name="g")]
+    opt = MultiObjectiveOptimizer(space, 2)
+    xs = [[plain(v) for v in x] for x in opt.space.rvs(100, random_state=3)]
+    np.testing.assert_array_equal(opt._transform(xs), opt.space.transform(xs))
+
+
+def test_initial_design_is_skopts_maximin_lhs():
+    """Same random designs, same choice as skopt's Lhs(criterion="maximin")."""
+    import copy
+
+    from skopt.sampler import Lhs
+
+    from rewardscope.plaindata import plain
+
+    space = [Real(0, 1, name="a"), Integer(2, 12, name="b"),
+             Categorical(["x", "y", "z"], name="c"), Categorical([True, False], name="d")]
+    opt = MultiObjectiveOptimizer(space, 2)
+    for seed, (n, iterations) in enumerate([(5, 20), (6, 200), (1, 20), (2, 3)]):
+        opt._seed = lambda s=seed: s  # the seed skopt would get
+        ref = Lhs(criterion="maximin", iterations=iterations).generate(
+            copy.deepcopy(space), n, random_state=seed)
+        assert opt._initial_design(n, iterations) == [[plain(v) for v in x] for x in ref]

@@ -326,11 +326,15 @@ def test_closed_loop_experiment_through_the_service(tmp_path, approve) -> None:
     assert doc["rows"][0]["atoms"] > 0  # the base survey frame of crystal
     assert doc["rows"][0]["kind"] == "survey"
     assert doc["rows"][0]["magnification"] == pytest.approx(1.0 / SURVEY_FOV_FACTOR, abs=1e-4)
-    # the overview holds a domain and an amorphous patch: the next frame images a suggestion
+    # the overview holds a domain and an amorphous patch: the next frames image what the
+    # service found there at x2 (its walls, or its suggestions: approved ones in approve mode)
     assert doc["rows"][0]["regions"] >= 1
-    followed = [r for r in doc["rows"][1:] if r["kind"] == "suggestion"]
-    assert followed and all(r["id"] and r["magnification"] >= 2.0 - 1e-6 for r in followed)
-    assert rec["approve"] is approve and rec["suggestions_followed"] >= 1
+    zoomed = [r for r in doc["rows"][1:] if r["kind"] in ("suggestion", "wall", "follow")]
+    assert zoomed and all(r["magnification"] >= 2.0 - 1e-6 for r in zoomed)
+    assert rec["approve"] is approve
+    if approve:
+        assert rec["suggestions_followed"] >= 1
+        assert all(r["id"] for r in zoomed if r["kind"] == "suggestion")
 
 
 def _point_segment(p: np.ndarray, a: np.ndarray, b: np.ndarray) -> float:

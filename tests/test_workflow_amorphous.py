@@ -240,6 +240,85 @@ def test_candidates_share_the_expensive_per_frame_work(monkeypatch) -> None:
           f"{iou(ev.output['amorphous_mask'], fr.truth.amorphous_mask):.3f}")
 
 
+def test_ring_table_gives_every_window_the_reference_profiles(frames) -> None:
+    """One pass over the pixels serves every window: each equals the patch-and-one-hot
+    reference, edge atoms (partly outside the frame) included."""
+    fr = frames["two"]
+    xy = np.vstack([fr.atoms["found"], [[0.2, 5.0], [383.4, 383.0], [-0.4, 100.0]]])
+    table = amorphous_mod.RingTable.build(fr.image, xy, 18)
+    for half in (0, 1, 2, 6, 13, 18):
+        ref = amorphous_mod._radial_profiles_reference(fr.image, xy, half)
+        np.testing.assert_allclose(table.profiles(half), ref, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(amorphous_mod.radial_profiles(fr.image, xy, half), ref,
+                                   rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="half must be an integer"):
+        table.profiles(19)
+    with pytest.raises(ValueError, match="reach must be a non-negative integer"):
+        amorphous_mod.RingTable.build(fr.image, xy, -1)
+
+
+def test_mask_is_built_within_the_flagged_sites_reach(frames) -> None:
+    """The cropped mask pipeline equals the whole-frame one (closing, hole filling, small
+    clusters dropped), for small, border-touching and frame-wide flag sets."""
+    from scipy import ndimage
+
+    def whole_frame(flags, xy, owner, dist, a):
+        if not flags.any():
+            return np.zeros(owner.shape, bool)
+        m = amorphous_mod._drop_small(flags[owner] & (dist <= amorphous_mod.DISK_FRAC * a),
+                                      xy[flags], amorphous_mod.MIN_SITES)
+        closed = amorphous_mod._close(m, 0.5 * a)
+        return amorphous_mod._drop_small(ndimage.binary_fill_holes(closed | m), xy[flags],
+                                         amorphous_mod.MIN_SITES)
+
+    fr = frames["two"]
+    xy = np.asarray(fr.atoms["truth"], dtype=np.float64)
+    owner, dist = amorphous_mod.nearest_site_map(xy, fr.image.shape)
+    rng = np.random.default_rng(0)
+    centres = [(40.0, 40.0, 30.0), (0.0, 200.0, 60.0), (190.0, 190.0, 400.0)]
+    flag_sets = [np.hypot(xy[:, 0] - cx, xy[:, 1] - cy) < r for cx, cy, r in centres]
+    flag_sets += [rng.random(len(xy)) < p for p in (0.05, 0.3)]
+    for flags in flag_sets:
+        np.testing.assert_array_equal(
+            amorphous_mod.mask_from_sites(flags, xy, owner, dist, LATTICE),
+            whole_frame(flags, xy, owner, dist, LATTICE))
+
+
+def test_closing_by_disks_equals_the_distance_transform_closing(monkeypatch) -> None:
+    """Disks stamped on boundary pixels give the two-EDT closing exactly: small and large
+    radii, regions at the frame edge, speckle, an all-True mask."""
+    rng = np.random.default_rng(1)
+    yy, xx = np.ogrid[:90, :120]
+    masks = [np.ones((40, 50), bool), rng.random((60, 70)) < 0.15]
+    for _ in range(6):
+        m = np.zeros((90, 120), bool)
+        for cy, cx, r in rng.uniform([0, 0, 2], [90, 120, 35], size=(3, 3)):
+            m |= (yy - cy) ** 2 + (xx - cx) ** 2 < r * r
+        masks.append(m)
+    for m in masks:
+        for radius in (0.5, 2.0, 4.5, 6.0, 9.3):
+            monkeypatch.setattr(amorphous_mod, "CLOSE_BY_DISKS", False)
+            ref = amorphous_mod._close(m, radius)
+            monkeypatch.setattr(amorphous_mod, "CLOSE_BY_DISKS", True)
+            np.testing.assert_array_equal(amorphous_mod._close(m, radius), ref)
+
+
+def test_nearest_site_map_within_reach_is_the_transforms(frames) -> None:
+    """Within ``reach`` the painted map has the distance transform's distances (and an owner
+    at that distance); beyond it, inf."""
+    fr = frames["two"]
+    xy = np.asarray(fr.atoms["found"], dtype=np.float64)
+    owner, dist = amorphous_mod.nearest_site_map(xy, fr.image.shape)
+    reach = amorphous_mod.DISK_FRAC * LATTICE + 1.0
+    own_r, dist_r = amorphous_mod.nearest_site_map(xy, fr.image.shape, reach)
+    near = dist <= reach
+    np.testing.assert_allclose(dist_r[near], dist[near])
+    assert np.all(np.isinf(dist_r[~near]))
+    iy, ix = np.nonzero(near)
+    cy, cx = amorphous_mod._pixel_of(xy[own_r[near]], fr.image.shape)
+    np.testing.assert_allclose(np.hypot(iy - cy, ix - cx), dist[near])
+
+
 # --------------------------------------------------------------------------------------------
 # "no disordered region": per-site significance against the crystal's own null
 # --------------------------------------------------------------------------------------------

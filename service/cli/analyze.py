@@ -2,12 +2,14 @@
 
 Writes ``DIR/result.json`` (atoms, labels, walls, params, rewards, pareto, n_evaluations,
 elapsed_s, the workflows' scalars, and for every published array, e.g. ``amorphous_mask``, the
-name of the ``.npy`` file holding it), ``DIR/overlay.png`` and ``DIR/pareto.png``. With the
-latent workflow in the chain, a model is first selected on the image (:func:`select_latent`,
-a progress bar over candidates) and the image analysed with it: ``DIR/vae-select.json`` (every
-candidate with its rewards and status, the chosen one named) and ``DIR/latent.png``. One
-exception: ``polarization`` names ``polarization_map.npy``, the whole map as an (M, 4) table
-x, y, dx, dy in px (cell centres, then B displacements; ``cells.npy`` holds x, y alone).
+name of the ``.npy`` file holding it), ``DIR/overlay.png`` and ``DIR/pareto.png`` (not with
+``--no-pictures``, which also leaves the plotting library unimported: ~0.6 s of a cold run).
+With the latent workflow in the chain, a model is first selected on the image
+(:func:`select_latent`, a progress bar over candidates) and the image analysed with it:
+``DIR/vae-select.json`` (every candidate with its rewards and status, the chosen one named) and
+``DIR/latent.png``. One exception: ``polarization`` names ``polarization_map.npy``, the whole
+map as an (M, 4) table x, y, dx, dy in px (cell centres, then B displacements; ``cells.npy``
+holds x, y alone).
 """
 
 from __future__ import annotations
@@ -44,6 +46,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-pictures", action="store_true",
+                   help="write result.json and the arrays only, no overlay.png / pareto.png "
+                        "(and no plotting library is imported)")
     p.add_argument("--latent-candidates", type=int, default=6,
                    help="latent workflow: candidate models trained and compared (default 6)")
     p.add_argument("--latent-epochs", type=int, default=30,
@@ -81,7 +86,6 @@ def analyze(image: np.ndarray, lattice_px: float | None = None, *, workflow: str
 
 def run(args: argparse.Namespace) -> int:
     from rewardscope import config
-    from rewardscope.cli import plots
     from rewardscope.science import atomfind
     from rewardscope.storage.stills import load_image
 
@@ -119,14 +123,20 @@ def run(args: argparse.Namespace) -> int:
         finally:
             slot_model = model_slot().current()
             model_slot().clear()
-        plots.latent(_engine_image(image, analysis), analysis, out / "latent.png")
+        if not args.no_pictures:
+            from rewardscope.cli import plots
+
+            plots.latent(_engine_image(image, analysis), analysis, out / "latent.png")
         if slot_model is None:
             print("latent: every candidate model was rejected (see vae-select.json); "
                   "nothing latent is claimed", file=sys.stderr)
     write_result(out, analysis, elapsed, image=str(args.image), lattice_px=args.lattice_px,
                  workflow=args.workflow)
-    plots.overlay(atomfind.normalize_frame(image), analysis, out / "overlay.png")
-    plots.pareto(analysis, out / "pareto.png")
+    if not args.no_pictures:
+        from rewardscope.cli import plots
+
+        plots.overlay(atomfind.normalize_frame(image), analysis, out / "overlay.png")
+        plots.pareto(analysis, out / "pareto.png")
     print(f"{len(analysis.atoms)} atoms, {len(analysis.walls)} walls, "
           f"{analysis.n_evaluations} evaluations in {elapsed:.1f} s -> {out}/")
     return 0
@@ -252,6 +262,11 @@ def select_latent(image: np.ndarray, lattice_px: float | None, analysis, *, cand
         sites = descriptors.sublattices(img, kp)
     else:
         sites = np.full(len(kp), -1, np.int8)
+        if len(kp) >= 2:  # a grid: the window's unit is its step, as in the live service
+            from scipy.spatial import cKDTree  # noqa: PLC0415 - grid frames only
+
+            d, _ = cKDTree(kp).query(kp, k=2)
+            spacing = float(np.median(d[:, 1]))
     settings = trainer.TrainSettings(round_s=float(round_s), candidates=int(candidates),
                                      epochs=int(epochs), seed=int(seed), min_patches=16)
     bar = tqdm(total=settings.candidates, desc="latent models", unit="model",

@@ -19,10 +19,11 @@ def make_engine(session: str, settings: ServiceConfig) -> SessionEngine:
 
 def warmup() -> None:
     """Compile numba kernels at service start so the first frame is not slow."""
-    from rewardscope.science import atomfind, kernels, refine
+    from rewardscope.science import atomfind, kernels, mixtures, refine
 
     atomfind.warmup()
     kernels.warmup()
+    mixtures.warmup()
     refine.warmup()
 
 

@@ -576,7 +576,7 @@ def uncertainty_candidates(points: Any, latent_scale: Any, spacing: float) -> li
     sc = np.asarray(latent_scale, dtype=np.float64)
     if sc.ndim == 1:
         sc = sc[:, None]
-    if sc.ndim != 2 or len(sc) != len(xy):
+    if sc.ndim != 2 or len(sc) != len(xy) or sc.shape[1] == 0:
         return []
     with np.errstate(divide="ignore", invalid="ignore"):
         u = np.mean(np.log(sc), axis=1)

@@ -4,8 +4,10 @@ For each frame the configured workflows run in the order their declared needs im
 workflow that reads atoms runs after one that produces them). Each workflow has its own
 :class:`~rewardscope.optimize.mobo.MultiObjectiveOptimizer`, kept across the session's frames:
 the first frame is cold (``cold_budget`` evaluations, the workflow's default parameters first),
-later frames re-evaluate the previous Pareto set and spend ``budget`` more (warm). The knee of
-each frame's front is the chosen analysis; the whole front is published with it.
+later frames re-evaluate the previous Pareto set and spend ``budget`` more (warm); when the
+previous choice, re-evaluated first, moved no more than the search's typical calm-frame move,
+the rest of the set keeps its values instead of being re-evaluated (:data:`REUSE_WITHIN_NOISE`).
+The knee of each frame's front is the chosen analysis; the whole front is published with it.
 
 The engine never names a workflow: what it merges into the result, which labels win and where
 the time is booked all come from the workflows' declarations (``produces``, ``stage``).
@@ -13,6 +15,7 @@ the time is booked all come from the workflows' declarations (``produces``, ``st
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -60,6 +63,12 @@ session: it only sizes the search spaces of an analysis that claims no column.""
 CONTRAST_DECISIVE_SKEW = 0.2
 """|skew| of the Bragg-filtered frame from which ``contrast = "auto"`` settles the session's
 polarity (smaller: decided for this frame only, asked again on the next)."""
+
+REUSE_WITHIN_NOISE = True
+"""Warm frames skip re-evaluating the previous front when its inputs are unchanged within
+noise: the previous choice is re-evaluated first, and if its rewards moved no more than the
+search's typical calm-frame move, the rest of the front keeps its values (they still count
+toward the budget). See :func:`rewardscope.optimize.mobo.run_frame`."""
 
 SCALE_STEP = 1.25
 """Lattice spacings within this factor of each other share a search (one magnification)."""
@@ -201,6 +210,7 @@ class WorkflowSearch:
                  on_evaluation: Callable[[str], None] | None = None,
                  reward_names: Sequence[str] | None = None) -> None:
         self.workflow = workflow
+        self.seed = seed
         self.on_evaluation = on_evaluation
         names = list(reward_names or workflow.rewards)
         if not names:
@@ -211,6 +221,8 @@ class WorkflowSearch:
         self.frames = 0
         self.lattice_px = float(getattr(workflow, "lattice_px", 0.0) or 0.0)
         self.front_: list[Evaluation] = []  # the last frame's Pareto-optimal evaluations
+        self.chosen_: tuple | None = None  # the last frame's chosen parameters (values)
+        self._rewards_of: dict[tuple, dict] = {}  # the last frame's rewards per candidate
 
     def _knee_scale(self) -> np.ndarray | None:
         scale = np.array([r.scale for r in self.objectives], dtype=float)
@@ -239,12 +251,17 @@ class WorkflowSearch:
             return self._vector(ctx, ev)
 
         wf.prepare(ctx)
-        self.optimizer.restrict(wf.allowed_values(ctx))
         if self.frames == 0:
             self.optimizer.enqueue([[p[n] for n in names] for p in wf.initial_points(ctx)])
         fs = run_frame(objective, self.optimizer, budget=budget, deadline_s=deadline_s,
-                       workers=workers if wf.thread_safe else 1)
+                       workers=workers if wf.thread_safe else 1, reuse=REUSE_WITHIN_NOISE,
+                       anchor=self.chosen_)
         self.frames += 1
+        # rewards of this frame's candidates: evaluated, or kept from the last frame (reused)
+        reused = {k: self._rewards_of[k] for k in (tuple(plain(v) for v in x)
+                                                   for x in fs.reused_X)
+                  if k in self._rewards_of}
+        self._rewards_of = {**reused, **{k: ev.rewards for k, ev in evaluated.items()}}
         pareto = []
         self.front_ = []
         for x in fs.pareto_X:
@@ -254,6 +271,9 @@ class WorkflowSearch:
                 pareto.append({"workflow": wf.name, "params": dict(zip(names, key, strict=True)),
                                "rewards": ev.rewards})
                 self.front_.append(ev)
+            elif key in reused:  # its outputs belong to the last frame: rewards only
+                pareto.append({"workflow": wf.name, "params": dict(zip(names, key, strict=True)),
+                               "rewards": reused[key]})
         if fs.knee_x is None:
             # No candidate scored finitely (e.g. no amorphous region anywhere: every mask is
             # empty): that is an answer, not a failure. Report the first candidate's output.
@@ -264,8 +284,19 @@ class WorkflowSearch:
         knee_x = self.optimizer.knee(knee, self._knee_scale())[0]
         key = tuple(plain(v) for v in knee_x)
         chosen = evaluated.get(key)
-        if chosen is None:  # the knee is from this frame, so this is only a safety net
+        if chosen is None:  # a reused candidate (or a safety net): its outputs on this frame
             chosen = wf.evaluate(ctx, dict(zip(names, key, strict=True)))
+            self._vector(ctx, chosen)
+            if self.on_evaluation is not None:
+                self.on_evaluation(wf.name)
+            fs = dataclasses.replace(fs, n_evaluations=fs.n_evaluations + 1)
+            self.front_.append(chosen)
+            self._rewards_of[key] = chosen.rewards
+            params = dict(zip(names, key, strict=True))
+            for entry in pareto:  # the front lists what this frame measured for it
+                if entry["params"] == params:
+                    entry["rewards"] = chosen.rewards
+        self.chosen_ = key
         return chosen, dict(zip(names, key, strict=True)), pareto, fs
 
 
@@ -368,23 +399,39 @@ class SessionEngine:
         self.regions = regions_mod.RegionState()  # visited places, polarization states seen
         check_settings(settings)  # fail at session start, not mid-frame
 
-    def _search_for(self, spec: str, lattice_px: float) -> WorkflowSearch:
-        """The session's search for ``spec`` at this magnification.
+    def _search_for(self, spec: str, lattice_px: float, regime: str = "") -> WorkflowSearch:
+        """The session's search for ``spec`` at this magnification (and regime).
 
         Searches are kept per magnification (lattice spacings within a factor SCALE_STEP share
         one): a microscope that zooms within a session (the closed loop does, every few
         frames) must not warm-start a search whose pixel-sized parameters and whose front
         belong to another magnification; going back to an earlier magnification is warm again.
+        A workflow that names a ``regime`` per frame (:meth:`Workflow.regime`) gets one search
+        per regime too, ``spec@scale#regime``, over :meth:`Workflow.for_regime`'s space and
+        with the seed of the base search ``spec@scale`` (whose workflow names the regime).
         """
         key = f"{spec}@{scale_key(lattice_px)}"
+        if regime:
+            base = self._search_for(spec, lattice_px)
+            key = f"{key}#{regime}"
         if key not in self.searches:
-            wf = make_workflow(spec, lattice_px)
+            if regime:
+                wf, seed = base.workflow.for_regime(regime), base.seed
+            else:
+                wf = make_workflow(spec, lattice_px)
+                seed = self._seed + sum("#" not in k for k in self.searches)
             search = WorkflowSearch(
-                wf, seed=self._seed + len(self.searches), on_evaluation=self.on_evaluation,
+                wf, seed=seed, on_evaluation=self.on_evaluation,
                 reward_names=self._reward_names.get(wf.name))
             search.lattice_px = float(lattice_px)
             self.searches[key] = search
         return self.searches[key]
+
+    def _frames_at(self, spec: str, lattice_px: float) -> int:
+        """Frames searched for ``spec`` at this magnification, over all its regimes."""
+        base = self._search_for(spec, lattice_px)
+        head = f"{spec}@{scale_key(lattice_px)}#"
+        return base.frames + sum(s.frames for k, s in self.searches.items() if k.startswith(head))
 
     def process(self, frame: Frame, settings: ServiceConfig) -> Analysis:
         hint = frame.header.lattice_px or settings.lattice_px or None
@@ -488,10 +535,13 @@ class SessionEngine:
         merged = _Merged()
         unstable: list[np.ndarray] = []  # per atom: share of the front disagreeing, per labels
         n_eval, opt_s, warm = 0, 0.0, False
-        cold = any(self._search_for(spec, lattice_px).frames == 0 for spec in chain)
+        cold = any(self._frames_at(spec, lattice_px) == 0 for spec in chain)
         frame_deadline = settings.cold_deadline_s if cold else settings.deadline_s
         for i, spec in enumerate(chain):
             search = self._search_for(spec, lattice_px)
+            regime = search.workflow.regime(ctx)
+            if regime:  # this frame's kind has a search of its own
+                search = self._search_for(spec, lattice_px, regime)
             wf = search.workflow
             budget = settings.cold_budget if search.frames == 0 else settings.budget
             left = frame_deadline - (time.perf_counter() - t_start)
@@ -583,7 +633,9 @@ class SessionEngine:
             polarity, skew = state["contrast"]
             self._contrast = (str(polarity), float(skew))
         for key, s in state.get("searches", {}).items():
-            search = self._search_for(key.partition("@")[0], float(s.get("lattice_px", 12.0)))
+            spec, _, scale = key.partition("@")
+            search = self._search_for(spec, float(s.get("lattice_px", 12.0)),
+                                      scale.partition("#")[2])
             search.optimizer = MultiObjectiveOptimizer.from_state_dict(
                 list(search.workflow.space), s["optimizer"])
             search.frames = int(s.get("frames", 0))

@@ -9,15 +9,18 @@ GIL; round after round, the worker:
 
 1. takes a snapshot of its bounded buffer and draws at most ``latent_max_train`` patches (a
    seeded sample) at each candidate's window;
-2. asks the engine's multi-objective optimizer (:class:`rewardscope.optimize.mobo.
-   MultiObjectiveOptimizer`) for candidates in :data:`SPACE` (window, invariances, latent
-   dimension, conditional on the sublattice one-hot or not, KL weight) and trains each within
-   the round's time budget (``latent_round_s``);
+2. trains the defaults at the middle, smallest and largest window first
+   (:func:`cold_design`), then asks the engine's multi-objective optimizer
+   (:class:`rewardscope.optimize.mobo.MultiObjectiveOptimizer`) for candidates in
+   :data:`SPACE` (window, invariances, latent dimension, conditional on the sublattice
+   one-hot or not, KL weight), each trained within the round's time budget
+   (``latent_round_s``);
 3. scores each with the latent rewards (:func:`score_model`): a diverged candidate (NaN loss)
    or a collapsed one (log10 product of the latent variances per dimension below
    ``latent_collapse_log10``) is rejected with a log line; the others are compared on
-   ``latent_loss`` and ``latent_icl`` (the knee of their front), the model in use re-scored
-   on the same patches among them;
+   :data:`OBJECTIVES`, ``latent_loss`` and ``latent_separability`` (the knee of their front,
+   weighed by the rewards' registry scales), the model in use re-scored on the same patches
+   among them;
 4. when the knee is a new model, saves it as the checkpoint and sends its weights back; a
    light thread in the daemon rebuilds it and swaps it into the slot (one reference
    assignment: a frame in flight finishes with the model it started with, the next frame
@@ -58,10 +61,12 @@ from rewardscope.science.vae import (
     model_info,
     one_hot,
 )
+from rewardscope.workflows.base import single_thread
 from rewardscope.workflows.latent import half_window, patches_at, used_rows
 
-__all__ = ["OBJECTIVES", "SPACE", "Candidate", "LatentTrainer", "TrainSettings",
-           "load_into_slot", "run_round", "score_model", "select_model", "training_set"]
+__all__ = ["OBJECTIVES", "SPACE", "Candidate", "LatentTrainer", "RoundStopped", "TrainSettings",
+           "cold_design", "load_into_slot", "run_round", "score_model", "select_model",
+           "training_set"]
 
 log = logging.getLogger("rewardscope.trainer")
 
@@ -72,11 +77,35 @@ SPACE = (
     Categorical(["no", "yes"], name="conditional"),
     Real(0.5, 4.0, prior="log-uniform", name="kl_weight"),
 )
-OBJECTIVES = ("latent_loss", "latent_icl")
-"""Rewards the candidates are compared on (both minimised); ``latent_variance`` gates
-collapse before, the others (BIC, AIC, Bayesian GMM, MSE) are reported."""
+OBJECTIVES = ("latent_loss", "latent_separability")
+"""Rewards the candidates are compared on: the optimizer's objectives and the knee of their
+front (each in its registry direction, weighed by its registry ``scale``);
+``latent_variance`` gates collapse before, the others (BIC, AIC, ICL, Bayesian GMM, MSE) are
+reported. The whole-latent ICL is not an objective: its value per row depends on the latent
+dimension (a d-dimensional density's log-likelihood grows with d, and with nearly collapsed
+dimensions that standardisation stretches), so it does not compare models of different
+``latent_dim``; ``latent_separability`` compares 1-D gains, whatever d and the window."""
 DEFAULT_PARAMS = {"window": 6, "invariances": "none", "latent_dim": 2, "conditional": "yes",
                   "kl_weight": 1.0}
+
+
+def cold_design() -> list[dict]:
+    """The first candidates of a round, before the optimizer's own (Latin hypercube, then
+    Bayesian) proposals: :data:`DEFAULT_PARAMS`, then the same at the smallest and the
+    largest window of :data:`SPACE`, so that every round compares small and large windows
+    (what a latent separates depends on the window more than on any other parameter).
+
+    Returns
+    -------
+    list of dict
+        Parameter sets, in the order they are trained.
+    """
+    win = SPACE[0]
+    out = [dict(DEFAULT_PARAMS)]
+    for w in (int(win.low), int(win.high)):
+        if all(p["window"] != w for p in out):
+            out.append({**DEFAULT_PARAMS, "window": w})
+    return out
 
 
 @dataclass
@@ -175,8 +204,13 @@ def training_set(samples: Sequence[FrameSample], window: int, sublattice: str, l
     return patches, sites, half
 
 
+class RoundStopped(Exception):  # noqa: N818 - a signal, not an error
+    """The stop signal came while a candidate was being scored: the round ends unscored."""
+
+
 def score_model(model: LatentModel, patches: np.ndarray, sites: np.ndarray,
-                seed: int = 0) -> dict[str, float]:
+                seed: int = 0, stop: Callable[[], bool] | None = None,
+                collapse_log10: float | None = None) -> dict[str, float]:
     """The latent rewards of a trained model on ``patches`` (see docs/REWARDS.md).
 
     Parameters
@@ -189,28 +223,67 @@ def score_model(model: LatentModel, patches: np.ndarray, sites: np.ndarray,
         Their sublattice (for a conditional model's one-hot).
     seed : int, optional
         Seed of the subsets the mixtures are fitted on.
+    stop : callable, optional
+        Checked between the scoring steps and between the mixtures of the grid (scoring can
+        take tens of seconds on a busy machine): when it returns True, :class:`RoundStopped`
+        is raised.
+    collapse_log10 : float, optional
+        When given and the latent is collapsed (log10 product of the latent variances per
+        dimension below it), the mixture rewards (BIC, AIC, ICL, Bayesian GMM) are not
+        fitted: they get their worst values (a collapsed model is rejected before it is
+        compared). None (default): always fitted.
 
     Returns
     -------
     dict
         ``latent_loss``, ``latent_reconstruction``, ``latent_variance``, ``latent_bic``,
-        ``latent_aic``, ``latent_icl``, ``latent_bgmm``, plus ``k_bic`` (components of the best
-        BIC); worst values (+inf / -inf) when the model or latent is degenerate.
+        ``latent_aic``, ``latent_icl``, ``latent_bgmm``, ``latent_separability``, plus
+        ``k_bic`` (components of the best BIC); worst values (+inf / -inf) when the model or
+        latent is degenerate. The mixtures run with one BLAS/OpenMP thread.
+
+    Raises
+    ------
+    RoundStopped
+        When ``stop()`` returned True.
     """
+    def check() -> None:
+        if stop is not None and stop():
+            raise RoundStopped
+
     c = one_hot(sites, model.c_dim) if model.conditional else None
     z, _ = model.encode(patches, c)
-    crit = latentstats.gmm_criteria(z, seed=seed)
-    return {
-        "latent_loss": rewards.latent_loss(model.loss_per_pixel(patches, c)),
-        "latent_reconstruction": rewards.latent_reconstruction(
-            model.reconstruction_error(patches, c)),
-        "latent_variance": rewards.latent_variance(z),
-        "latent_bic": rewards.latent_bic(crit["bic"]),
-        "latent_aic": rewards.latent_aic(crit["aic"]),
-        "latent_icl": rewards.latent_icl(crit["icl"]),
-        "latent_bgmm": rewards.latent_bgmm(latentstats.bgmm_score(z, seed=seed)),
-        "k_bic": float(crit["k_bic"]),
-    }
+    check()
+    out = {"latent_loss": rewards.latent_loss(model.loss_per_pixel(patches, c)),
+           "latent_reconstruction": rewards.latent_reconstruction(
+               model.reconstruction_error(patches, c)),
+           "latent_variance": rewards.latent_variance(z)}
+    check()
+    if collapse_log10 is not None and _collapsed(out, model.latent_dim, collapse_log10):
+        out.update({"latent_bic": rewards.latent_bic(math.nan),  # worst values, not fitted
+                    "latent_aic": rewards.latent_aic(math.nan),
+                    "latent_icl": rewards.latent_icl(math.nan),
+                    "latent_bgmm": rewards.latent_bgmm(math.nan),
+                    "latent_separability": rewards.latent_separability(math.nan)})
+        out["k_bic"] = 0.0
+        return out
+    with single_thread():  # small mixtures: BLAS/OpenMP threads only add contention
+        crit = latentstats.gmm_criteria(z, seed=seed, stop=stop)
+        check()
+        out.update({"latent_bic": rewards.latent_bic(crit["bic"]),
+                    "latent_aic": rewards.latent_aic(crit["aic"]),
+                    "latent_icl": rewards.latent_icl(crit["icl"])})
+        out["latent_bgmm"] = rewards.latent_bgmm(latentstats.bgmm_score(z, seed=seed))
+        check()
+        out["latent_separability"] = rewards.latent_separability(
+            latentstats.class_separability(z, seed=seed))
+    out["k_bic"] = float(crit["k_bic"])
+    return out
+
+
+def _worst_rewards() -> dict[str, float]:
+    """Each objective's worst value (a candidate that was not scored)."""
+    return {r: math.inf if rewards.get_reward(r).direction == "min" else -math.inf
+            for r in OBJECTIVES}
 
 
 def _collapsed(rw: dict, latent_dim: int, threshold: float) -> bool:
@@ -224,6 +297,11 @@ def select_model(samples: Sequence[FrameSample], settings: TrainSettings,
                  ) -> tuple[Candidate | None, list[Candidate]]:
     """One search round: train and score candidates, return the knee and every candidate.
 
+    The first ``settings.candidates`` of :func:`cold_design` then the optimizer's proposals
+    (Latin hypercube, then Bayesian on :data:`OBJECTIVES`) are trained; the accepted ones
+    (and the model in use) are compared by the knee of their :data:`OBJECTIVES` front, each
+    objective in its registry unit (``scale``).
+
     Parameters
     ----------
     samples : sequence of FrameSample
@@ -233,7 +311,8 @@ def select_model(samples: Sequence[FrameSample], settings: TrainSettings,
     current : LatentModel, optional
         The model in use: re-scored on the same patches and compared with the candidates.
     stop : callable, optional
-        Checked between candidates and epochs; True ends the round early.
+        Checked between candidates, epochs and scoring steps; True ends the round early
+        (stopped while scoring: nothing is chosen).
     on_candidate : callable, optional
         Called with each candidate once scored (logs, tests).
 
@@ -246,10 +325,11 @@ def select_model(samples: Sequence[FrameSample], settings: TrainSettings,
         All of them, the chosen one marked.
     """
     t_start = time.perf_counter()
+    cold = cold_design()
     opt = MultiObjectiveOptimizer(list(SPACE), len(OBJECTIVES), seed=settings.seed,
-                                  n_initial=max(2, min(5, settings.candidates)))
+                                  n_initial=max(2, min(5, settings.candidates - len(cold))))
     names = [d.name for d in SPACE]
-    opt.enqueue([[DEFAULT_PARAMS[n] for n in names]])
+    opt.enqueue([[p[n] for n in names] for p in cold])
     out: list[Candidate] = []
     sets: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     device = settings.device or default_device()
@@ -273,7 +353,7 @@ def select_model(samples: Sequence[FrameSample], settings: TrainSettings,
         cand = Candidate(params=params, model=None)
         if len(patches) < max(16, settings.min_patches // 4):
             cand.status = "too_few"
-            cand.rewards = {r: math.inf for r in OBJECTIVES}
+            cand.rewards = _worst_rewards()
         else:
             conditional = params["conditional"] == "yes" and bool(np.any(sites >= 0))
             model = LatentModel(patches.shape[1], int(params["latent_dim"]),
@@ -287,9 +367,14 @@ def select_model(samples: Sequence[FrameSample], settings: TrainSettings,
             cand.model, cand.train_s = model, hist.seconds
             if hist.diverged:
                 cand.status = "diverged"
-                cand.rewards = {r: math.inf for r in OBJECTIVES}
+                cand.rewards = _worst_rewards()
             else:
-                cand.rewards = score_model(model, patches, sites, settings.seed)
+                try:
+                    cand.rewards = score_model(model, patches, sites, settings.seed, stop,
+                                               settings.collapse_log10)
+                except RoundStopped:
+                    log.info("latent round stopped while scoring %s: nothing chosen", model.name)
+                    return None, out
                 if _collapsed(cand.rewards, model.latent_dim, settings.collapse_log10):
                     cand.status = "collapsed"
             if cand.status != "ok":
@@ -308,14 +393,21 @@ def select_model(samples: Sequence[FrameSample], settings: TrainSettings,
         if window is not None and window in sets:
             patches, sites = sets[window]
             cur = Candidate(params={"id": current.name}, model=current, status="in_use")
-            cur.rewards = score_model(current, patches, sites, settings.seed)
+            try:
+                cur.rewards = score_model(current, patches, sites, settings.seed, stop)
+            except RoundStopped:
+                log.info("latent round stopped while re-scoring the model in use: "
+                         "nothing chosen")
+                return None, out
             out.append(cur)
     ok = [c for c in out if c.status in ("ok", "in_use")
           and all(math.isfinite(c.rewards.get(r, math.nan)) for r in OBJECTIVES)]
     if not ok:
         return None, out
-    Y = np.array([[c.rewards[r] for r in OBJECTIVES] for c in ok])
-    best = ok[int(knee_index(Y))]
+    Y = np.array([[rewards.to_minimisation(rewards.get_reward(r), c.rewards[r])
+                   for r in OBJECTIVES] for c in ok])
+    scale = [rewards.get_reward(r).scale for r in OBJECTIVES]
+    best = ok[int(knee_index(Y, scale=scale))]
     best.chosen = True
     return best, out
 
@@ -749,9 +841,9 @@ class LatentTrainer:
             model = _model_from_blob(body)
             entry = self.slot.swap(model, body["info"])
             rw = entry.info.get("rewards", {})
-            log.info("latent model swapped in: %s (loss %.4f, icl %.3f, %d patches, %.1f s)",
-                     model.name, rw.get("latent_loss", math.nan),
-                     rw.get("latent_icl", math.nan), entry.info.get("n_patches", 0),
+            log.info("latent model swapped in: %s (loss %.4f, separability %.3f, %d patches, "
+                     "%.1f s)", model.name, rw.get("latent_loss", math.nan),
+                     rw.get("latent_separability", math.nan), entry.info.get("n_patches", 0),
                      entry.info.get("train_s", math.nan))
             if self.on_swap is not None:
                 self.on_swap(entry.info)
@@ -785,8 +877,9 @@ class LatentTrainer:
                      None if cur is None else cur.info.get("id"))
             return best
         entry = self.slot.swap(best.model, info)
-        log.info("latent model swapped in: %s (loss %.4f, icl %.3f, %d patches, %.1f s)",
-                 best.model.name, best.rewards["latent_loss"], best.rewards["latent_icl"],
+        log.info("latent model swapped in: %s (loss %.4f, separability %.3f, %d patches, %.1f s)",
+                 best.model.name, best.rewards["latent_loss"],
+                 best.rewards["latent_separability"],
                  info["n_patches"], info["train_s"])
         if self.on_swap is not None:
             self.on_swap(entry.info)

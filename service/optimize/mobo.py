@@ -44,12 +44,12 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy.linalg import cho_solve, cholesky, solve_triangular
 from scipy.optimize import minimize
-from scipy.spatial.distance import cdist
+from scipy.spatial.distance import cdist, pdist
 from scipy.special import ndtr
 from skopt.learning import GaussianProcessRegressor
 from skopt.learning.gaussian_process.kernels import ConstantKernel, Matern, WhiteKernel
@@ -69,10 +69,12 @@ XI = 0.01  # EI exploration margin, standardised units
 XI_JUMP = 0.1  # ... after a detected jump
 TYPICAL_MOVE0 = 0.1  # prior frame-to-frame move, fraction of objective range
 TYPICAL_MOVE_FLOOR = 0.02  # a static scene must not make noise look like a jump
+REUSE_MOVE = 1.0  # re-evaluation skip: anchor move <= this x the typical move (run_frame)
 LOCAL_FRACTION = 0.25  # share of EI candidates perturbed around the Pareto set
 LOCAL_SIGMAS = (0.02, 0.05, 0.15)  # perturbation scales in the unit-cube space
 BLAS_THREADS: int | None = 1  # process-wide while inside ask/tell/new_frame; None = leave
 LBFGS_MAXITER = 40  # per hyperparameter refit
+GP_FIT = "numpy"  # hyperparameter likelihood: "numpy" (_neg_log_marginal_likelihood) or "sklearn"
 LHS_ITERATIONS = 200  # maximin LHS designs tried for the cold start (skopt: ~0.75 ms each)
 LHS_ITERATIONS_JUMP = 20  # ... for the re-exploration after a jump, inside a live frame
 _INT_MAX = np.iinfo(np.int32).max
@@ -108,6 +110,7 @@ class FrameSearch:
     optimizer_s: float
     warm_started: bool
     hypervolume: float
+    reused_X: list[list] = field(default_factory=list)  # re-evaluations skipped (run_frame)
 
 
 class MultiObjectiveOptimizer:
@@ -157,7 +160,6 @@ class MultiObjectiveOptimizer:
         self._frame_of = np.zeros(0, dtype=np.int64)
         self._frame = 0
         self._init_queue: list[list] = self._initial_design(self.n_initial)
-        self._allowed: dict[int, tuple] = {}  # dimension index -> values this frame can run
         self._pending: set[tuple] = set()
         self._reeval: dict[tuple, np.ndarray] = {}
         self._reeval_new: dict[tuple, np.ndarray] = {}
@@ -196,8 +198,8 @@ class MultiObjectiveOptimizer:
             self._assess_jump()
         out: list[list] = []
         while self._init_queue and len(out) < n:
-            x = self._project(self._init_queue.pop(0))
-            if _key(x) not in self._pending and all(_key(x) != _key(o) for o in out):
+            x = self._init_queue.pop(0)
+            if _key(x) not in self._pending:
                 out.append(x)
         if len(out) < n:
             if self._model_ready():
@@ -221,7 +223,7 @@ class MultiObjectiveOptimizer:
             raise ValueError(f"expected {self.n_objectives} objectives, got {Y.shape[1]}")
         Y[~np.all(np.isfinite(Y), axis=1)] = np.nan  # a failed row is worst in every objective
         self._X.extend(xs)
-        self._Xt = np.vstack([self._Xt, self.space.transform(xs)])
+        self._Xt = np.vstack([self._Xt, self._transform(xs)])
         self._Y = np.vstack([self._Y, Y])
         self._frame_of = np.concatenate([self._frame_of, np.full(len(xs), self._frame)])
         for x, y in zip(xs, Y, strict=True):
@@ -253,8 +255,7 @@ class MultiObjectiveOptimizer:
         self.stats["frame"] = self._frame
         self.stats["warm"] = True
         self._init_queue = []
-        out = [x for x in self._select_reevaluation(np.flatnonzero(self._frame_of == last))
-               if self._feasible(x)]
+        out = self._select_reevaluation(np.flatnonzero(self._frame_of == last))
         for x in out:
             i = self._last_index_of(x, last)
             self._reeval[_key(x)] = self._Y[i].copy()
@@ -269,53 +270,48 @@ class MultiObjectiveOptimizer:
         """Evaluate these points next (before LHS/BO proposals), e.g. a workflow's defaults."""
         self._init_queue[:0] = [[plain(v) for v in x] for x in points]
 
-    def restrict(self, allowed: dict[str, Sequence] | None) -> None:
-        """Limit categorical dimensions to some of their values for the coming asks.
+    def reevaluation_move(self) -> float | None:
+        """Largest move among the previous front's points re-evaluated so far this frame: per
+        point the largest objective change as a fraction of the previous frame's objective
+        range (a point that now fails moved a whole range); None before any was told."""
+        keys = [k for k in self._reeval if k in self._reeval_new]
+        if not keys:
+            return None
+        old = np.array([self._reeval[k] for k in keys]).reshape(-1, self.n_objectives)
+        new = np.array([self._reeval_new[k] for k in keys]).reshape(-1, self.n_objectives)
+        moves = np.where(np.isfinite(new), np.abs(new - old) / self._reeval_span, 1.0)
+        return float(moves.max())
 
-        For a frame on which only some values of a categorical can run (e.g. a descriptor
-        route that needs resolved atoms): queued initial-design points and random points get
-        one of the allowed values instead (drawn at random), EI candidates are snapped to an
-        allowed value, and the previous front's re-evaluations skip points outside. The
-        observations themselves are kept. ``None`` or ``{}`` lifts every limit.
+    def within_noise(self, move: float | None) -> bool:
+        """Whether a re-evaluation ``move`` (:meth:`reevaluation_move`) is within the frame-to-
+        frame noise this search has measured: at most REUSE_MOVE times the typical move of
+        calm frames, once at least one calm frame has been measured (never on the prior)."""
+        return (move is not None and self.stats.get("n_calm", 0) >= 1
+                and move <= REUSE_MOVE * self._typical_move)
 
-        Parameters
-        ----------
-        allowed : dict of str to sequence, or None
-            Dimension name -> the values allowed (a non-empty subset of its categories).
+    def reuse_reevaluations(self, xs: list[list]) -> list[list]:
+        """Tell the previous frame's values of re-evaluation points ``xs`` as this frame's
+        observations, without evaluating them: for a frame whose inputs are unchanged within
+        noise (:meth:`within_noise` of the points already re-evaluated). No jump is assessed
+        for this frame (nothing new was measured), and the copies do not count toward the
+        hyperparameter refit (they add no information).
 
-        Raises
-        ------
-        ValueError
-            If a name is not a categorical dimension or the values are not a non-empty
-            subset of its categories.
+        Returns
+        -------
+        list of list
+            The points reused (those of ``xs`` awaiting re-evaluation this frame).
         """
-        limits: dict[int, tuple] = {}
-        for name, values in (allowed or {}).items():
-            i = self.names.index(name) if name in self.names else -1
-            dim = self.space.dimensions[i] if i >= 0 else None
-            if dim is None or not hasattr(dim, "categories"):
-                raise ValueError(f"allowed: {name!r} is not a categorical dimension "
-                                 f"of {self.names}")
-            vals = tuple(plain(v) for v in values)
-            if not vals or any(v not in dim.categories for v in vals):
-                raise ValueError(f"allowed[{name!r}] must be a non-empty subset of "
-                                 f"{dim.categories}, got {values!r}")
-            if len(set(vals)) < len(dim.categories):
-                limits[i] = vals
-        self._allowed = limits
-
-    def _feasible(self, x: list) -> bool:
-        return all(x[i] in vals for i, vals in self._allowed.items())
-
-    def _project(self, x: list) -> list:
-        """``x`` with every value outside its allowed set replaced by a random allowed one."""
-        if self._feasible(x):
-            return x
-        y = list(x)
-        for i, vals in self._allowed.items():
-            if y[i] not in vals:
-                y[i] = vals[int(self._rng.integers(len(vals)))]
-        return y
+        with self._overhead():
+            pts = [list(x) for x in xs
+                   if _key(x) in self._reeval and _key(x) not in self._reeval_new]
+            ys = np.array([self._reeval[_key(x)] for x in pts]).reshape(len(pts), -1)
+            self._reeval, self._reeval_new = {}, {}
+            if pts:
+                since = self._tells_since_fit
+                self._tell(pts, ys)
+                self._tells_since_fit = since
+                self.stats["n_reused"] = self.stats.get("n_reused", 0) + len(pts)
+        return pts
 
     def observe_jump(self, jumped: bool = True) -> None:
         """External scene-change signal (e.g. a new sample area): same response as detection."""
@@ -493,6 +489,7 @@ class MultiObjectiveOptimizer:
             self._on_jump()
         else:
             self._typical_move = max(TYPICAL_MOVE_FLOOR, 0.7 * self._typical_move + 0.3 * move)
+            self.stats["n_calm"] = self.stats.get("n_calm", 0) + 1
 
     def _on_jump(self) -> None:
         self._subset(self._frame_of == self._frame)
@@ -508,18 +505,35 @@ class MultiObjectiveOptimizer:
         return int(self._rng.integers(_INT_MAX))
 
     def _initial_design(self, n: int, iterations: int = LHS_ITERATIONS) -> list[list]:
+        """skopt's ``Lhs(criterion="maximin", iterations).generate(dimensions, n, seed)``:
+        the same random designs and the same choice, but only the chosen design is mapped
+        back to parameter values, and the normalising space is built once per optimizer
+        (skopt maps every improving design and rebuilds its transformers per call: ~9 ms of
+        a re-exploration inside a live frame)."""
         if n <= 0:
             return []
-        dims = copy.deepcopy(self.dimensions)
-        pts = Lhs(criterion="maximin", iterations=iterations).generate(dims, n,
-                                                                       random_state=self._seed())
-        return [[plain(v) for v in x] for x in pts]
+        lhs = Lhs(criterion="maximin", iterations=iterations)
+        space = self.__dict__.get("_lhs_space")
+        if space is None:
+            space = Space(copy.deepcopy(self.dimensions))
+            space.set_transformer("normalize")
+            self._lhs_space = space
+        rng = np.random.RandomState(self._seed())
+        best = lhs._lhs_normalized(space.n_dims, n, rng)
+        if n > 1:
+            widest = 0.0
+            for _ in range(iterations):
+                h = lhs._lhs_normalized(space.n_dims, n, rng)
+                d = float(np.min(pdist(np.array(h), "euclidean")))
+                if widest < d:
+                    widest, best = d, h.copy()
+        return [[plain(v) for v in x] for x in space.inverse_transform(best)]
 
     def _random_points(self, n: int, exclude: list[list]) -> list[list]:
         taken = {_key(x) for x in exclude} | self._pending
         out: list[list] = []
         for _ in range(20 * n):
-            x = self._project([plain(v) for v in self.space.rvs(1, random_state=self._seed())[0]])
+            x = [plain(v) for v in self.space.rvs(1, random_state=self._seed())[0]]
             if _key(x) not in taken:
                 out.append(x)
                 taken.add(_key(x))
@@ -552,47 +566,69 @@ class MultiObjectiveOptimizer:
         very first fit pays for restarts.
         """
         t0 = time.perf_counter()
-        kernel = self._kernel if self._theta is None else self._kernel.clone_with_theta(self._theta)
-        gp = GaussianProcessRegressor(
-            kernel=kernel,
-            alpha=alpha,
-            optimizer=_lbfgs_capped,
-            normalize_y=False,
-            n_restarts_optimizer=1 if self._theta is None else 0,
-            random_state=self._seed(),
-        )
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            gp.fit(self._Xt, z)
-        self._theta = gp.kernel_.theta.copy()
+        seed = self._seed()
+        if GP_FIT == "numpy":
+            self._theta = _fit_theta(self._Xt, z, alpha, self._kernel.bounds,
+                                     self._kernel.theta if self._theta is None else self._theta,
+                                     restarts=1 if self._theta is None else 0, seed=seed)
+        else:
+            kernel = (self._kernel if self._theta is None
+                      else self._kernel.clone_with_theta(self._theta))
+            gp = GaussianProcessRegressor(
+                kernel=kernel,
+                alpha=alpha,
+                optimizer=_lbfgs_capped,
+                normalize_y=False,
+                n_restarts_optimizer=1 if self._theta is None else 0,
+                random_state=seed,
+            )
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                gp.fit(self._Xt, z)
+            self._theta = gp.kernel_.theta.copy()
         self._tells_since_fit = 0
         self.stats["n_hyperfits"] += 1
         self.stats["hyperfit_s"] += time.perf_counter() - t0
+
+    def _transform(self, xs: list[list]) -> np.ndarray:
+        """``self.space.transform(xs)``, with categorical columns read from a table of their
+        one-hot rows: skopt encodes them through scikit-learn's ``LabelBinarizer`` with its
+        input validation, ~1 ms per call and most of a ``tell``."""
+        luts = self.__dict__.get("_onehot_luts")
+        if luts is None:
+            luts = {}
+            for i, dim in enumerate(self.space.dimensions):
+                if hasattr(dim, "categories"):
+                    cats = list(dim.categories)
+                    rows = np.asarray(dim.transform(cats), dtype=float).reshape(len(cats), -1)
+                    luts[i] = {_key([c])[0]: row for c, row in zip(cats, rows, strict=True)}
+            self._onehot_luts = luts
+        cols = []
+        for i, dim in enumerate(self.space.dimensions):
+            col = [x[i] for x in xs]
+            lut = luts.get(i)
+            if lut is not None and all(_key([v])[0] in lut for v in col):
+                cols.append(np.array([lut[_key([v])[0]] for v in col]).reshape(len(xs), -1))
+            else:
+                cols.append(np.asarray(dim.transform(col), dtype=float).reshape(len(xs), -1))
+        return np.hstack(cols) if cols else np.zeros((len(xs), 0))
 
     def _snap(self, Z: np.ndarray) -> np.ndarray:
         """Map unit-cube points onto representable transformed points (rounded integers,
         one-hot categories) column-block-wise — skopt's row-wise transform is ~10x slower."""
         out = np.clip(Z, 0.0, 1.0)
         col = 0
-        for i, dim in enumerate(self.space.dimensions):
+        for dim in self.space.dimensions:
             size = dim.transformed_size
             block = out[:, col : col + size]
-            allowed = self._allowed.get(i)
             if isinstance(dim, Real):
                 pass
             elif size > 1:  # one-hot
-                score = block
-                if allowed is not None:  # only allowed categories can be hot
-                    ok = np.array([c in allowed for c in dim.categories])
-                    score = np.where(ok[None, :], block, -np.inf)
-                hot = np.argmax(score, axis=1)
+                hot = np.argmax(block, axis=1)
                 block[:] = 0.0
                 block[np.arange(len(block)), hot] = 1.0
             else:
-                values = dim.inverse_transform(block[:, 0])
-                if allowed is not None:
-                    values = [v if v in allowed else allowed[0] for v in values]
-                snapped = dim.transform(values)
+                snapped = dim.transform(dim.inverse_transform(block[:, 0]))
                 block[:, 0] = np.asarray(snapped, dtype=float).reshape(len(block))
             col += size
         return out
@@ -638,7 +674,7 @@ class MultiObjectiveOptimizer:
         exclude_t = self._Xt[cur]
         pend = [list(k) for k in self._pending] + exclude
         if pend:
-            exclude_t = np.vstack([exclude_t, self.space.transform(pend)])
+            exclude_t = np.vstack([exclude_t, self._transform(pend)])
         C = self._candidates(exclude_t)
         if C.shape[0] == 0:
             return self._random_points(n, exclude)
@@ -696,6 +732,52 @@ def _min_sq_dist(A: np.ndarray, B: np.ndarray) -> np.ndarray:
     return cdist(A, B, "sqeuclidean").min(axis=1)
 
 
+def _neg_log_marginal_likelihood(theta: np.ndarray, X: np.ndarray, y: np.ndarray,
+                                 alpha: np.ndarray) -> tuple[float, np.ndarray]:
+    """-log p(y | X, theta) and its gradient in theta for C * Matern-5/2(ARD) + White with
+    per-observation noise ``alpha``: scikit-learn's ``log_marginal_likelihood`` for this one
+    kernel (same formulas, same theta layout), without its generic kernel algebra, which
+    cost ~0.7 ms per call against ~0.1 ms here. A covariance that is not positive definite
+    scores +inf with a zero gradient, as there."""
+    amp, ls, white = _unpack_theta(theta)
+    n = X.shape[0]
+    D = (X[:, None, :] - X[None, :, :]) ** 2 / ls**2  # (n, n, d)
+    t = np.sqrt(5.0 * D.sum(axis=-1))
+    e = np.exp(-t)
+    M = (1.0 + t + t * t / 3.0) * e
+    K = amp * M
+    K[np.diag_indices(n)] += white + alpha
+    try:
+        L = cholesky(K, lower=True, check_finite=False)
+    except np.linalg.LinAlgError:
+        return np.inf, np.zeros_like(theta)
+    a = cho_solve((L, True), y, check_finite=False)
+    lml = -0.5 * float(y @ a) - float(np.log(np.diag(L)).sum()) - 0.5 * n * math.log(2 * math.pi)
+    W = np.outer(a, a) - cho_solve((L, True), np.eye(n), check_finite=False)
+    grad = np.empty(theta.shape[0])
+    grad[0] = 0.5 * float(np.sum(W * (amp * M)))
+    grad[1:-1] = 0.5 * amp * (5.0 / 3.0) * np.einsum("ij,ijk->k", W * ((t + 1.0) * e), D)
+    grad[-1] = 0.5 * white * float(np.trace(W))
+    return -lml, -grad
+
+
+def _fit_theta(X: np.ndarray, y: np.ndarray, alpha: np.ndarray, bounds: np.ndarray,
+               theta0: np.ndarray, restarts: int, seed: int) -> np.ndarray:
+    """Type-II maximum likelihood theta, as ``GaussianProcessRegressor(optimizer=
+    _lbfgs_capped, n_restarts_optimizer=restarts, random_state=seed).fit`` finds it: one
+    capped L-BFGS-B run from ``theta0``, plus ``restarts`` from uniform draws in ``bounds``
+    (log space), the lowest -log-likelihood wins."""
+    def obj(theta):
+        return _neg_log_marginal_likelihood(theta, X, y, alpha)
+
+    optima = [_lbfgs_capped(obj, np.asarray(theta0, dtype=float), bounds)]
+    if restarts > 0:
+        rng = np.random.RandomState(seed)
+        for _ in range(restarts):
+            optima.append(_lbfgs_capped(obj, rng.uniform(bounds[:, 0], bounds[:, 1]), bounds))
+    return np.asarray(optima[int(np.argmin([f for _, f in optima]))][0], dtype=float).copy()
+
+
 def _lbfgs_capped(obj_func, initial_theta, bounds):
     """sklearn GP optimizer hook: L-BFGS-B with an iteration cap (hyperparameters need not
     be exact to rank EI candidates, and the cap bounds the worst-case refit time)."""
@@ -728,9 +810,19 @@ def run_frame(
     deadline_s: float | None = None,
     batch: int = 1,
     workers: int = 1,
+    reuse: bool = False,
+    anchor: Sequence | None = None,
 ) -> FrameSearch:
     """One frame: re-evaluate the previous front (counts toward `budget`), then ask/evaluate
     in batches until `budget` evaluations or `deadline_s` seconds, whichever comes first.
+
+    ``reuse`` skips re-evaluations whose inputs are unchanged within noise: ``anchor`` (the
+    previous frame's choice, else the first point of the previous front) is re-evaluated
+    alone first; if it moved no more than this search's typical calm-frame move
+    (:meth:`MultiObjectiveOptimizer.within_noise`), the rest of the previous front keeps its
+    values (:meth:`~MultiObjectiveOptimizer.reuse_reevaluations`, listed in ``reused_X``) and
+    still counts toward `budget`: the frame spends its evaluations on new candidates only.
+    Otherwise the rest is re-evaluated as usual.
 
     ``workers`` > 1 evaluates up to that many candidates at once in threads (the objective
     must be thread-safe; numpy, numba ``nogil`` kernels and BLAS release the GIL), asking at
@@ -745,16 +837,20 @@ def run_frame(
     batch = max(int(batch), workers)
     X: list[list] = []
     Ys: list[np.ndarray] = []
+    reused: list[list] = []
     eval_s = 0.0
     pool = ThreadPoolExecutor(workers, thread_name_prefix="eval") if workers > 1 else None
+
+    def spent() -> int:
+        return len(X) + len(reused)
 
     def evaluate(xs: list[list]) -> int:
         nonlocal eval_s
         done = 0
         while done < len(xs):
-            if len(X) >= budget or (deadline is not None and time.perf_counter() >= deadline):
+            if spent() >= budget or (deadline is not None and time.perf_counter() >= deadline):
                 break
-            group = xs[done: done + min(workers, budget - len(X))]
+            group = xs[done: done + min(workers, budget - spent())]
             t0 = time.perf_counter()
             if pool is None or len(group) == 1:
                 ys = [objective(x) for x in group]
@@ -771,9 +867,19 @@ def run_frame(
     try:
         reeval = opt.new_frame()
         warm = bool(opt.stats["warm"])
-        evaluate(reeval)
-        while len(X) < budget and (deadline is None or time.perf_counter() < deadline):
-            xs = opt.ask(min(batch, budget - len(X)))
+        if reuse and len(reeval) > 1:
+            if anchor is not None:  # the previous choice first (stable sort keeps the rest)
+                first = _key(anchor)
+                reeval = sorted(reeval, key=lambda x: _key(x) != first)
+            evaluate(reeval[:1])
+            if opt.within_noise(opt.reevaluation_move()):
+                reused = opt.reuse_reevaluations(reeval[1:])
+            else:
+                evaluate(reeval[1:])
+        else:
+            evaluate(reeval)
+        while spent() < budget and (deadline is None or time.perf_counter() < deadline):
+            xs = opt.ask(min(batch, budget - spent()))
             if evaluate(xs) < len(xs):
                 break
     finally:
@@ -798,4 +904,5 @@ def run_frame(
         optimizer_s=opt.stats["overhead_s"] - overhead0,
         warm_started=warm,
         hypervolume=hv,
+        reused_X=reused,
     )

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 
 import numpy as np
 from scipy.signal import find_peaks
@@ -24,12 +25,15 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import BayesianGaussianMixture, GaussianMixture
 
 __all__ = ["DENSITY_FRACTION", "K_RANGE", "SUBSET_ROWS", "LatentCriteria", "bgmm_score",
-           "density_filter", "gmm_criteria", "kde_peak_labels"]
+           "bimodal_dimension", "class_separability", "density_filter", "gmm_criteria",
+           "kde_classes", "kde_peak_labels", "standardise"]
 
 DENSITY_FRACTION = 0.1  # keep latent points whose KDE is above this fraction of its maximum
 SUBSET_ROWS = 400  # equal-size subsets: every candidate is scored on this many rows
 K_RANGE = tuple(range(2, 11))  # components 2..10, by grid
 PEAK_PROMINENCE = 0.05  # KDE peaks must stand this fraction of the maximum above the valley
+DIM_K_RANGE = (1, 2, 3, 4)  # 1-D mixtures tried per latent dimension by bimodal_dimension
+DIM_MAX_ROWS = 2000  # bimodal_dimension looks at a seeded sample of at most this many rows
 
 
 def _finite_rows(z: np.ndarray, name: str = "latent") -> np.ndarray:
@@ -37,6 +41,32 @@ def _finite_rows(z: np.ndarray, name: str = "latent") -> np.ndarray:
     if arr.ndim != 2:
         raise ValueError(f"{name} must have shape (N, d), got {arr.shape}")
     return arr[np.all(np.isfinite(arr), axis=1)]
+
+
+def standardise(z: np.ndarray) -> np.ndarray:
+    """Finite rows of ``z`` with each column centred and divided by its standard deviation
+    (columns with zero spread are only centred): the latent in units of its own spread, so
+    mixture criteria measure cluster structure, not the scale a model happened to learn.
+
+    Parameters
+    ----------
+    z : (N, d) array_like of float
+        Latent means (rows with NaN/inf are dropped).
+
+    Returns
+    -------
+    (M, d) ndarray of float64
+
+    Raises
+    ------
+    ValueError
+        If ``z`` is not 2-D.
+    """
+    x = _finite_rows(z)
+    if len(x) == 0:
+        return x
+    sd = x.std(axis=0)
+    return (x - x.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
 
 
 def density_filter(z: np.ndarray, fraction: float = DENSITY_FRACTION,
@@ -80,16 +110,20 @@ def density_filter(z: np.ndarray, fraction: float = DENSITY_FRACTION,
 
 class LatentCriteria(dict):
     """Best-over-k mixture criteria of a latent (a dict): ``bic``, ``aic``, ``icl`` (per row,
-    lower = better), ``k_bic``, ``k_aic``, ``k_icl`` (the component count reaching each) and
-    ``n_rows`` (rows fitted). NaN values mean the latent could not be fitted."""
+    lower = better), ``k_bic``, ``k_aic``, ``k_icl`` (the component count reaching each),
+    ``icl_by_k`` (k -> ICL per row of every fitted k) and ``n_rows`` (rows fitted). NaN
+    values mean the latent could not be fitted."""
 
 
 def gmm_criteria(z: np.ndarray, k_range: tuple[int, ...] = K_RANGE,
                  n_rows: int = SUBSET_ROWS, fraction: float = DENSITY_FRACTION,
-                 seed: int = 0) -> LatentCriteria:
+                 seed: int = 0, stop: Callable[[], bool] | None = None) -> LatentCriteria:
     """Mixture criteria on a density-filtered, equal-size subset of the latent, by grid over k.
 
-    For each k in ``k_range`` a full-covariance GMM is fitted on the same ``n_rows`` rows
+    The latent is first standardised (:func:`standardise`): per-row BIC and ICL of a density
+    carry the log-determinant of its covariance, which would otherwise reward a model for
+    shrinking its latent (collapse is gated separately, by ``latent_variance``). For each k in
+    ``k_range`` a full-covariance GMM is fitted on the same ``n_rows`` rows
     (drawn with replacement when fewer are left after the filter, so every candidate is
     scored on the same number of rows); BIC = -2 log L + p log n, AIC = -2 log L + 2 p,
     ICL = BIC + 2 sum_i H(tau_i) (the responsibilities' entropy); each divided by n. The
@@ -107,6 +141,9 @@ def gmm_criteria(z: np.ndarray, k_range: tuple[int, ...] = K_RANGE,
         KDE threshold of :func:`density_filter`.
     seed : int, optional
         Seed of the subset and the fits.
+    stop : callable, optional
+        Checked before each fit; when it returns True the grid ends early and the criteria
+        hold the component counts fitted so far (NaN if none): the caller discards them.
 
     Returns
     -------
@@ -124,8 +161,8 @@ def gmm_criteria(z: np.ndarray, k_range: tuple[int, ...] = K_RANGE,
     if int(n_rows) < 2:
         raise ValueError(f"n_rows must be >= 2, got {n_rows!r}")
     out = LatentCriteria(bic=math.nan, aic=math.nan, icl=math.nan, k_bic=0, k_aic=0, k_icl=0,
-                         n_rows=0)
-    x = density_filter(z, fraction, seed=seed)
+                         icl_by_k={}, n_rows=0)
+    x = density_filter(standardise(z), fraction, seed=seed)
     if len(x) < 2 * max(ks):
         return out
     rng = np.random.default_rng(seed)
@@ -133,6 +170,8 @@ def gmm_criteria(z: np.ndarray, k_range: tuple[int, ...] = K_RANGE,
     n = len(x)
     out["n_rows"] = n
     for k in ks:
+        if stop is not None and stop():
+            break
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", ConvergenceWarning)
@@ -143,6 +182,7 @@ def gmm_criteria(z: np.ndarray, k_range: tuple[int, ...] = K_RANGE,
         bic, aic = gm.bic(x) / n, gm.aic(x) / n
         tau = gm.predict_proba(x)
         ent = float(-np.sum(tau * np.log(np.clip(tau, 1e-300, None)))) / n
+        out["icl_by_k"][k] = float(bic + 2.0 * ent)
         for name, v in (("bic", bic), ("aic", aic), ("icl", bic + 2.0 * ent)):
             if math.isfinite(v) and not (v >= out[name]):  # NaN-safe "better or first"
                 out[name], out[f"k_{name}"] = float(v), k
@@ -153,8 +193,8 @@ def bgmm_score(z: np.ndarray, max_components: int = 10, n_rows: int = SUBSET_ROW
                fraction: float = DENSITY_FRACTION, seed: int = 0) -> float:
     """Bayesian-GMM score of the latent: -mean log-likelihood + 2 x mean responsibility
     entropy, per row, of a Dirichlet-process mixture (up to ``max_components``) on the
-    density-filtered, equal-size subset. Lower = compact, well separated clusters; the
-    entropy term is the overlap penalty.
+    standardised (:func:`standardise`), density-filtered, equal-size subset. Lower =
+    compact, well separated clusters; the entropy term is the overlap penalty.
 
     Parameters
     ----------
@@ -178,7 +218,7 @@ def bgmm_score(z: np.ndarray, max_components: int = 10, n_rows: int = SUBSET_ROW
     """
     if int(max_components) < 1:
         raise ValueError(f"max_components must be >= 1, got {max_components!r}")
-    x = density_filter(z, fraction, seed=seed)
+    x = density_filter(standardise(z), fraction, seed=seed)
     if len(x) < 2 * int(max_components):
         return math.nan
     rng = np.random.default_rng(seed)
@@ -251,3 +291,137 @@ def kde_peak_labels(values: np.ndarray, prominence: float = PEAK_PROMINENCE,
         peaks = np.array([g[int(np.argmax(d))]])
     labels[ok] = np.argmin(np.abs(x[:, None] - peaks[None, :]), axis=1).astype(np.int16)
     return labels, peaks
+
+
+def bimodal_dimension(z: np.ndarray, k_range: tuple[int, ...] = DIM_K_RANGE,
+                      n_rows: int = SUBSET_ROWS, fraction: float = DENSITY_FRACTION,
+                      seed: int = 0) -> tuple[int | None, np.ndarray]:
+    """The latent dimension whose values carry the most evidence of classes, by 1-D ICL.
+
+    For each column of ``z`` (a seeded sample of at most DIM_MAX_ROWS rows), 1-D Gaussian
+    mixtures with ``k_range`` components are scored by :func:`gmm_criteria`
+    (density-filtered, equal-size subset); the column's evidence is
+    the ICL of one component minus the best ICL over ``k_range`` (nats per row, >= 0; the
+    difference does not depend on the column's scale). The column with the largest evidence
+    is returned; None when no column prefers two or more components ("nothing here").
+
+    Parameters
+    ----------
+    z : (N, d) array_like of float
+        Latent means (rows with NaN/inf are dropped).
+    k_range : tuple of int, optional
+        Component counts tried; must include 1 (default 1..4).
+    n_rows, fraction, seed
+        As :func:`gmm_criteria`.
+
+    Returns
+    -------
+    dim : int or None
+        Column index, or None.
+    evidence : (d,) ndarray of float64
+        ICL(k = 1) - min ICL per column, nats per row (NaN where the column cannot be fitted).
+
+    Raises
+    ------
+    ValueError
+        If ``z`` is not 2-D or ``k_range`` does not include 1.
+    """
+    ks = tuple(int(k) for k in k_range)
+    if 1 not in ks:
+        raise ValueError(f"k_range must include 1, got {k_range!r}")
+    x = _finite_rows(z)
+    if len(x) > DIM_MAX_ROWS:  # the choice needs no more rows than the fits use
+        x = x[np.random.default_rng(seed).choice(len(x), DIM_MAX_ROWS, replace=False)]
+    evidence = np.full(x.shape[1], np.nan)
+    best: tuple[float, int] | None = None
+    for j in range(x.shape[1]):
+        crit = gmm_criteria(x[:, j:j + 1], ks, n_rows, fraction, seed)
+        one = crit["icl_by_k"].get(1, math.nan)
+        if not (math.isfinite(one) and math.isfinite(crit["icl"])):
+            continue
+        evidence[j] = one - crit["icl"]
+        if crit["k_icl"] >= 2 and (best is None or evidence[j] > best[0]):
+            best = (float(evidence[j]), j)
+    return (None if best is None else best[1]), evidence
+
+
+def class_separability(z: np.ndarray, k_range: tuple[int, ...] = DIM_K_RANGE,
+                       n_rows: int = SUBSET_ROWS, fraction: float = DENSITY_FRACTION,
+                       seed: int = 0) -> float:
+    """How clearly the latent splits into classes along one dimension: the largest 1-D ICL
+    gain over the latent's columns (:func:`bimodal_dimension`'s evidence).
+
+    Each column is standardised, density-filtered and scored on an equal-size subset of
+    ``n_rows`` rows, so the value (nats per row) does not depend on the scale a model
+    learned, on the number of patches, or on the window the patches were cut at: models on
+    different windows compare. 0 when no column prefers two or more components (one class:
+    "nothing here"); the :func:`kde_classes` of the latent are taken along the column that
+    reaches it.
+
+    Parameters
+    ----------
+    z : (N, d) array_like of float
+        Latent means (rows with NaN/inf are dropped).
+    k_range, n_rows, fraction, seed
+        As :func:`bimodal_dimension`.
+
+    Returns
+    -------
+    float
+        max over columns of ICL(k = 1) - min_k ICL(k), nats per row (>= 0); NaN when no
+        column can be fitted (too few finite rows, no columns).
+
+    Raises
+    ------
+    ValueError
+        If ``z`` is not 2-D or ``k_range`` does not include 1.
+    """
+    _, evidence = bimodal_dimension(z, k_range, n_rows, fraction, seed)
+    finite = evidence[np.isfinite(evidence)]
+    return float(max(0.0, finite.max())) if finite.size else math.nan
+
+
+def kde_classes(z: np.ndarray, prominence: float = PEAK_PROMINENCE, seed: int = 0
+                ) -> tuple[np.ndarray, np.ndarray, int | None]:
+    """Classes of latent rows: the KDE peaks (:func:`kde_peak_labels`) of the latent
+    dimension chosen by :func:`bimodal_dimension` (paper 000 section III labels by a KDE of
+    z2; here the column is the one the 1-D ICL finds most multimodal, and the number of
+    classes is the number of peaks, not fixed).
+
+    Parameters
+    ----------
+    z : (N, d) array_like of float
+        Latent means; rows with NaN/inf get -1.
+    prominence : float, optional
+        As :func:`kde_peak_labels`.
+    seed : int, optional
+        As :func:`gmm_criteria`.
+
+    Returns
+    -------
+    labels : (N,) ndarray of int16
+        Nearest peak per row (peaks in increasing order); all 0 (one class) when no
+        dimension shows classes, -1 for non-finite rows.
+    peaks : (P,) ndarray of float64
+        Peak positions on the chosen dimension, latent units (one when nothing was found).
+    dim : int or None
+        The chosen column (None: no dimension prefers two or more components).
+
+    Raises
+    ------
+    ValueError
+        If ``z`` is not 2-D.
+    """
+    arr = np.asarray(z, dtype=np.float64)
+    if arr.ndim != 2:
+        raise ValueError(f"latent must have shape (N, d), got {arr.shape}")
+    ok = np.all(np.isfinite(arr), axis=1)
+    labels = np.full(len(arr), -1, np.int16)
+    dim = bimodal_dimension(arr[ok], seed=seed)[0] if ok.sum() > 2 and arr.shape[1] else None
+    if dim is None:
+        labels[ok] = 0
+        centre = np.median(arr[ok], axis=0) if ok.any() and arr.shape[1] else np.zeros(1)
+        return labels, np.atleast_1d(np.asarray(centre, np.float64)[:1]), None
+    lab, peaks = kde_peak_labels(arr[ok, dim], prominence)
+    labels[ok] = lab
+    return labels, peaks, dim

@@ -43,7 +43,7 @@ __all__ = [
 ] + [
     "cluster_separation", "count_quality", "domain_interior", "gmm_bic",
     "implausible_neighbours", "latent_aic", "latent_bgmm", "latent_bic", "latent_icl",
-    "latent_loss", "latent_reconstruction", "latent_variance",
+    "latent_loss", "latent_reconstruction", "latent_separability", "latent_variance",
     "normalised_perimeter", "order_contrast", "region_compactness", "wall_curvature",
     "wall_length_per_segment", "wall_span", "wall_straightness",
 ]
@@ -598,9 +598,14 @@ def _components(mask: np.ndarray, min_area: int) -> tuple[np.ndarray, np.ndarray
         raise ValueError(f"mask must be 2-D (H, W), got shape {m.shape}")
     if int(min_area) != min_area or min_area < 1:
         raise ValueError(f"min_area must be a positive integer, got {min_area!r}")
-    labels, n = ndimage.label(m != 0, structure=_EIGHT)
-    if n == 0:
+    fg = m != 0
+    rows, cols = np.flatnonzero(fg.any(axis=1)), np.flatnonzero(fg.any(axis=0))
+    if rows.size == 0:
         return np.zeros(0), np.zeros(0)
+    # the regions' bounding box only: labels keep their raster order, and the perimeter
+    # kernel counts the array border as boundary, as the frame border
+    fg = fg[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+    labels, n = ndimage.label(fg, structure=_EIGHT)
     areas = np.bincount(labels.ravel(), minlength=n + 1)[1:].astype(np.float64)
     perims = kernels.label_perimeters(labels, n)[1:]
     keep = areas >= min_area
@@ -1110,6 +1115,31 @@ def latent_bgmm(score: float) -> float:
     return _criterion(score)
 
 
+def latent_separability(gain: float) -> float:
+    """How clearly the latent splits into classes along one dimension: the largest 1-D ICL
+    gain over the latent's columns, ICL(1 component) - best ICL(1..4 components), per row
+    (:func:`rewardscope.science.latentstats.class_separability`).
+
+    Each column is standardised and scored on an equal-size, density-filtered subset, so the
+    value does not depend on the latent's scale, the number of patches or the window: models
+    on different windows compare. It tracks what the latent classes
+    (:func:`rewardscope.science.latentstats.kde_classes`, taken along that column) can
+    separate, which the reconstruction loss and the whole-latent ICL do not.
+
+    Parameters
+    ----------
+    gain : float
+        nats per row (>= 0; 0 = no column shows two or more classes).
+
+    Returns
+    -------
+    float
+        ``gain``; -inf (worst) for NaN/inf (no column could be fitted).
+    """
+    v = float(gain)
+    return v if math.isfinite(v) else -math.inf
+
+
 # --------------------------------------------------------------------------------------------
 # the registry: every built-in reward, declared once
 # --------------------------------------------------------------------------------------------
@@ -1199,7 +1229,7 @@ BUILTIN: tuple[Reward, ...] = (
     Reward(
         "latent_loss", "min",
         "VAE negative ELBO per pixel (reconstruction + KL, both per pixel: windows compare)",
-        latent_loss,
+        latent_loss, scale=0.05,
     ),
     Reward(
         "latent_aic", "min",
@@ -1216,13 +1246,26 @@ BUILTIN: tuple[Reward, ...] = (
         "Bayesian-GMM score of the latent: -log-likelihood + 2 x entropy per row (overlap)",
         latent_bgmm,
     ),
+    Reward(
+        "latent_separability", "max",
+        "largest 1-D ICL gain (1 vs 1..4 components) over the latent's columns, per row: "
+        "how clearly the latent splits into classes",
+        latent_separability, scale=math.log(2.0),
+    ),
 )
 """Scales: count_quality and implausible_neighbours are both fractions of the atoms, one common
 unit for the knee (5 %); the three region rewards use 0.1, a tenth of their useful range (so a
 hair's edge on two of them cannot outweigh a region missed on the third); wall_curvature's is
 0.01 /px (a wall bent to a 100 px radius), so the ~1e-4 /px pixel staircase of a straight wall,
-or the 0 of "one domain, no walls", cannot decide a knee on its own; the others are normalised
-over the front."""
+or the 0 of "one domain, no walls", cannot decide a knee on its own (and that 0 is only given
+where the frame's homogeneity test did not reject one domain: elsewhere a no-wall candidate
+fails, see domains.REJECTED_NULL_REWARDS); the others are normalised over the front. The slow
+loop's knee (:func:`rewardscope.live.trainer.select_model`) weighs latent_separability in bits
+per patch (ln 2 nats: the information of a balanced two-class label) against latent_loss in
+units of 0.05 nats/pixel, about five times the loss differences between windows 4 and 8 of
+the same frame (<= 0.011 nats/pixel, either way, on PFM-like frames), so the loss decides only
+between latents that separate about equally well, or vetoes a model that explains its patches
+far worse (docs/REWARDS.md)."""
 
 for _reward in BUILTIN:
     _add(_reward)

@@ -206,12 +206,21 @@ class Workflow(ABC):
         p = self.default_params(ctx.lattice_px)
         return [p] if p else []
 
-    def allowed_values(self, ctx: FrameContext) -> dict[str, list] | None:
-        """Categorical values of ``space`` that can run on this frame (called after
-        :meth:`prepare`), e.g. ``{"descriptor": ["patch", "fft"]}`` when a route needs
-        resolved atoms: the optimizer proposes nothing else on this frame, so no evaluation
-        is spent on a candidate that can only fail. Default None: every value can run."""
-        return None
+    def regime(self, ctx: FrameContext) -> str:
+        """The kind of frame this is for the search, "" for the workflow's one search space.
+
+        A workflow whose candidates differ by kind of frame (e.g. descriptor routes that need
+        resolved atoms and routes that need none) names a regime per frame (read from ``ctx``
+        and upstream outputs, before :meth:`prepare`); the engine keeps one search per regime
+        (and magnification), each over :meth:`for_regime`'s space, so a frame's search never
+        models or spends evaluations on candidates that cannot run on it. Default "".
+        """
+        return ""
+
+    def for_regime(self, regime: str) -> Workflow:
+        """The workflow as searched in ``regime`` (:meth:`regime`): same analysis, its
+        ``space`` holding only what runs there. Default: ``self`` for "" (and any regime)."""
+        return self
 
     def objective_vector(self, ev: Evaluation) -> np.ndarray:
         """The declared rewards of ``ev`` as objectives to minimise (the registry's one rule)."""

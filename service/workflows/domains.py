@@ -23,10 +23,11 @@ Steps for one candidate (after Barakati et al., reward-driven GMM segmentation o
    interior (a row of sites along a wall, a sprinkle of outliers) is absorbed by its
    neighbours (:func:`_absorb_wall_clusters`);
 4. walls: the midpoints of nearest-neighbour site pairs with different labels are the wall
-   points. Linked within 1.5 lattice spacings, each connected set is one wall; its spanning
-   tree's longest path is the ordered chain the curvature reward reads (Hough segments are
-   straight, their curvature is trivially 0), and the tree, drawn 1 px thick, goes through a
-   probabilistic Hough transform that gives the wall segments [x0, y0, x1, y1];
+   points. Linked within LINK_RADIUS = 2.5 lattice spacings (one missing site row bridged),
+   each connected set is one wall; its spanning tree's longest path is the ordered chain the
+   curvature reward reads (Hough segments are straight, their curvature is trivially 0), and
+   the tree, drawn 1 px thick, goes through a probabilistic Hough transform that gives the
+   wall segments [x0, y0, x1, y1];
 5. the significance gate (:meth:`DomainsWorkflow.gate`): each wall line (collinear segments
    together) is tested on the measured polarization of the sites 0.8-4 lattice spacings
    either side of it (:func:`rewardscope.science.domaintests.wall_tests`, a Welch-type
@@ -69,17 +70,29 @@ ARI >= 0.9 and walls within a lattice spacing in all 276 trials tried: 12 simula
 configurations (100/110/rotated walls, noise 0.15-0.2, dose 200, scan noise + gradient,
 3 walls, 3 and 4 variants, lattice 16 px; truth and LoG-found atoms), 8-15 random seeds.
 
+Descriptor routes (``descriptor``, :data:`ROUTES`; docs/WORKFLOWS.md): ``patch`` and ``fft``
+at key sites need atoms (the steps above); ``window``, ``fft_svd``, ``fft_nmf`` and
+``fft_ica`` label windows on a regular grid (``window`` px, ``stride``) and need none
+(:meth:`DomainsWorkflow._evaluate_grid`; per-pixel ``label_map`` in :meth:`finalize`). A frame
+with at least MIN_POLARIZATION_SITES key sites is in the "atoms" regime, one without in the
+"grid" regime (:meth:`DomainsWorkflow.regime`); the engine searches each regime in its own
+space (:meth:`DomainsWorkflow.for_regime`), the "atoms" one exactly the space above.
+
 Output per atom of ``ctx.atoms``: ``labels`` int16, the GMM label on labelled sites and -1
 (not a key point) elsewhere; ``labels_nearest`` gives every atom the label of its nearest
 labelled site, for display. Per published wall segment: ``wall_significance``, -log10 p of its
 line (row-aligned with ``walls``). Per frame: ``domain_significance``, -log10 p of the
 homogeneity test (> 3: domains looked for; capped at 300).
 
-The answer "one domain, no walls" scores ``NULL_REWARDS``: curvature 0 (nothing bends), span
-0, separation 0 (one cluster separates nothing), interior 1. On a structured frame any
-candidate with a significant wall beats it on span and separation, while curvature, with its
-fixed knee unit of 0.01 /px (rewards registry), cannot make up for that: a straight real wall
-reads ~1e-4 /px. See docs/REWARDS.md, "Walls on a featureless frame".
+The answer "one domain, no walls" scores ``NULL_REWARDS`` where the homogeneity test did not
+reject one domain: curvature 0 (nothing bends), span 0, separation 0 (one cluster separates
+nothing), interior 1. The null answer is valid only when the null is not rejected: on a
+structured frame a candidate left without a significant wall scores ``REJECTED_NULL_REWARDS``
+(curvature +inf, separation NaN: what the rewards give for no wall), a failed candidate. Its
+curvature 0 would otherwise win the knee against real walls of a noisy frame, which read
+~0.015 /px, above curvature's fixed knee unit of 0.01 /px (noise 0.35, 256 px: 1 of 8 frames
+"one domain"). When every candidate fails, the engine publishes the first one's answer, "one
+domain". See docs/REWARDS.md, "Walls on a featureless frame".
 """
 
 from __future__ import annotations
@@ -139,7 +152,14 @@ WALL_SITE_RADIUS = 1.5  # lattice spacings: "a differently labelled neighbour" f
 PAIR_RADIUS = 1.3  # lattice spacings: farthest a nearest-neighbour pair may be (nominal 1.0)
 NMS_RADIUS = 0.6  # lattice spacings: two sites of one sublattice closer than this are one
 NEIGHBOUR_TOLERANCE = 0.25  # relative: a lattice neighbour sits at a * (1 +- this)
-LINK_RADIUS = 1.5  # lattice spacings: wall points closer than this belong to one wall
+LINK_RADIUS = 2.5  # lattice spacings: wall points closer than this belong to one wall
+"""A row without a wall point (a key site the atom finder missed on either side: ~8 % of B
+columns at noise 0.35 or 20 e/px) leaves a gap of 2 a in the wall; 2 a (1 + NEIGHBOUR_TOLERANCE)
+bridges one such row, not two (longer gaps are for :func:`merge_collinear`). With 1.5 a, the
+walls of noisy frames broke into stubs shorter than a Hough segment, and the remaining pieces
+were too short to pass the wall test: "one domain" on frames whose labels were right (noise 0.35
+seeds 11-42: 4 of 32 frames; 20 e/px: 1 of 32). The spanning tree takes the longer links only
+to join pieces (a continuous wall's tree is unchanged), and the wall tests judge what it joins."""
 ABSORB_BELOW = 0.2  # interior fraction below which a cluster is a wall or noise, not a domain
 MIN_CHAIN_POINTS = 3  # fewer wall points cannot carry a direction, let alone a curvature
 GMM_SEED = 0
@@ -154,9 +174,26 @@ GRID_STRIDES = (0.25, 0.5)  # grid step as a fraction of the window
 MIN_POLARIZATION_SITES = 50  # key sites from which the measured polarization is the yardstick
 TEXTURE_WINDOW = 24  # px: window of the texture yardstick (frames without enough sites)
 TEXTURE_FLOOR = 0.05  # texture score units: systematic floor on a mean difference's std error
+WALL_SCALE = 0.5  # windows: a grid route's wall length unit (the atom routes' lattice spacing)
+GRID_REWARDS = ("wall_span", "cluster_separation")
+"""Objectives of a search over grid routes only (the "grid" regime, a forced grid route):
+``wall_curvature`` is still reported but not optimised. Measured on the simulated
+low-magnification frames (seeds 0-5, 20 evaluations): with it, the knee traded separation
+for 0.001 /px less curvature of the window grid's staircase and took coarser windows (free
+choice 0.011 below the best forced route on average, forced ``window`` down to 0.91);
+without it, 0.006 below, forced ``window`` >= 0.92."""
 NULL_REWARDS = {"wall_curvature": 0.0, "wall_span": 0.0, "wall_length_per_segment": 0.0,
                 "domain_interior": 1.0, "cluster_separation": 0.0}
-"""Rewards of the answer "one domain, no walls" (see the module doc and docs/REWARDS.md)."""
+"""Rewards of the answer "one domain, no walls" where the frame's homogeneity test did not reject
+one domain (see the module doc and docs/REWARDS.md)."""
+REJECTED_NULL_REWARDS = {"wall_curvature": math.inf, "wall_span": 0.0,
+                         "wall_length_per_segment": 0.0, "domain_interior": 1.0,
+                         "cluster_separation": math.nan}
+"""Rewards of a candidate without a significant wall on a frame whose homogeneity test rejected
+one domain: what the rewards give for no wall (curvature of no wall: +inf, nothing measurable;
+silhouette of one cluster: NaN), a failed candidate. The null answer is valid only where the
+null is not rejected: on a structured frame it is a candidate that missed the walls, not a
+perfectly straight one, and curvature's 0 must not let it win the knee (module doc)."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -287,7 +324,8 @@ def hough_segments(raster: np.ndarray, lattice_px: float, seed: int = 0) -> np.n
 
     Minimum segment 2 lattice spacings (shorter walls are not resolved by a GMM on a lattice
     of sites), vote threshold one spacing of pixels, gaps up to one spacing bridged: the
-    trace of a real wall is drawn continuous already, and a larger gap would let the Hough
+    trace of a real wall is drawn continuous already (its spanning tree bridges a missing
+    site row, LINK_RADIUS), and a larger gap would let the Hough
     transform string together the scattered wall points of a noise labelling, which sit on
     lattice rows, into long "walls". Fixed ``seed``: the same labels give the same walls.
 
@@ -874,6 +912,25 @@ def _gmm_labels(x: np.ndarray, fit_rows: np.ndarray, k: int, cov: str) -> tuple[
     return fit.labels, fit.bic_per_row
 
 
+ATOM_ROUTE_DIMS = ("w1", "w2", "blur")  # dimensions only the atom routes read
+GRID_ROUTE_DIMS = ("window", "stride")  # dimensions only the grid routes read
+
+
+def _route_space(routes: tuple[str, ...]) -> tuple:
+    """DomainsWorkflow's space for these routes: ``descriptor`` holds only them, and the
+    dimensions no route of them reads are left out (atom routes alone: exactly the space
+    the domains workflow had before the grid routes)."""
+    grid = [r in descriptors.GRID_FAMILIES for r in routes]
+    out = []
+    for d in DomainsWorkflow.space:
+        if (d.name in ATOM_ROUTE_DIMS and all(grid)) or (d.name in GRID_ROUTE_DIMS
+                                                          and not any(grid)):
+            continue
+        out.append(Categorical(list(routes), name="descriptor") if d.name == "descriptor"
+                   else d)
+    return tuple(out)
+
+
 class DomainsWorkflow(Workflow):
     """Polarization domains (GMM on per-site descriptors) and their walls; see module doc."""
 
@@ -910,49 +967,66 @@ class DomainsWorkflow(Workflow):
         if bad or not chosen:
             raise ValueError(f"routes must be a non-empty subset of {ROUTES}, got {routes!r}")
         self.routes = chosen
-        if chosen != ROUTES:  # a forced route: the descriptor dimension holds only these
-            self.space = tuple(Categorical(list(chosen), name="descriptor")
-                               if d.name == "descriptor" else d for d in type(self).space)
+        if chosen != ROUTES:
+            self.space = _route_space(chosen)
+        if all(r in descriptors.GRID_FAMILIES for r in chosen):
+            self.rewards = GRID_REWARDS
 
     def default_params(self, lattice_px: float) -> dict[str, Any]:
         """Site-centred patches one lattice spacing in half size (the B column, its A cage and
         its four B neighbours), 10 PCA scores, 2 variants, tied covariance (variants differ
         by a mean shift, the noise is the same). Chosen on noisy simulated frames: with half
         size 0.75 a, found atoms on 3 of 6 noisy/scan-distorted frames split on noise (ARI ~0);
-        this setting kept ARI >= 0.97 on all 12 frame/atom-source combinations tried."""
+        this setting kept ARI >= 0.97 on all 12 frame/atom-source combinations tried. Grid
+        routes: 16 px windows every 4 px (stride 1/4). Only the dimensions of ``space``."""
         route = "patch" if "patch" in self.routes else self.routes[0]
-        return {"w1": 1.0, "w2": 1.0, "blur": 0.5, "pca_dims": 10, "n_components": 2,
-                "covariance_type": "tied", "descriptor": route, "window": 16, "stride": 0.25}
+        every = {"w1": 1.0, "w2": 1.0, "blur": 0.5, "pca_dims": 10, "n_components": 2,
+                 "covariance_type": "tied", "descriptor": route, "window": 16, "stride": 0.25}
+        return {n: every[n] for n in self.param_names()}
+
+    def regime(self, ctx: FrameContext) -> str:
+        """``"atoms"`` on a frame with at least MIN_POLARIZATION_SITES key sites (resolved
+        columns: the atom routes compete, judged on the measured polarization), ``"grid"``
+        on one without (the grid routes compete, judged on the texture); "" when this
+        workflow's routes are all of one kind (a forced route: it answers "failed" where it
+        cannot run). The engine keeps one search per regime (:meth:`for_regime`), so a frame
+        with atoms is searched in exactly the atom routes' space."""
+        atom = [r for r in self.routes if r not in descriptors.GRID_FAMILIES]
+        if not atom or len(atom) == len(self.routes):
+            return ""
+        return "atoms" if len(self._sites(ctx).xy) >= MIN_POLARIZATION_SITES else "grid"
+
+    def for_regime(self, regime: str) -> DomainsWorkflow:
+        """This workflow with only the routes of ``regime`` (:meth:`regime`): ``"atoms"`` the
+        atom routes over the atom routes' dimensions (w1, w2, blur, pca_dims, n_components,
+        covariance_type, descriptor), ``"grid"`` the grid routes over theirs (pca_dims,
+        n_components, covariance_type, descriptor, window, stride); "" itself.
+
+        Raises
+        ------
+        ValueError
+            If ``regime`` is not "", "atoms" or "grid", or this workflow has no route of it.
+        """
+        if regime == "":
+            return self
+        if regime not in ("atoms", "grid"):
+            raise ValueError(f"regime must be '', 'atoms' or 'grid', got {regime!r}")
+        grid = regime == "grid"
+        routes = tuple(r for r in self.routes if (r in descriptors.GRID_FAMILIES) == grid)
+        if not routes:
+            raise ValueError(f"regime {regime!r}: no such route in {self.routes}")
+        return type(self)(sublattice=self.sublattice, routes=routes)
 
     def initial_points(self, ctx: FrameContext) -> list[dict[str, Any]]:
-        """A cold search starts from each route this frame can run (:meth:`allowed_values`):
-        on a frame with resolved atoms the atom route's default (:meth:`default_params`);
-        otherwise every grid route's default (the same settings: 16 px windows, stride 1/4,
-        10 components, 2 phases, tied covariance), so each route has been tried once before
-        the rewards and the model steer the rest of the budget."""
+        """A cold search starts from each of its routes' defaults (:meth:`default_params`):
+        the atom route's alone on a frame with resolved atoms (the "atoms" regime); every
+        grid route's (16 px windows, stride 1/4, 10 components, 2 phases, tied covariance) in
+        the "grid" regime, so each route has been tried once before the rewards and the model
+        steer the rest of the budget."""
         first = self.default_params(ctx.lattice_px)
-        routes = self._frame_routes(ctx)
-        if not routes or routes[0] not in descriptors.GRID_FAMILIES:
-            return [{**first, "descriptor": routes[0]}] if routes else [first]
-        return [{**first, "descriptor": r} for r in routes]
-
-    def allowed_values(self, ctx: FrameContext) -> dict[str, list] | None:
-        """The routes this frame can run (:meth:`_frame_routes`), as a limit on
-        ``descriptor``: the optimizer spends no evaluation on a route that can only fail
-        (grid routes on a frame with resolved atoms, atom routes on one without)."""
-        routes = self._frame_routes(ctx)
-        return {"descriptor": routes} if routes and len(routes) < len(self.routes) else None
-
-    def _frame_routes(self, ctx: FrameContext) -> list[str]:
-        """Routes of ``self.routes`` that compete on this frame: the atom routes when it has
-        at least MIN_POLARIZATION_SITES key sites (the measured polarization judges them),
-        else the grid routes (the texture judges them); all of them when the frame's kind has
-        none (a forced route then answers "failed" where it cannot run)."""
-        atom = [r for r in self.routes if r not in descriptors.GRID_FAMILIES]
-        grid = [r for r in self.routes if r in descriptors.GRID_FAMILIES]
-        if not atom or not grid:
-            return list(self.routes)
-        return atom if len(self._sites(ctx).xy) >= MIN_POLARIZATION_SITES else grid
+        if self.regime(ctx) or not all(r in descriptors.GRID_FAMILIES for r in self.routes):
+            return [first]
+        return [{**first, "descriptor": r} for r in self.routes]
 
     # ---------------------------------------------------------------- per-frame work
     def prepare(self, ctx: FrameContext) -> None:
@@ -1131,7 +1205,8 @@ class DomainsWorkflow(Workflow):
         t2 = time.perf_counter()
         gs = self._grid_sites(g, ctx.cache)
         lab = _absorb_wall_clusters(np.asarray(lab, np.int64), gs.xy, gs.near)
-        lab, geom, logp = self.gate(gs, lab, yard.evidence.noise, float(g.step), ctx.shape,
+        a = max(float(g.step), WALL_SCALE * g.window)  # px: the walls' length unit
+        lab, geom, logp = self.gate(gs, lab, yard.evidence.noise, a, ctx.shape,
                                     test_xy=yard.xy)
         if len(geom.segments) == 0:
             ev = self._null(s, yard.evidence, ctx.shape)
@@ -1145,7 +1220,6 @@ class DomainsWorkflow(Workflow):
         out["wall_significance"] = logp
         out["domain_significance"] = yard.evidence.neg_log10_p
         out["_grid"] = (g, lab, route, int(params["window"]), k)
-        a = float(g.step)
         sep = polarization_silhouette(lab[_grid_index(g, yard.xy)], yard.values)
         rw = {
             "wall_curvature": _rounded(rewards.wall_curvature(geom.chains, step=2.0 * a,
@@ -1353,15 +1427,20 @@ class DomainsWorkflow(Workflow):
 
     def _null(self, s: _Sites, evidence: _Evidence,
               shape: tuple[int, int] | None = None) -> Evaluation:
-        """The answer "one domain, no walls": every key site label 0, the null rewards
-        (with ``shape``, a grid route's: the whole frame is one phase, label_map all 0)."""
+        """The answer "one domain, no walls": every key site label 0 (with ``shape``, a grid
+        route's: the whole frame is one phase, label_map all 0). Its rewards are NULL_REWARDS
+        where the frame's homogeneity test did not reject one domain, REJECTED_NULL_REWARDS (a
+        failed candidate) where it did: the frame's own evidence says there are domains, and
+        this candidate found no wall that stands above the noise. Should every candidate of
+        such a frame fail, the engine still publishes this answer (its first candidate's)."""
         out = self._output(s, np.zeros(len(s.xy), np.int16),
                            WallGeometry(np.zeros((0, 2)), [], np.zeros((0, 4))))
         out["wall_significance"] = np.zeros(0)
         out["domain_significance"] = evidence.neg_log10_p
         if shape is not None:
             out["_null_phase"] = True
-        return Evaluation(rewards=dict(NULL_REWARDS), output=out)
+        rw = REJECTED_NULL_REWARDS if evidence.structured else NULL_REWARDS
+        return Evaluation(rewards=dict(rw), output=out)
 
     def _empty(self, s: _Sites, shape: tuple[int, int] | None = None) -> Evaluation:
         """Too few sites to cluster: worst rewards, everything unlabelled."""

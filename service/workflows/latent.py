@@ -10,20 +10,26 @@ use every latent row is NaN / -1 and the header's ``model`` says ``{"id": null}`
 Key points: the atoms of the chain (``ctx.atoms``; those of the model's sublattice when it was
 trained on one), else, on a frame without atoms (e.g. piezoresponse force microscopy), a
 regular grid with step ``ctx.lattice_px / 2`` (published as ``keypoints``, N x 2; every latent
-row aligns with them and, when there are atoms, with ``atoms``).
+row aligns with them and, when there are atoms, with ``atoms``). The key points' spacing (the
+unit of the trainer's ``window``) is the lattice spacing for atoms and the grid step for a
+grid, so a window of 4/8 tiles a grid with patches that do not overlap.
 
 While a trainer collects material (``slot.collect``), each frame's image and key points are
 offered to the slot's bounded buffer (a reference, no copy of the image is made here).
 
-Latent walls (paper 000 section III): a KDE of z2 (the second content latent; the first for a
-one-dimensional latent), its peaks, each key point assigned to the nearest peak, then the
-domain route's wall extraction (wall points between neighbouring key points of different
+Latent classes and walls (paper 000 section III): a KDE of one latent dimension, its peaks,
+each key point assigned to the nearest peak (published as ``latent_classes``). The paper takes
+z2; here the dimension is the one whose 1-D Gaussian mixtures gain most ICL over a single
+component (:func:`rewardscope.science.latentstats.kde_classes`), and the number of classes is
+the number of KDE peaks (one: "nothing here", no walls). Then the domain route's wall
+extraction (wall points between neighbouring key points of different
 class, chains, Hough segments) and significance (each segment's two sides compared by
 :func:`rewardscope.science.domaintests.wall_tests` on the latent means, kept at FDR 1e-3).
 Computed once per frame, on the chosen candidate (``finalize``).
 
 Outputs: ``labels`` (published as ``latent_labels``; also the result's ``labels`` when no
-earlier workflow labels), ``latent`` (N x d means), ``latent_scale`` (N x d posterior standard
+earlier workflow labels), ``latent_classes`` (N, the KDE-peak classes, -1 = not encoded),
+``latent`` (N x d means), ``latent_scale`` (N x d posterior standard
 deviations), ``latent_angle`` (N, rotation latent, NaN without rotation invariance),
 ``keypoints`` (N x 2), ``latent_walls`` (S x 4) with ``latent_wall_significance`` (S,
 -log10 p), and the scalar ``model`` (the model in use: id, architecture, rewards, training
@@ -132,7 +138,7 @@ def keypoints_of(ctx: FrameContext) -> tuple[np.ndarray, np.ndarray, float]:
     sites : (N,) ndarray of int8
         0 = A, 1 = B for atoms; -1 for grid points.
     spacing_px : float
-        The key points' scale: ``ctx.lattice_px``.
+        The key points' scale: ``ctx.lattice_px`` for atoms, the grid step for a grid.
     """
     key = ("latent", "keypoints")
     if key not in ctx.cache:
@@ -142,8 +148,9 @@ def keypoints_of(ctx: FrameContext) -> tuple[np.ndarray, np.ndarray, float]:
             ctx.sites = site
             ctx.cache[key] = (atoms, site, float(ctx.lattice_px))
         else:
-            kp = grid_keypoints(ctx.shape, max(1.0, GRID_FRACTION * float(ctx.lattice_px)))
-            ctx.cache[key] = (kp, np.full(len(kp), -1, np.int8), float(ctx.lattice_px))
+            step = max(1.0, GRID_FRACTION * float(ctx.lattice_px))
+            kp = grid_keypoints(ctx.shape, step)
+            ctx.cache[key] = (kp, np.full(len(kp), -1, np.int8), step)
     return ctx.cache[key]
 
 
@@ -191,7 +198,10 @@ def used_rows(sites: np.ndarray, sublattice: str) -> np.ndarray:
 
 def latent_walls(xy: np.ndarray, z: np.ndarray, lattice_px: float, shape: tuple[int, int]
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Walls between the KDE-of-z2 classes of the key points, with their significance.
+    """Walls between the KDE-peak classes of the key points, with their significance.
+
+    The classes are :func:`rewardscope.science.latentstats.kde_classes` of ``z`` (KDE peaks
+    of the latent dimension the 1-D ICL finds most multimodal).
 
     Parameters
     ----------
@@ -207,7 +217,7 @@ def latent_walls(xy: np.ndarray, z: np.ndarray, lattice_px: float, shape: tuple[
     Returns
     -------
     classes : (n,) ndarray of int16
-        Nearest KDE peak of each key point's z2.
+        Nearest KDE peak of each key point (all 0 when no dimension shows classes).
     segments : (S, 4) ndarray of float64
         Significant wall segments [x0, y0, x1, y1], px.
     neg_log10_p : (S,) ndarray of float64
@@ -225,7 +235,7 @@ def latent_walls(xy: np.ndarray, z: np.ndarray, lattice_px: float, shape: tuple[
     empty = (np.zeros(len(xy), np.int16), np.zeros((0, 4)), np.zeros(0))
     if len(xy) < 2 * MIN_SITES or z.shape[1] == 0:
         return empty
-    classes, peaks = latentstats.kde_peak_labels(z[:, min(1, z.shape[1] - 1)])
+    classes, peaks, _ = latentstats.kde_classes(z)
     if len(peaks) < 2:
         return classes, empty[1], empty[2]
     tree = cKDTree(xy)
@@ -282,6 +292,7 @@ class LatentWorkflow(Workflow):
     needs = (ATOMS,)
     produces = (
         Output("labels", LABELS, name="latent_labels"),
+        Output("classes", PER_ATOM, name="latent_classes"),
         Output("latent", PER_ATOM),
         Output("latent_scale", PER_ATOM),
         Output("latent_angle", PER_ATOM),
@@ -357,15 +368,17 @@ class LatentWorkflow(Workflow):
         return Evaluation(rewards=rw, output=out, timings={"vae": enc.seconds})
 
     def finalize(self, ctx: FrameContext, chosen: Evaluation) -> dict[str, Any]:
-        """The latent walls (KDE of z2, once per frame on the chosen candidate)."""
+        """The latent classes and walls (KDE peaks, once per frame on the chosen candidate)."""
         enc = self._encoded(ctx)
         if enc.entry is None or len(enc.index) == 0:
             return {}
         ok = np.all(np.isfinite(enc.loc), axis=1)
         with single_thread():
-            _, seg, logp = latent_walls(enc.keypoints[enc.index][ok], enc.loc[ok],
-                                        float(ctx.lattice_px), ctx.shape)
-        return {"latent_walls": seg.astype(np.float32),
+            cls, seg, logp = latent_walls(enc.keypoints[enc.index][ok], enc.loc[ok],
+                                          float(ctx.lattice_px), ctx.shape)
+        classes = np.full(len(enc.keypoints), -1, np.int16)
+        classes[enc.index[ok]] = cls
+        return {"classes": classes, "latent_walls": seg.astype(np.float32),
                 "latent_wall_significance": logp.astype(np.float32)}
 
     # ---------------------------------------------------------------- outputs
@@ -385,8 +398,9 @@ class LatentWorkflow(Workflow):
             if sub is not None:
                 labels[enc.index] = sub
         model = dict(enc.entry.info) if enc.entry is not None else dict(NO_MODEL)
-        return {"labels": labels, "latent": latent, "latent_scale": scale,
-                "latent_angle": angle, "keypoints": enc.keypoints.astype(np.float32),
+        return {"labels": labels, "classes": np.full(n, -1, np.int16), "latent": latent,
+                "latent_scale": scale, "latent_angle": angle,
+                "keypoints": enc.keypoints.astype(np.float32),
                 "latent_walls": np.zeros((0, 4), np.float32),
                 "latent_wall_significance": np.zeros(0, np.float32), "model": model}
 
