@@ -268,6 +268,30 @@ def _kmeans_labels(data: np.ndarray, k: int, rs: np.random.RandomState) -> np.nd
 
 
 @njit(cache=True, nogil=True)
+def _nearest_centres(X, centers, norms, labels):
+    """Assign each row of ``X`` to its nearest centre (squared distance without the row's
+    own norm, as scikit-learn's Lloyd step; first centre wins ties); ``norms`` is filled
+    with the centres' squared norms."""
+    n, d = X.shape
+    k = centers.shape[0]
+    for c in range(k):
+        s = 0.0
+        for j in range(d):
+            s += centers[c, j] * centers[c, j]
+        norms[c] = s
+    for i in range(n):
+        best, lab = 0.0, 0
+        for c in range(k):
+            dot = 0.0
+            for j in range(d):
+                dot += X[i, j] * centers[c, j]
+            v = norms[c] - 2.0 * dot
+            if c == 0 or v < best:
+                best, lab = v, c
+        labels[i] = lab
+
+
+@njit(cache=True, nogil=True)
 def _lloyd_kernel(X, centers, max_iter, tol):
     """scikit-learn's ``_kmeans_single_lloyd`` (dense, unit weights) from ``centers``;
     returns (labels, False) as soon as a cluster empties."""
@@ -280,23 +304,11 @@ def _lloyd_kernel(X, centers, max_iter, tol):
     norms = np.empty(k)
     strict = False
     for _ in range(max_iter):
-        for c in range(k):
-            s = 0.0
-            for j in range(d):
-                s += centers[c, j] * centers[c, j]
-            norms[c] = s
+        _nearest_centres(X, centers, norms, labels)
         new[:] = 0.0
         counts[:] = 0.0
         for i in range(n):
-            best, lab = 0.0, 0
-            for c in range(k):
-                dot = 0.0
-                for j in range(d):
-                    dot += X[i, j] * centers[c, j]
-                v = norms[c] - 2.0 * dot
-                if c == 0 or v < best:
-                    best, lab = v, c
-            labels[i] = lab
+            lab = labels[i]
             counts[lab] += 1.0
             for j in range(d):
                 new[lab, j] += X[i, j]
@@ -320,21 +332,7 @@ def _lloyd_kernel(X, centers, max_iter, tol):
             break
         old[:] = labels
     if not strict:  # labels of the final centres
-        for c in range(k):
-            s = 0.0
-            for j in range(d):
-                s += centers[c, j] * centers[c, j]
-            norms[c] = s
-        for i in range(n):
-            best, lab = 0.0, 0
-            for c in range(k):
-                dot = 0.0
-                for j in range(d):
-                    dot += X[i, j] * centers[c, j]
-                v = norms[c] - 2.0 * dot
-                if c == 0 or v < best:
-                    best, lab = v, c
-            labels[i] = lab
+        _nearest_centres(X, centers, norms, labels)
     return labels, True
 
 
