@@ -63,7 +63,6 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import stats
-from scipy.sparse import csr_matrix
 from scipy.spatial import cKDTree
 
 __all__ = [
@@ -392,6 +391,22 @@ def wall_tests(segments: np.ndarray, xy: np.ndarray, noise: OffsetNoise,
     return _segment_logp(seg, x, moments, noise, near * a, far * a)
 
 
+_TREE: tuple[bytes, tuple, cKDTree] | None = None
+
+
+def _site_tree(x: np.ndarray) -> cKDTree:
+    """k-d tree of the sites ``x``, reused while the same sites come again (every candidate of
+    a frame tests its walls on the frame's sites): kept for the last site set, by content."""
+    global _TREE
+    key = (np.ascontiguousarray(x).tobytes(), (x.shape, x.dtype.str))
+    hit = _TREE
+    if hit is not None and hit[1] == key[1] and hit[0] == key[0]:
+        return hit[2]
+    tree = cKDTree(x)
+    _TREE = (key[0], key[1], tree)
+    return tree
+
+
 def _segment_logp(seg: np.ndarray, x: np.ndarray, moments: np.ndarray, noise: OffsetNoise,
                   near: float, far: float) -> np.ndarray:
     p0, d = seg[:, :2], seg[:, 2:] - seg[:, :2]
@@ -399,7 +414,7 @@ def _segment_logp(seg: np.ndarray, x: np.ndarray, moments: np.ndarray, noise: Of
     u = d / np.maximum(length, 1e-12)[:, None]
     # Candidate (segment, site) pairs: sites in the disk around each segment that holds its
     # two bands, from a k-d tree, instead of every site against every segment.
-    found = cKDTree(x).query_ball_point(p0 + 0.5 * d, np.hypot(0.5 * length, far))
+    found = _site_tree(x).query_ball_point(p0 + 0.5 * d, np.hypot(0.5 * length, far))
     counts = np.fromiter((len(f) for f in found), dtype=np.int64, count=len(seg))
     sid = np.repeat(np.arange(len(seg)), counts)
     site = np.fromiter(itertools.chain.from_iterable(found), dtype=np.int64,
@@ -410,10 +425,13 @@ def _segment_logp(seg: np.ndarray, x: np.ndarray, moments: np.ndarray, noise: Of
     inside = (along >= 0.0) & (along <= length[sid])
     side = np.where(across > 0.0, 0, 1)
     w = inside & (np.abs(across) >= near) & (np.abs(across) <= far)
-    # Per (segment, side): n, sum x, sum y, sum xx, sum xy, sum yy, one sparse product.
-    pick = csr_matrix((np.ones(int(w.sum())), (2 * sid[w] + side[w], site[w])),
-                      shape=(2 * len(seg), len(x)))
-    all_sums = np.asarray(pick @ moments).reshape(len(seg), 2, 6)
+    # Per (segment, side): n, sum x, sum y, sum xx, sum xy, sum yy. Summed by bincount in
+    # (row, site) order, the order (and so the rounding) of the sparse 0/1 product it replaces.
+    row, col = 2 * sid[w] + side[w], site[w]
+    order = np.lexsort((col, row))
+    row, picked = row[order], moments[col[order]]
+    all_sums = np.stack([np.bincount(row, weights=picked[:, j], minlength=2 * len(seg))
+                         for j in range(moments.shape[1])], axis=1).reshape(len(seg), 2, 6)
     sides = []
     for k in range(2):
         sums = all_sums[:, k]

@@ -297,8 +297,31 @@ def wall_chains(
     n_comp, comp = connected_components(tree, directed=False)
     sizes = np.bincount(comp, minlength=n_comp)
     firsts = np.unique(comp, return_index=True)[1]
-    chains = [pts[longest_path(tree, int(firsts[c]))] for c in np.flatnonzero(sizes >= min_points)]
-    return chains, tree
+    big = np.flatnonzero(sizes >= min_points)
+    if not _FAST:
+        return [pts[longest_path(tree, int(firsts[c]))] for c in big], tree
+    return [pts[p] for p in _longest_paths(tree, firsts[big])], tree
+
+
+def _longest_paths(tree: csr_matrix, starts: np.ndarray) -> list[np.ndarray]:
+    """:func:`longest_path` of every start at once: the two sweeps are one multi-source
+    Dijkstra call each (rows are independent, so the paths are the same)."""
+    if len(starts) == 0:
+        return []
+    dist = dijkstra(tree, directed=False, indices=np.asarray(starts, np.int64))
+    dist[~np.isfinite(dist)] = -1.0
+    ends = np.argmax(dist, axis=1)
+    dist, pred = dijkstra(tree, directed=False, indices=ends, return_predecessors=True)
+    dist[~np.isfinite(dist)] = -1.0
+    out = []
+    far = np.argmax(dist, axis=1)
+    for row, (u, v) in enumerate(zip(ends.tolist(), far.tolist(), strict=True)):
+        path = [v]
+        pr = pred[row]
+        while path[-1] != u and pr[path[-1]] >= 0:
+            path.append(int(pr[path[-1]]))
+        out.append(np.asarray(path[::-1], dtype=np.int64))
+    return out
 
 
 def rasterise_tree(points: np.ndarray, tree: csr_matrix, shape: tuple[int, int]) -> np.ndarray:
@@ -579,6 +602,65 @@ def merge_unsupported(labels: np.ndarray, pairs: np.ndarray, xy: np.ndarray,
 
 
 SILHOUETTE_SITES = 400  # sites sampled (fixed subset per frame) for the silhouette
+_FAST = True
+"""Reuse a frame's gate (and score) of a labelling already judged (:func:`_gated`); False
+recomputes every candidate (same results: a switch for benchmarks)."""
+
+
+def _gated(cache: dict | None, s: _Sites, sub_labels: np.ndarray,
+           noise: domaintests.OffsetNoise, lattice_px: float, shape: tuple[int, int],
+           test_xy: np.ndarray | None = None, with_score: bool = False
+           ) -> tuple[np.ndarray, WallGeometry, np.ndarray, dict[str, float] | None]:
+    """:meth:`DomainsWorkflow.gate` (and, with ``with_score`` and walls left,
+    :meth:`DomainsWorkflow.score`) of one labelling, cached per frame by the labels' bytes.
+
+    About a third of a frame's candidates end in a labelling another one already produced
+    (another ``pca_dims`` or mixture setting, the same domains); gate and score are pure
+    functions of the labels and of per-frame state (the sites, the noise model, lattice
+    spacing, frame shape, test sites), so the cached answer is the same result. Copies are
+    returned: the caller may keep or change them.
+    """
+    lab = np.asarray(sub_labels)
+    key = None
+    if cache is not None and _FAST:
+        key = ("domains", "gate", s.tag, id(s.xy), id(noise), float(lattice_px), tuple(shape),
+               None if test_xy is None else id(test_xy), with_score, lab.dtype.str,
+               lab.tobytes())
+        hit = cache.get(key)
+        if hit is not None:
+            out_lab, geom, logp, rw = hit
+            return (out_lab.copy(), WallGeometry(geom.points.copy(),
+                                                 [c.copy() for c in geom.chains],
+                                                 geom.segments.copy()),
+                    logp.copy(), None if rw is None else dict(rw))
+    out_lab, geom, logp = DomainsWorkflow.gate(s, lab, noise, lattice_px, shape,
+                                               test_xy=test_xy)
+    rw = (DomainsWorkflow.score(geom, out_lab, s, lattice_px, shape)
+          if with_score and len(geom.segments) else None)
+    if key is not None:
+        cache[key] = (out_lab.copy(), WallGeometry(geom.points.copy(),
+                                                   [c.copy() for c in geom.chains],
+                                                   geom.segments.copy()),
+                      logp.copy(), None if rw is None else dict(rw))
+    return out_lab, geom, logp, rw
+
+
+_DIST: tuple[bytes, np.ndarray] | None = None
+
+
+def _pair_distances(off: np.ndarray) -> np.ndarray:
+    """``cdist(off, off)``, kept (read-only) for the last offsets: every candidate of a frame
+    measures its silhouette on the same sampled sites, so the matrix comes again (by
+    content)."""
+    global _DIST
+    key = off.tobytes()
+    hit = _DIST
+    if _FAST and hit is not None and hit[1].shape[0] == off.shape[0] and hit[0] == key:
+        return hit[1]
+    dist = cdist(off, off)
+    dist.flags.writeable = False
+    _DIST = (key, dist)
+    return dist
 
 
 def polarization_silhouette(labels: np.ndarray, offsets: np.ndarray) -> float:
@@ -614,7 +696,7 @@ def polarization_silhouette(labels: np.ndarray, offsets: np.ndarray) -> float:
     ids, code = np.unique(lab, return_inverse=True)
     if ids.size < 2:
         return math.nan
-    dist = cdist(off, off)
+    dist = _pair_distances(off)
     count = np.bincount(code, minlength=ids.size).astype(np.float64)
     mean_to = (dist @ np.eye(ids.size)[code]) / count  # mean distance to each label
     rows = np.arange(lab.size)
@@ -1167,7 +1249,8 @@ class DomainsWorkflow(Workflow):
         t2 = time.perf_counter()
         sub_labels = _inherit_edge_labels(sub_labels, s.xy, ds.valid, s.near)
         sub_labels = _absorb_wall_clusters(sub_labels, s.xy, s.near)
-        sub_labels, geom, logp = self.gate(s, sub_labels, evidence.noise, a, ctx.shape)
+        sub_labels, geom, logp, rw = _gated(ctx.cache, s, sub_labels, evidence.noise, a,
+                                            ctx.shape, with_score=True)
         if len(geom.segments) == 0:  # no wall stands above the noise: one domain
             ev = self._null(s, evidence)
             ev.output["bic_per_site"] = bic
@@ -1176,7 +1259,6 @@ class DomainsWorkflow(Workflow):
         out = self._output(s, sub_labels, geom)
         out["wall_significance"] = logp
         out["domain_significance"] = evidence.neg_log10_p
-        rw = self.score(geom, sub_labels, s, a, ctx.shape)
         out["bic_per_site"] = bic
         t3 = time.perf_counter()
         timings.update(descriptors=t1 - t0, walls=t3 - t2)  # the engine books the rest as "cluster"
@@ -1213,7 +1295,7 @@ class DomainsWorkflow(Workflow):
         gs = self._grid_sites(g, ctx.cache)
         lab = _absorb_wall_clusters(np.asarray(lab, np.int64), gs.xy, gs.near)
         a = max(float(g.step), WALL_SCALE * g.window)  # px: the walls' length unit
-        lab, geom, logp = self.gate(gs, lab, yard.evidence.noise, a, ctx.shape,
+        lab, geom, logp, _ = _gated(ctx.cache, gs, lab, yard.evidence.noise, a, ctx.shape,
                                     test_xy=yard.xy)
         if len(geom.segments) == 0:
             ev = self._null(s, yard.evidence, ctx.shape)
