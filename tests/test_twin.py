@@ -3,6 +3,7 @@ closed-loop experiment, over real loopback sockets."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -183,6 +184,21 @@ def test_twin_frames_reach_a_subscriber_with_their_geometry() -> None:
     np.testing.assert_array_equal(got.pixels, fr.pixels)
 
 
+@contextlib.contextmanager
+def _controller_on_a_pub(tw: Twin):
+    """A rewardscope-strategy controller subscribed to a PUB socket standing in for the
+    service's results socket; yields (controller, pub) once the subscription has settled."""
+    pub = zmq.Context.instance().socket(zmq.PUB)
+    port = pub.bind_to_random_port("tcp://127.0.0.1")
+    ctl = Controller(tw, f"tcp://127.0.0.1:{port}", strategy="rewardscope")
+    try:
+        time.sleep(0.3)  # the subscription reaches the PUB socket
+        yield ctl, pub
+    finally:
+        ctl.close()
+        pub.close(linger=0)
+
+
 def _suggestion(center, fov, score=1.0, reason="wall"):
     return {"id": uuid.uuid4().hex, "score": score, "reason": reason, "significance": 3.0,
             "box_px": [10.0, 10.0, 20.0, 20.0],
@@ -193,12 +209,7 @@ def _suggestion(center, fov, score=1.0, reason="wall"):
 
 def test_controller_follows_scan_messages_then_the_backlog_then_surveys() -> None:
     tw = Twin(**SMALL, fov_px=64, seed=6)
-    ctx = zmq.Context.instance()
-    pub = ctx.socket(zmq.PUB)
-    port = pub.bind_to_random_port("tcp://127.0.0.1")
-    ctl = Controller(tw, f"tcp://127.0.0.1:{port}", strategy="rewardscope")
-    try:
-        time.sleep(0.3)  # the subscription reaches the PUB socket
+    with _controller_on_a_pub(tw) as (ctl, pub):
         first = _suggestion((0.3 * tw.side_m, 0.7 * tw.side_m), tw.base_fov_m / 2, 5.0)
         second = _suggestion((0.8 * tw.side_m, 0.2 * tw.side_m), tw.base_fov_m / 3, 2.0)
         res = protocol.Result(session="s", seq=0, latency_s=0.1, n_evaluations=1, params={},
@@ -221,9 +232,6 @@ def test_controller_follows_scan_messages_then_the_backlog_then_surveys() -> Non
         assert view["kind"] == "survey"
         assert tw.magnification == pytest.approx(1.0 / SURVEY_FOV_FACTOR)
         assert ctl.followed == [first["id"], second["id"]]
-    finally:
-        ctl.close()
-        pub.close(linger=0)
 
 
 def test_controller_tiles_and_follows_a_published_wall_at_high_magnification() -> None:
@@ -231,12 +239,7 @@ def test_controller_tiles_and_follows_a_published_wall_at_high_magnification() -
     the controller first follows it past the edge, then covers the rest with views at
     pixel size = base / 2; a later suggestion inside those views is skipped."""
     tw = Twin(**{**SMALL, "fovs": 4}, fov_px=64, seed=7)  # room to follow past the survey
-    ctx = zmq.Context.instance()
-    pub = ctx.socket(zmq.PUB)
-    port = pub.bind_to_random_port("tcp://127.0.0.1")
-    ctl = Controller(tw, f"tcp://127.0.0.1:{port}", strategy="rewardscope")
-    try:
-        time.sleep(0.3)
+    with _controller_on_a_pub(tw) as (ctl, pub):
         survey = ctl.first_view()
         assert survey["kind"] == "survey"
         assert tw.fov_m == pytest.approx(SURVEY_FOV_FACTOR * tw.base_fov_m)
@@ -272,9 +275,6 @@ def test_controller_tiles_and_follows_a_published_wall_at_high_magnification() -
         assert ctl.wait_for(50, timeout_s=10.0, grace_s=1.0)
         assert ctl.regions_by_seq[50][0]["id"] == inside["id"]
         assert ctl.step(50)["kind"] == "survey" and inside["id"] in ctl.skipped
-    finally:
-        ctl.close()
-        pub.close(linger=0)
 
 
 def test_raster_and_random_strategies_keep_the_budget_and_zoom() -> None:
@@ -352,12 +352,7 @@ def test_controller_tiles_a_domain_box_larger_than_a_zoomed_view() -> None:
     """An overview's ``domain`` suggestion whose box is wider than one zoomed view: the
     controller images the whole box at x2 with a few tiles, then surveys on."""
     tw = Twin(**{**SMALL, "fovs": 4}, fov_px=64, seed=8)
-    ctx = zmq.Context.instance()
-    pub = ctx.socket(zmq.PUB)
-    port = pub.bind_to_random_port("tcp://127.0.0.1")
-    ctl = Controller(tw, f"tcp://127.0.0.1:{port}", strategy="rewardscope")
-    try:
-        time.sleep(0.3)
+    with _controller_on_a_pub(tw) as (ctl, pub):
         ctl.first_view()
         side = 0.8 * tw.base_fov_m
         dom = _suggestion((1.3 * tw.base_fov_m, 0.9 * tw.base_fov_m), side, 4.0, "domain")
@@ -377,6 +372,3 @@ def test_controller_tiles_a_domain_box_larger_than_a_zoomed_view() -> None:
             for dy in g:
                 p = [dom["center_m"][0] + dx, dom["center_m"][1] + dy]
                 assert ctl._covered({"center_m": p, "fov_m": 0.0}), p
-    finally:
-        ctl.close()
-        pub.close(linger=0)
