@@ -158,6 +158,10 @@ class ServiceConfig:
                       help="optimizer evaluations per workflow on a warm frame")
     cold_budget: int = key(16, section="analysis", live=True, minimum=1,
                            help="optimizer evaluations per workflow on a session's first frame")
+    patience: int = key(0, section="analysis", live=True, minimum=0,
+                        help="end a workflow's search once this many evaluations in a row "
+                             "left its answer (the knee) unchanged, after the initial design; "
+                             "0 = always spend the budget")
     deadline_s: float = key(0.7, section="analysis", flag=True, live=True, positive=True,
                             help="wall-clock cap of a warm frame's search, all workflows (s)")
     cold_deadline_s: float = key(6.0, section="analysis", live=True, positive=True,

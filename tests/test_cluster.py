@@ -4,6 +4,7 @@ simulated instruments served at once over loopback; the cluster mailbox; spec pa
 from __future__ import annotations
 
 import json
+import os
 import threading
 import types
 
@@ -81,3 +82,43 @@ def test_two_instruments_served_at_once_on_two_workers(tmp_path):
     for s in sims:  # the daemon's checkpoint writer stored each worker's optimizer state
         state = json.loads((session_path(tmp_path, s) / CHECKPOINT).read_text())["state"]
         assert state["session"] == s and state["frames_processed"] == 3
+
+
+def test_a_killed_worker_moves_its_session_warm_and_loses_no_frame(tmp_path):
+    """The worker holding a session's engine dies between frames: the next frame is analysed
+    on a live worker with the session's last state (warm), every frame gets its result, and
+    the checkpoint continues the count."""
+    rig = Rig(cluster="local:2", workflow="atoms", budget=3, cold_budget=5,
+              cold_deadline_s=60.0, deadline_s=30.0, store=str(tmp_path))
+    session = "scope-k"
+    try:
+        sim = PerovskiteSimulator(SimConfig(shape=(96, 96), noise_sigma=0.1, seed=4))
+        rig.instrument.sock.send_multipart(protocol.encode_start(session))
+        seen = []
+
+        def one(seq: int):
+            rig.instrument.sock.send_multipart(
+                protocol.encode_frame(sim.frame(seq).pixels, session=session, seq=seq))
+            results, errors = rig.collect(1, timeout=120)
+            assert not errors and len(results) == 1
+            seen.append(results[0].seq)
+            return results[0]
+
+        one(0)
+        one(1)
+        engine = rig.daemon.engines[session]
+        victim = engine.worker
+        try:
+            rig.daemon.cluster.client.run(os._exit, 1, workers=[victim])
+        except Exception:
+            pass  # the worker dies before it can answer
+        after = one(2)
+        assert engine.moves == 1  # the session was placed again ...
+        assert after.extra.get("warm_started") and len(after.atoms) > 20  # ... with its state
+        one(3)
+        assert seen == [0, 1, 2, 3]  # no frame lost
+        assert engine.state_dict()["frames_processed"] == 4
+    finally:
+        rig.close()
+    state = json.loads((session_path(tmp_path, session) / CHECKPOINT).read_text())["state"]
+    assert state["frames_processed"] == 4

@@ -49,7 +49,7 @@ def test_every_field_is_declared_once_with_metadata():
 
 
 def test_settable_keys_come_from_the_declarations():
-    assert set(config.SETTABLE) == {"lattice_px", "budget", "cold_budget", "deadline_s",
+    assert set(config.SETTABLE) == {"lattice_px", "budget", "cold_budget", "patience", "deadline_s",
                                     "cold_deadline_s", "eval_workers", "workflow", "knee",
                                     "seed", "heartbeat_s", "session_gap_timeout_s",
                                     "lattice_constant_m", "motif", "contrast",

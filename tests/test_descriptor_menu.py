@@ -85,16 +85,20 @@ def test_single_phase_is_one_phase_no_boundary(seed):
 
 
 def test_grid_candidate_that_does_not_follow_the_texture_is_a_failed_candidate(two_phase):
-    """Seed 5: 4 ICA phases on 24 px windows draw significant walls, but their labels have a
-    negative silhouette on the texture yardstick (-0.09, ARI 0.65): no answer (separation
-    NaN, curvature +inf, no walls), so it cannot stretch the knee's range of separation."""
+    """Seed 5: 4 ICA phases on 24 px windows are no answer (separation NaN, curvature +inf,
+    no walls), so they cannot stretch the knee's range of separation. When written, their
+    walls passed the significance gate but the labels had a negative silhouette on the
+    texture yardstick (-0.09, ARI 0.65: ``rejected_separation``); with the libraries of
+    2026-12-01 (scikit-learn 1.9.1) no wall passes the gate and the frame's own test rejects
+    one domain (``_null_phase``). Either way the candidate fails; its output says which
+    test caught it."""
     f = two_phase[SEEDS.index(5)]
     wf = DomainsWorkflow().for_regime("grid")
     ctx = FrameContext(image=f.image, lattice_px=12.0)
     wf.prepare(ctx)
     ev = wf.evaluate(ctx, {"pca_dims": 7, "n_components": 4, "covariance_type": "diag",
                            "descriptor": "fft_ica", "window": 24, "stride": 0.5})
-    assert ev.output["rejected_separation"] < 0
+    assert ev.output.get("rejected_separation", 0.0) < 0 or ev.output.get("_null_phase")
     assert np.isnan(ev.rewards["cluster_separation"]) and ev.rewards["wall_curvature"] == np.inf
     assert ev.output["walls"] == []
     good = wf.evaluate(ctx, wf.default_params(12.0))  # the first grid route, "window"

@@ -140,7 +140,7 @@ def test_analyze_command_writes_result_overlay_and_pareto(tmp_path):
     np.save(img, sf.pixels)
     out = tmp_path / "out"
     rc = cli.main(["analyze", str(img), "--lattice-px", str(LATTICE), "--workflow", "atoms",
-                   "--budget", "10", "--out", str(out), "--no-progress"])
+                   "--budget", "10", "--patience", "0", "--out", str(out), "--no-progress"])
     assert rc == 0
     doc = json.loads((out / "result.json").read_text())
     for key in ("atoms", "labels", "walls", "amorphous_mask", "params", "rewards", "pareto",

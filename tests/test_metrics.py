@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 import urllib.request
 
@@ -147,6 +148,31 @@ def test_lag_follows_the_frame_in_analysis() -> None:
     assert value(m, "rewardscope_lag_seconds") == 0
     m.set_lag_seconds(0.25)
     assert value(m, "rewardscope_lag_seconds") == 0.25
+
+
+def test_lag_with_several_analysis_threads_is_the_oldest_frames() -> None:
+    """Cluster mode analyses one frame per worker thread: one thread finishing must not
+    report the service idle while another still holds an older frame."""
+    m = Metrics()
+    now = time.monotonic()
+    started, finish = threading.Event(), threading.Event()
+
+    def other_thread() -> None:
+        m.set_analysing(now - 8.0)
+        started.set()
+        finish.wait(10)
+        m.set_analysing(None)
+
+    t = threading.Thread(target=other_thread)
+    t.start()
+    started.wait(10)
+    m.set_analysing(now - 2.0)  # this thread: a newer frame
+    assert value(m, "rewardscope_lag_seconds") >= 8.0
+    m.set_analysing(None)  # this thread's result is out; the other's frame is still in analysis
+    assert value(m, "rewardscope_lag_seconds") >= 8.0
+    finish.set()
+    t.join(10)
+    assert value(m, "rewardscope_lag_seconds") == 0
 
 
 def test_frame_received_stamps_wall_clock() -> None:

@@ -3,7 +3,9 @@
 Writes ``DIR/result.json`` (atoms, labels, walls, params, rewards, pareto, n_evaluations,
 elapsed_s, the workflows' scalars, and for every published array, e.g. ``amorphous_mask``, the
 name of the ``.npy`` file holding it), ``DIR/overlay.png`` and ``DIR/pareto.png`` (not with
-``--no-pictures``, which also leaves the plotting library unimported: ~0.6 s of a cold run).
+``--no-pictures``, which also leaves the plotting library unimported). The pictures are drawn by
+a second process that imports the plotting library while the analysis runs
+(:mod:`rewardscope.cli.painter`), side by side on a machine with two or more cores.
 With the latent workflow in the chain, a model is first selected on the image
 (:func:`select_latent`, a progress bar over candidates) and the image analysed with it:
 ``DIR/vae-select.json`` (every candidate with its rewards and status, the chosen one named) and
@@ -23,7 +25,12 @@ from pathlib import Path
 
 import numpy as np
 
+from rewardscope.cli.painter import Job, Painter
 from rewardscope.plaindata import plain
+
+PATIENCE = 6
+"""Default ``--patience``: evaluations in a row that leave a workflow's knee unchanged and so
+end its search (its ``--budget`` is then a cap)."""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -42,7 +49,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workflow", default="all",
                    help="atoms|domains|amorphous|all|latent, a comma-separated list, or a "
                         "user workflow as package.module:Class (default all)")
-    p.add_argument("--budget", type=int, default=24, help="evaluations per workflow")
+    p.add_argument("--budget", type=int, default=24,
+                   help="evaluations per workflow, at most (default 24)")
+    p.add_argument("--patience", type=int, default=PATIENCE,
+                   help="end a workflow's search once this many evaluations in a row left its "
+                        f"answer (the knee) unchanged (default {PATIENCE}; 0 = spend the "
+                        "budget)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--no-progress", action="store_true")
@@ -58,19 +70,28 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def analyze(image: np.ndarray, lattice_px: float | None = None, *, workflow: str = "all",
-            budget: int = 24, seed: int = 0, progress: bool = False, motif: str | None = None,
+            budget: int = 24, patience: int = PATIENCE, seed: int = 0, progress: bool = False,
+            motif: str | None = None,
             contrast: str | None = None, pixel_size_m: float | None = None):
     """Run the reward-driven chain once with a generous budget; returns (Analysis, seconds).
 
     ``lattice_px`` is only a hint: the cell is found in the image (result field ``lattice``).
     """
+    import gc  # noqa: PLC0415
+
     from tqdm import tqdm
 
-    from rewardscope import config, engine
-    from rewardscope.engine.session import SessionEngine, resolve_chain
-
-    engine.warmup()
+    gc.disable()  # the scientific stack's imports allocate ~1e6 objects: no collections then
+    try:
+        from rewardscope import config
+        from rewardscope.engine.session import SessionEngine, resolve_chain
+    finally:
+        gc.freeze()  # and never again: later collections skip the imported modules' objects
+        gc.enable()
+    # No kernel warm-up: each numba kernel is loaded from numba's cache when first called, so
+    # one image pays only for the kernels (and float type) its analysis uses.
     cfg = config.load(None, {"workflow": workflow, "cold_budget": budget, "budget": budget,
+                             "patience": patience,
                              "deadline_s": 3600.0, "seed": seed, "lattice_px": lattice_px,
                              "motif": motif, "contrast": contrast})
     total = budget * len(resolve_chain(cfg.workflow))
@@ -85,6 +106,16 @@ def analyze(image: np.ndarray, lattice_px: float | None = None, *, workflow: str
 
 
 def run(args: argparse.Namespace) -> int:
+    # the picture process gets ready (imports, fonts) on the other core while this one works
+    painter = None if args.no_pictures else Painter()
+    try:
+        return _run(args, painter)
+    finally:
+        if painter is not None:
+            painter.close()
+
+
+def _run(args: argparse.Namespace, painter: Painter | None) -> int:
     from rewardscope import config
     from rewardscope.science import atomfind
     from rewardscope.storage.stills import load_image
@@ -92,9 +123,11 @@ def run(args: argparse.Namespace) -> int:
     image, _meta = load_image(args.image)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    pictures: list[Job] = []
     try:
         analysis, elapsed = analyze(image, args.lattice_px, workflow=args.workflow,
-                                    budget=args.budget, seed=args.seed,
+                                    budget=args.budget, patience=args.patience,
+                                    seed=args.seed,
                                     progress=not args.no_progress, motif=args.motif,
                                     contrast=args.contrast,
                                     pixel_size_m=(_meta or {}).get("pixel_size_m"))
@@ -115,7 +148,8 @@ def run(args: argparse.Namespace) -> int:
                  "candidates": [_finite(c.as_dict()) for c in cands]}, indent=1) + "\n")
             if best is not None:
                 analysis, more = analyze(image, args.lattice_px, workflow=args.workflow,
-                                         budget=args.budget, seed=args.seed,
+                                         budget=args.budget, patience=args.patience,
+                                    seed=args.seed,
                                          progress=not args.no_progress, motif=args.motif,
                                          contrast=args.contrast,
                                          pixel_size_m=(_meta or {}).get("pixel_size_m"))
@@ -123,20 +157,21 @@ def run(args: argparse.Namespace) -> int:
         finally:
             slot_model = model_slot().current()
             model_slot().clear()
-        if not args.no_pictures:
-            from rewardscope.cli import plots
-
-            plots.latent(_engine_image(image, analysis), analysis, out / "latent.png")
+        if painter is not None:
+            pictures.append(("latent", (_engine_image(image, analysis), analysis,
+                                        out / "latent.png")))
         if slot_model is None:
             print("latent: every candidate model was rejected (see vae-select.json); "
                   "nothing latent is claimed", file=sys.stderr)
     write_result(out, analysis, elapsed, image=str(args.image), lattice_px=args.lattice_px,
                  workflow=args.workflow)
-    if not args.no_pictures:
-        from rewardscope.cli import plots
-
-        plots.overlay(atomfind.normalize_frame(image), analysis, out / "overlay.png")
-        plots.pareto(analysis, out / "pareto.png")
+    if painter is not None:
+        pictures += [("overlay", (atomfind.normalize_frame(image), analysis, out / "overlay.png")),
+                     ("pareto", (analysis, out / "pareto.png"))]
+        why = painter.draw(pictures)
+        if why:
+            print(f"rewardscope analyze: {why}; pictures drawn in this process",
+                  file=sys.stderr)
     print(f"{len(analysis.atoms)} atoms, {len(analysis.walls)} walls, "
           f"{analysis.n_evaluations} evaluations in {elapsed:.1f} s -> {out}/")
     return 0

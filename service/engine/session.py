@@ -237,7 +237,7 @@ class WorkflowSearch:
         return rewards_mod.objective_vector(self.objectives, ev.rewards)
 
     def search(self, ctx: FrameContext, budget: int, deadline_s: float, knee: str,
-               workers: int = 1) -> tuple[Evaluation, dict, list[dict], Any]:
+               workers: int = 1, patience: int = 0) -> tuple[Evaluation, dict, list[dict], Any]:
         wf = self.workflow
         names = wf.param_names()
         evaluated: dict[tuple, Evaluation] = {}
@@ -255,7 +255,8 @@ class WorkflowSearch:
             self.optimizer.enqueue([[p[n] for n in names] for p in wf.initial_points(ctx)])
         fs = run_frame(objective, self.optimizer, budget=budget, deadline_s=deadline_s,
                        workers=workers if wf.thread_safe else 1, reuse=REUSE_WITHIN_NOISE,
-                       anchor=self.chosen_)
+                       anchor=self.chosen_, patience=patience, knee=knee,
+                       knee_scale=self._knee_scale())
         self.frames += 1
         # rewards of this frame's candidates: evaluated, or kept from the last frame (reused)
         reused = {k: self._rewards_of[k] for k in (tuple(plain(v) for v in x)
@@ -548,7 +549,7 @@ class SessionEngine:
             deadline = max(0.05, left / (len(chain) - i))
             t0 = time.perf_counter()
             chosen, p, front, fs = search.search(ctx, budget, deadline, settings.knee,
-                                                 settings.workers())
+                                                 settings.workers(), settings.patience)
             chosen.output.update(wf.finalize(ctx, chosen))
             own = time.perf_counter() - t0 - fs.optimizer_s
             for k, v in chosen.timings.items():

@@ -112,8 +112,9 @@ class Metrics:
             "lag_seconds", "Age of the frame being analysed (since it was received); 0 when idle.",
             namespace=PREFIX, registry=r)
         # Measured at scrape time while a frame is in analysis, so a slow frame shows its age
-        # growing instead of the value it had when analysis began.
-        self._analysing_since: float | None = None
+        # growing instead of the value it had when analysis began. One entry per analysis
+        # thread (several in cluster mode, one frame each): the lag is the oldest frame's.
+        self._analysing_since: dict[int, float] = {}
         self._lag_value = 0.0
         self.lag.set_function(self._lag_now)
         self.checkpoint_failures = Counter(
@@ -322,20 +323,25 @@ class Metrics:
         self.queue_depth.set(depth)
 
     def set_analysing(self, received_monotonic: float | None) -> None:
-        """A frame received at ``received_monotonic`` (``time.monotonic()``) is being analysed:
-        ``lag_seconds`` reports its age at every scrape from now on. ``None``: idle, lag 0."""
+        """The calling thread analyses a frame received at ``received_monotonic``
+        (``time.monotonic()``): ``lag_seconds`` reports the age of the oldest frame in analysis
+        at every scrape. ``None``: this thread is done (lag 0 once no thread analyses)."""
+        me = threading.get_ident()
         if received_monotonic is None:
-            self._lag_value = 0.0
-        self._analysing_since = received_monotonic
+            self._analysing_since.pop(me, None)
+            if not self._analysing_since:
+                self._lag_value = 0.0
+        else:
+            self._analysing_since[me] = float(received_monotonic)
 
     def set_lag_seconds(self, seconds: float) -> None:
-        """A fixed lag value (stops following a frame's age, see :meth:`set_analysing`)."""
-        self._analysing_since = None
+        """A fixed lag value (stops following frames' ages, see :meth:`set_analysing`)."""
+        self._analysing_since.clear()
         self._lag_value = float(seconds)
 
     def _lag_now(self) -> float:
-        since = self._analysing_since
-        return self._lag_value if since is None else max(0.0, time.monotonic() - since)
+        since = list(self._analysing_since.values())  # a copy: threads add and remove entries
+        return self._lag_value if not since else max(0.0, time.monotonic() - min(since))
 
     def model_swap(self, model_name: str, **labels: object) -> None:
         """Count a model replacement and label the model now in use (plus ``labels``, e.g. the

@@ -51,12 +51,15 @@ def single_thread() -> Iterator[None]:
         Inside the ``with`` block, the limits hold.
     """
     with _LIMIT_LOCK:
-        if not _THREADPOOLS:
-            _THREADPOOLS.append(ThreadpoolController())
+        if not _THREADPOOLS:  # one controller per API: a limiter restores every library its
+            # controller holds, so an OpenMP limiter over all libraries would also put BLAS
+            # back to what it was when that thread entered (1, if another thread held it)
+            ctl = ThreadpoolController()
+            _THREADPOOLS.extend([ctl.select(user_api="blas"), ctl.select(user_api="openmp")])
         if _LIMIT_STATE["depth"] == 0:
-            _LIMIT_STATE["limiter"] = _THREADPOOLS[0].limit(limits=1, user_api="blas")
+            _LIMIT_STATE["limiter"] = _THREADPOOLS[0].limit(limits=1)
         _LIMIT_STATE["depth"] += 1
-    omp = _THREADPOOLS[0].limit(limits=1, user_api="openmp")
+    omp = _THREADPOOLS[1].limit(limits=1)
     try:
         yield
     finally:
