@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 NUMBA_CACHE_DIR ?= $(CURDIR)/.venv/numba-cache
 export NUMBA_CACHE_DIR
 
-.PHONY: install system demo test test-fast lint lint-imports bench clean
+.PHONY: install system bytecode demo test test-fast lint lint-imports bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -18,7 +18,14 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
-install: $(STAMP) system
+install: $(STAMP) system bytecode
+
+# The package's bytecode, compiled here: an editable install leaves it to the first import,
+# and where PYTHONDONTWRITEBYTECODE is set (as on this project's machines) no process ever
+# writes it, so every `rewardscope` process would compile ~30,000 lines again (~0.4 s of a
+# cold `analyze`). compileall skips what is up to date; run again after editing the sources.
+bytecode: $(STAMP)
+	@$(BIN)/python -m compileall -q service clients simulators benchmarks
 
 # System tools the tests use: promtool and prometheus (tests/test_deploy.py, tests/test_alerts.py
 # skip without them, and never install anything). Debian's `prometheus` package ships both; it is

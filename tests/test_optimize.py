@@ -508,3 +508,26 @@ def test_initial_design_is_skopts_maximin_lhs():
         ref = Lhs(criterion="maximin", iterations=iterations).generate(
             copy.deepcopy(space), n, random_state=seed)
         assert opt._initial_design(n, iterations) == [[plain(v) for v in x] for x in ref]
+
+
+def test_patience_ends_a_search_whose_answer_settled_and_only_then():
+    """``patience``: a flat landscape's knee never changes, so the search ends ``patience``
+    evaluations after its initial design; without patience (or with a knee that keeps
+    moving) the whole budget is spent."""
+    def flat(x):
+        return [1.0, 1.0]
+
+    opt = MultiObjectiveOptimizer(_unit_dims(2), 2, seed=0, n_initial=5)
+    res = run_frame(flat, opt, budget=40, patience=4)
+    assert res.n_evaluations == 5 + 4  # the design, then four that left the knee as it was
+    opt = MultiObjectiveOptimizer(_unit_dims(2), 2, seed=0, n_initial=5)
+    assert run_frame(flat, opt, budget=40).n_evaluations == 40
+
+    seen = []
+
+    def moving(x):  # every new point is the best in both objectives: a new knee each time
+        seen.append(x)
+        return [-float(len(seen)), -float(len(seen))]
+
+    opt = MultiObjectiveOptimizer(_unit_dims(2), 2, seed=0, n_initial=5)
+    assert run_frame(moving, opt, budget=20, patience=2).n_evaluations == 20

@@ -520,3 +520,41 @@ def test_either_atom_source_sites_known_or_not(frames) -> None:
                 assert not mask.any()
             else:
                 assert mask_iou(mask, fr.truth.amorphous_mask) >= 0.8
+
+
+def test_fill_holes_is_scipys() -> None:
+    """One labelling of the background gives exactly ``ndimage.binary_fill_holes``."""
+    from scipy import ndimage
+
+    from rewardscope.workflows.amorphous import fill_holes
+
+    rng = np.random.default_rng(0)
+    for t in range(200):
+        h, w = (int(v) for v in rng.integers(1, 50, 2))
+        m = rng.random((h, w)) < rng.uniform(0.2, 0.8)
+        if t % 3 == 0:
+            m = ndimage.binary_dilation(m)
+        assert np.array_equal(fill_holes(m), ndimage.binary_fill_holes(m)), t
+    ring = np.zeros((40, 40), bool)
+    ring[5:30, 5:30], ring[10:25, 10:25] = True, False
+    assert fill_holes(ring)[15, 15] and not fill_holes(ring)[35, 35]
+    assert not fill_holes(np.zeros((4, 4), bool)).any() and fill_holes(np.ones((3, 3))).all()
+
+
+def test_ring_table_on_threads_is_the_one_call_table() -> None:
+    from rewardscope.science import kernels
+    from rewardscope.workflows.amorphous import RingTable
+
+    rng = np.random.default_rng(1)
+    img = rng.random((200, 220)).astype(np.float32)
+    xy = rng.uniform(-3, 223, size=(1500, 2))  # some centres outside: clipped into the frame
+    saved = kernels.ROW_THREADS
+    try:
+        kernels.ROW_THREADS = 1
+        one = RingTable.build(img, xy, 7)
+        kernels.ROW_THREADS = 2
+        two = RingTable.build(img, xy, 7)
+    finally:
+        kernels.ROW_THREADS = saved
+    for name in ("ring_sum", "ring_count", "square_sum", "square_count"):
+        assert np.array_equal(getattr(one, name), getattr(two, name)), name

@@ -12,6 +12,9 @@ Coordinates follow :class:`rewardscope.engine.analysis.Analysis`: ``xy[:, 0]`` =
 from __future__ import annotations
 
 import math
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from numba import njit
@@ -29,6 +32,7 @@ __all__ = [
     "patches_valid",
     "polyline_curvature",
     "polyline_length",
+    "row_chunks",
     "segment_lengths",
     "subpixel_patches",
     "warmup",
@@ -36,6 +40,39 @@ __all__ = [
 ]
 
 PERIMETER_METHODS = ("crofton", "edges")
+ROW_THREADS = min(2, os.cpu_count() or 1)
+"""Threads :func:`row_chunks` uses for one frame's per-atom kernels (GIL-free numba loops)."""
+
+
+def row_chunks(fn: Callable[[slice], tuple], n: int, min_rows: int = 512) -> tuple:
+    """``fn(slice(0, n))``, computed as contiguous row chunks on up to ROW_THREADS threads.
+
+    For a ``nogil`` kernel whose rows (atoms, columns) are independent: each chunk's outputs
+    are those rows of the one-call outputs, so the concatenation is exactly the one-call
+    result, on two cores in about half the time.
+
+    Parameters
+    ----------
+    fn : callable
+        ``fn(rows: slice) -> tuple of arrays``, each with the rows' results along axis 0.
+    n : int
+        Number of rows.
+    min_rows : int, optional
+        Fewest rows worth a thread of their own (below 2 x this: one call, no thread).
+
+    Returns
+    -------
+    tuple of ndarray
+        ``fn``'s outputs for all rows.
+    """
+    k = max(1, min(ROW_THREADS, int(n) // int(min_rows)))
+    if k == 1:
+        return tuple(fn(slice(0, int(n))))
+    bounds = np.linspace(0, int(n), k + 1).astype(int)
+    with ThreadPoolExecutor(k, thread_name_prefix="rows") as pool:
+        parts = list(pool.map(fn, [slice(int(a), int(b)) for a, b in
+                                   zip(bounds[:-1], bounds[1:], strict=True)]))
+    return tuple(np.concatenate(col) for col in zip(*parts, strict=True))
 
 
 # --------------------------------------------------------------------------------------------

@@ -443,6 +443,21 @@ def _validated(image: np.ndarray, xy: np.ndarray, lattice_px: float) -> tuple[np
     return np.ascontiguousarray(img), np.ascontiguousarray(pts)
 
 
+def _fit_columns(img: np.ndarray, xs: np.ndarray, ys: np.ndarray, prev: np.ndarray,
+                 radius: int, sigma0: float, max_shift: float,
+                 model: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_refine_kernel` over all columns, chunked over threads
+    (:func:`~rewardscope.science.kernels.row_chunks`: each column's fit reads only the image
+    and the model, so the result is exactly the one-call result)."""
+    def fit(sl: slice) -> tuple[np.ndarray, np.ndarray]:
+        return _refine_kernel(img, xs[sl], ys[sl], prev[sl], radius, sigma0, max_shift,
+                              MIN_SIGMA_PX, SATURATION, model, MAX_ITER, TOL_PX, MIN_PIXELS,
+                              MIN_SNR)
+
+    fit_k, status_k = kernels.row_chunks(fit, len(xs))
+    return fit_k, status_k.astype(np.int8)
+
+
 def refine_columns(
     image: np.ndarray,
     xy: np.ndarray,
@@ -516,9 +531,7 @@ def refine_columns(
         prev = np.where(ok[:, None], fit[:, :5], np.nan)
         if k > 0:
             model = _render_kernel(img.shape[0], img.shape[1], np.nan_to_num(prev), ok, REACH)
-        fit_k, status_k = _refine_kernel(img, xs, ys, prev, radius, sigma0, max_shift,
-                                         MIN_SIGMA_PX, SATURATION, model, MAX_ITER, TOL_PX,
-                                         MIN_PIXELS, MIN_SNR)
+        fit_k, status_k = _fit_columns(img, xs, ys, prev, radius, sigma0, max_shift, model)
         keep = ok & (status_k != _OK)  # a valid earlier fit beats a failed refit
         fit = np.where(keep[:, None], fit, fit_k)
         status = np.where(keep, status, status_k).astype(np.int8)

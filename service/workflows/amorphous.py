@@ -359,7 +359,8 @@ class RingTable:
         iy, ix = _pixel_of(pts, img.shape)
         yy, xx = np.mgrid[-reach : reach + 1, -reach : reach + 1]
         ring = np.floor(np.hypot(xx, yy) + 0.5).astype(np.int64)
-        rs, rc, ss, sc = _ring_table_kernel(img, iy, ix, ring, reach)
+        rs, rc, ss, sc = kernels.row_chunks(  # atoms are independent: chunks on threads
+            lambda sl: _ring_table_kernel(img, iy[sl], ix[sl], ring, reach), len(iy))
         return cls(reach, rs, rc, np.cumsum(ss, axis=1), np.cumsum(sc, axis=1))
 
     def profiles(self, half: int) -> np.ndarray:
@@ -883,8 +884,35 @@ def mask_from_sites(
     mask = _drop_small(flags[owner[crop]] & (dist[crop] <= DISK_FRAC * lattice_px), local,
                        min_sites)
     closed = _close(mask, 0.5 * lattice_px)
-    out[crop] = _drop_small(ndimage.binary_fill_holes(closed | mask), local, min_sites)
+    out[crop] = _drop_small(fill_holes(closed | mask), local, min_sites)
     return out
+
+
+def fill_holes(mask: np.ndarray) -> np.ndarray:
+    """``scipy.ndimage.binary_fill_holes(mask)``, identical, in one labelling of the background.
+
+    A hole is a 4-connected background component that does not reach the array border
+    (scipy grows the outside in from the border by repeated cross-shaped dilations,
+    ~19 ms on a 1024² crop; one ``ndimage.label`` finds the same components in ~3 ms).
+
+    Parameters
+    ----------
+    mask : (H, W) array_like of bool
+
+    Returns
+    -------
+    (H, W) ndarray of bool
+        ``mask`` with its holes set.
+    """
+    m = np.asarray(mask, dtype=bool)
+    labels, n = ndimage.label(~m)  # default structure: the cross, as scipy's fill
+    if n == 0:
+        return m.copy()
+    outside = np.zeros(n + 1, dtype=bool)
+    for edge in (labels[0], labels[-1], labels[:, 0], labels[:, -1]):
+        outside[edge] = True
+    outside[0] = False  # label 0 is the mask itself
+    return ~outside[labels]
 
 
 def _close(mask: np.ndarray, radius: float) -> np.ndarray:
