@@ -152,13 +152,17 @@ def seeds_amorphous(image: np.ndarray, atoms: np.ndarray, calls: int, seed: int)
 @contextlib.contextmanager
 def reference_levers():
     """Inside: the speed levers off (scikit-learn EM, scikit-learn GP likelihood, every
-    re-evaluation run); the module settings are restored on exit."""
-    saved = (mixtures.EM_ENGINE, mobo.GP_FIT, session_mod.REUSE_WITHIN_NOISE)
-    mixtures.EM_ENGINE, mobo.GP_FIT, session_mod.REUSE_WITHIN_NOISE = "sklearn", "sklearn", False
+    re-evaluation run, the workflows of a wave one after another); the module settings are
+    restored on exit."""
+    saved = (mixtures.EM_ENGINE, mobo.GP_FIT, session_mod.REUSE_WITHIN_NOISE,
+             session_mod.CONCURRENT_WAVES)
+    (mixtures.EM_ENGINE, mobo.GP_FIT, session_mod.REUSE_WITHIN_NOISE,
+     session_mod.CONCURRENT_WAVES) = "sklearn", "sklearn", False, False
     try:
         yield
     finally:
-        mixtures.EM_ENGINE, mobo.GP_FIT, session_mod.REUSE_WITHIN_NOISE = saved
+        (mixtures.EM_ENGINE, mobo.GP_FIT, session_mod.REUSE_WITHIN_NOISE,
+         session_mod.CONCURRENT_WAVES) = saved
 
 
 def _score(a, sf, workflow: str, q: dict) -> None:

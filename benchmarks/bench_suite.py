@@ -182,7 +182,7 @@ def section_batch(quick: bool) -> dict[str, Any]:
 def section_cold(quick: bool) -> dict[str, Any]:
     from benchmarks import bench_cold
 
-    return {"rows": [bench_cold.run(384, repeat=2 if quick else 3)]}
+    return {"rows": [bench_cold.run(384, repeat=2 if quick else 5)]}
 
 
 RUNNERS: dict[str, Callable[[bool], dict[str, Any]]] = {
@@ -276,7 +276,8 @@ COLUMNS: dict[str, list[tuple[str, str, str]]] = {
     "cold": [("size", "size", "d"), ("analyze s (median)", "ours_s", ".2f"),
              ("analyze s (first)", "ours_first_s", ".2f"), ("evaluations", "n_evaluations", "d"),
              ("of which analysis s", "analysis_s", ".2f"), ("seeds' way s", "seeds_s", ".2f"),
-             ("x", "ratio", ".1f"), ("F1 ours", "ours_F1", ".3f"),
+             ("x", "ratio", ".1f"), ("no pictures s", "bare_s", ".2f"),
+             ("x no pictures", "bare_ratio", ".1f"), ("F1 ours", "ours_F1", ".3f"),
              ("F1 seeds", "seeds_F1", ".3f"), ("ARI ours", "ours_ARI", ".3f"),
              ("ARI seeds", "seeds_ARI", ".3f"), ("IoU ours", "ours_IoU", ".3f"),
              ("IoU seeds", "seeds_IoU", ".3f")],

@@ -214,3 +214,39 @@ def test_zooming_within_a_session_keeps_one_search_per_magnification():
                             tol=0.3 * a) >= 0.95, seen
     assert [w for _, w, _ in seen] == [False, False, True, True]
     assert len({k.partition("@")[2].partition("#")[0] for k in eng.searches}) == 2  # "#regime"
+
+
+def test_chain_waves_group_workflows_that_read_nothing_of_each_other():
+    from rewardscope.engine.session import chain_waves, resolve_chain
+    from rewardscope.workflows import workflow_class
+
+    def waves(spec):
+        return chain_waves([workflow_class(n) for n in resolve_chain(spec)])
+
+    assert waves("all") == [1, 2]  # atoms; then domains and amorphous, which read the atoms
+    assert waves(["atoms", "domains", "amorphous", "latent"]) == [1, 3]
+    assert waves("atoms") == [1]
+    assert waves(["atoms", "domains"]) == [1, 1]
+
+
+def test_a_wave_side_by_side_gives_the_one_after_another_result(monkeypatch):
+    """Domains and amorphous in threads, merged in chain order: the same analysis, frame
+    after frame (warm starts included), as running them one after the other."""
+    from rewardscope.engine import session as session_mod
+
+    cfg = _settings(workflow="all", budget=4, cold_budget=6, deadline_s=600.0,
+                    cold_deadline_s=600.0)
+    sim = PerovskiteSimulator(SimConfig(shape=(160, 160), seed=9, noise_sigma=0.1,
+                                        amorphous_regions=1))
+    out = {}
+    for concurrent in (True, False):
+        monkeypatch.setattr(session_mod, "CONCURRENT_WAVES", concurrent)
+        eng = SessionEngine("w", cfg)
+        out[concurrent] = [eng.analyse(sim.frame(k).pixels, LATTICE, cfg) for k in range(3)]
+    for a, b in zip(out[True], out[False], strict=True):
+        assert np.array_equal(a.atoms, b.atoms) and np.array_equal(a.labels, b.labels)
+        assert a.walls == b.walls and a.params == b.params and a.rewards == b.rewards
+        assert set(a.arrays) == set(b.arrays)
+        for k in a.arrays:
+            assert np.array_equal(a.arrays[k], b.arrays[k], equal_nan=True), k
+        assert [e["workflow"] for e in a.pareto] == [e["workflow"] for e in b.pareto]

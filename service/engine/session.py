@@ -20,6 +20,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from typing import Any
 
@@ -63,6 +64,11 @@ session: it only sizes the search spaces of an analysis that claims no column.""
 CONTRAST_DECISIVE_SKEW = 0.2
 """|skew| of the Bragg-filtered frame from which ``contrast = "auto"`` settles the session's
 polarity (smaller: decided for this frame only, asked again on the next)."""
+
+CONCURRENT_WAVES = True
+"""Workflows that read nothing the others in their wave produce (:func:`chain_waves`; e.g.
+``domains`` and ``amorphous``, which both read only the atoms) run side by side in threads;
+their outputs are merged in chain order, so the result is the one-after-another result."""
 
 REUSE_WITHIN_NOISE = True
 """Warm frames skip re-evaluating the previous front when its inputs are unchanged within
@@ -150,6 +156,35 @@ def resolve_chain(spec: str | Sequence[str]) -> tuple[str, ...]:
     registry when missing. Raises :class:`~rewardscope.workflows.WorkflowLookupError`.
     """
     return _resolve(tuple(_names(spec)))
+
+
+def chain_waves(workflows: Sequence[Any]) -> list[int]:
+    """Sizes of the consecutive groups ("waves") of a chain that may run side by side.
+
+    A workflow joins the current wave unless it needs (``needs``) an output kind that a
+    member of the wave produces (``produces``); then it starts the next wave. Members see the
+    same frame context as one after another would give them: a need is always met by an
+    earlier wave. ``atoms, domains, amorphous`` -> ``[1, 2]``.
+
+    Parameters
+    ----------
+    workflows : sequence of Workflow classes or instances
+        The chain in execution order.
+
+    Returns
+    -------
+    list of int
+        Wave sizes, summing to ``len(workflows)``.
+    """
+    waves: list[int] = []
+    made: set[str] = set()  # output kinds the current wave produces
+    for wf in workflows:
+        if not waves or made & set(wf.needs):
+            waves.append(0)
+            made = set()
+        waves[-1] += 1
+        made |= {o.kind for o in wf.produces}
+    return waves
 
 
 def check_settings(cfg: ServiceConfig) -> None:
@@ -538,43 +573,62 @@ class SessionEngine:
         n_eval, opt_s, warm = 0, 0.0, False
         cold = any(self._frames_at(spec, lattice_px) == 0 for spec in chain)
         frame_deadline = settings.cold_deadline_s if cold else settings.deadline_s
-        for i, spec in enumerate(chain):
-            search = self._search_for(spec, lattice_px)
-            regime = search.workflow.regime(ctx)
-            if regime:  # this frame's kind has a search of its own
-                search = self._search_for(spec, lattice_px, regime)
-            wf = search.workflow
-            budget = settings.cold_budget if search.frames == 0 else settings.budget
+        done = 0
+        for wave in chain_waves([self._search_for(spec, lattice_px).workflow for spec in chain]):
+            searches = []
+            for spec in chain[done:done + wave]:
+                search = self._search_for(spec, lattice_px)
+                regime = search.workflow.regime(ctx)
+                if regime:  # this frame's kind has a search of its own
+                    search = self._search_for(spec, lattice_px, regime)
+                searches.append(search)
+            # a wave's members run side by side, so each may take the wave's whole share
             left = frame_deadline - (time.perf_counter() - t_start)
-            deadline = max(0.05, left / (len(chain) - i))
-            t0 = time.perf_counter()
-            chosen, p, front, fs = search.search(ctx, budget, deadline, settings.knee,
-                                                 settings.workers(), settings.patience)
-            chosen.output.update(wf.finalize(ctx, chosen))
-            own = time.perf_counter() - t0 - fs.optimizer_s
-            for k, v in chosen.timings.items():
-                timings[k] = timings.get(k, 0.0) + float(v)
-            timings[wf.stage] = timings.get(wf.stage, 0.0) + own
-            params[wf.name], pareto = p, pareto + front
-            rewards.update({k: float(v) for k, v in chosen.rewards.items()})
-            n_eval += fs.n_evaluations
-            opt_s += fs.optimizer_s
-            warm = warm or fs.warm_started
-            if np.isfinite(fs.hypervolume):
-                hypervolume[wf.name] = float(fs.hypervolume)
-            for o in wf.produces:
-                if o.key in chosen.output:
-                    ctx.upstream[o.key] = chosen.output[o.key]
-                    if o.kind == ATOMS and ctx.atoms is None:
-                        ctx.atoms = np.asarray(chosen.output[o.key], dtype=np.float64)
-            merged.add(wf, chosen.output)
-            for o in wf.produces:
-                if o.kind == LABELS and o.key in chosen.output and ctx.atoms is not None:
-                    frac = label_instability(chosen.output[o.key],
-                                             [ev.output.get(o.key) for ev in search.front_
-                                              if ev is not chosen])
-                    if frac is not None and len(frac) == len(ctx.atoms):
-                        unstable.append(frac)
+            deadline = max(0.05, left * wave / (len(chain) - done))
+            done += wave
+
+            def run(search: WorkflowSearch, deadline: float = deadline) -> tuple:
+                t0 = time.perf_counter()
+                budget = settings.cold_budget if search.frames == 0 else settings.budget
+                chosen, p, front, fs = search.search(ctx, budget, deadline, settings.knee,
+                                                     settings.workers(), settings.patience)
+                chosen.output.update(search.workflow.finalize(ctx, chosen))
+                return chosen, p, front, fs, time.perf_counter() - t0
+
+            # each member keeps its evaluation threads (measured: halving them changes each
+            # search's batches, hence its answers, and is no faster)
+            if len(searches) == 1 or not CONCURRENT_WAVES:
+                results = [run(s) for s in searches]
+            else:
+                with ThreadPoolExecutor(len(searches), thread_name_prefix="wave") as pool:
+                    results = list(pool.map(run, searches))
+            # merged in chain order whatever finished first: the result is the sequential one
+            for search, (chosen, p, front, fs, took) in zip(searches, results, strict=True):
+                wf = search.workflow
+                own = took - fs.optimizer_s
+                for k, v in chosen.timings.items():
+                    timings[k] = timings.get(k, 0.0) + float(v)
+                timings[wf.stage] = timings.get(wf.stage, 0.0) + own
+                params[wf.name], pareto = p, pareto + front
+                rewards.update({k: float(v) for k, v in chosen.rewards.items()})
+                n_eval += fs.n_evaluations
+                opt_s += fs.optimizer_s
+                warm = warm or fs.warm_started
+                if np.isfinite(fs.hypervolume):
+                    hypervolume[wf.name] = float(fs.hypervolume)
+                for o in wf.produces:
+                    if o.key in chosen.output:
+                        ctx.upstream[o.key] = chosen.output[o.key]
+                        if o.kind == ATOMS and ctx.atoms is None:
+                            ctx.atoms = np.asarray(chosen.output[o.key], dtype=np.float64)
+                merged.add(wf, chosen.output)
+                for o in wf.produces:
+                    if o.kind == LABELS and o.key in chosen.output and ctx.atoms is not None:
+                        frac = label_instability(chosen.output[o.key],
+                                                 [ev.output.get(o.key) for ev in search.front_
+                                                  if ev is not chosen])
+                        if frac is not None and len(frac) == len(ctx.atoms):
+                            unstable.append(frac)
         timings["optimizer"] = opt_s
         t0 = time.perf_counter()
         if lat is not None:  # refined on the columns found, kept for the next frame

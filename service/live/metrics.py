@@ -109,7 +109,8 @@ class Metrics:
             "queue_depth", "Frames received and waiting to be analysed (0 or 1).",
             namespace=PREFIX, registry=r)
         self.lag = Gauge(
-            "lag_seconds", "Age of the frame being analysed (since it was received); 0 when idle.",
+            "lag_seconds",
+            "Age of the oldest frame in analysis (since it was received); 0 when idle.",
             namespace=PREFIX, registry=r)
         # Measured at scrape time while a frame is in analysis, so a slow frame shows its age
         # growing instead of the value it had when analysis began. One entry per analysis
