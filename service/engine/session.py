@@ -603,6 +603,7 @@ class SessionEngine:
                 with ThreadPoolExecutor(len(searches), thread_name_prefix="wave") as pool:
                     results = list(pool.map(run, searches))
             # merged in chain order whatever finished first: the result is the sequential one
+            # (stage times are each member's own: side by side they may sum past the frame's)
             for search, (chosen, p, front, fs, took) in zip(searches, results, strict=True):
                 wf = search.workflow
                 own = took - fs.optimizer_s
