@@ -167,7 +167,8 @@ class ServiceConfig:
     cold_deadline_s: float = key(6.0, section="analysis", live=True, positive=True,
                                  help="wall-clock cap of a session's first frame (s)")
     eval_workers: int = key(0, section="analysis", live=True, minimum=0,
-                            help="candidates evaluated at once (threads); 0 = min(2, CPU cores)")
+                            help="candidates of one workflow evaluated at once (threads); "
+                                 "0 = min(2, CPU cores)")
     seed: int = key(0, section="analysis", live=True, help="optimizer random seed")
     knee: str = key("euclidean", section="analysis", live=True,
                     choices=("euclidean", "chebyshev"),
