@@ -928,8 +928,11 @@ def run_frame(
                 evaluate(reeval[1:])
         else:
             evaluate(reeval)
-        def answer() -> tuple | None:
-            return _key(opt.knee(knee, knee_scale)[0]) if opt.pareto()[0] else None
+        def answer() -> tuple | None:  # the knee's point; None before a finite evaluation
+            try:
+                return _key(opt.knee(knee, knee_scale)[0])
+            except ValueError:
+                return None
 
         last = answer() if patience > 0 else None
         stale = 0  # evaluations in a row, after the initial design, that left the knee as is
