@@ -212,3 +212,22 @@ def zscore_rows_reference(x: np.ndarray) -> np.ndarray:
     x = x - x.mean(axis=1, keepdims=True)
     sd = x.std(axis=1, keepdims=True)
     return (x / np.where(sd > 0, sd, 1.0)).astype(np.float32)
+
+
+# ---- science.kernels.nearest_within
+
+def nearest_within_reference(xy, shape, reach, step=1, offset=0.0):
+    """Brute force over every grid point and site: the nearest (first of ties) within reach."""
+    xy = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
+    ny, nx = -(-shape[0] // step), -(-shape[1] // step)
+    gy, gx = np.mgrid[0:ny, 0:nx] * float(step) + offset
+    owner = np.full((ny, nx), -1, dtype=np.int64)
+    dist = np.full((ny, nx), np.inf)
+    if len(xy):
+        d2 = (gx[..., None] - xy[:, 0]) ** 2 + (gy[..., None] - xy[:, 1]) ** 2
+        k = np.argmin(d2, axis=2)
+        best = np.take_along_axis(d2, k[..., None], axis=2)[..., 0]
+        inside = best <= reach * reach
+        owner[inside] = k[inside]
+        dist[inside] = np.sqrt(best[inside])
+    return owner, dist

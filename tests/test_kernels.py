@@ -27,7 +27,7 @@ def circle_points(r: float, n: int, span: float = 2 * np.pi, centre=(50.0, 60.0)
 
 # Kernels called only from other kernels: numba compiles them into their callers, so their own
 # dispatchers never record a signature.
-INLINED_KERNELS = {"_reflect_index", "_cumulative_length_kernel", "_label_at"}
+INLINED_KERNELS = {"_reflect_index", "_symmetric_index", "_cumulative_length_kernel", "_label_at"}
 
 _SIGNATURES_SCRIPT = """
 import json
@@ -404,3 +404,49 @@ def test_column_fits_on_threads_are_the_one_call_fits() -> None:
     assert len(start) >= 2 * 512  # enough columns for two chunks
     assert np.array_equal(one.xy, two.xy) and np.array_equal(one.status, two.status)
     assert one.fitted.mean() > 0.9
+
+
+def test_nearest_within_matches_brute_force_and_a_kd_tree() -> None:
+    from scipy.spatial import cKDTree
+
+    rng = np.random.default_rng(11)
+    for shape, step, offset, reach in [((37, 53), 1, 0.0, 4.5), ((64, 48), 3, 1.0, 7.0),
+                                       ((20, 20), 2, 0.5, 0.0), ((9, 31), 4, 1.5, 100.0)]:
+        xy = rng.uniform(-5, 60, (30, 2))
+        owner, dist = K.nearest_within(xy, shape, reach, step=step, offset=offset)
+        ref_owner, ref_dist = R.nearest_within_reference(xy, shape, reach, step, offset)
+        np.testing.assert_array_equal(owner, ref_owner)
+        np.testing.assert_allclose(dist, ref_dist)
+        gy, gx = np.mgrid[0:owner.shape[0], 0:owner.shape[1]] * float(step) + offset
+        d, i = cKDTree(xy).query(np.stack([gx.ravel(), gy.ravel()], 1),
+                                 distance_upper_bound=np.nextafter(reach, np.inf))
+        np.testing.assert_array_equal(owner.ravel(), np.where(np.isfinite(d), i, -1))
+    # ties keep the first site; no sites: nobody owns anything
+    owner, _ = K.nearest_within([[2.0, 0.0], [0.0, 2.0]], (1, 1), 3.0)
+    assert owner[0, 0] == 0
+    owner, dist = K.nearest_within(np.zeros((0, 2)), (4, 5), 2.0, step=2)
+    assert owner.shape == (2, 3) and (owner == -1).all() and np.isinf(dist).all()
+    for bad, match in [({"reach": -1.0}, "reach"), ({"step": 0}, "step"),
+                       ({"shape": (0, 4)}, "shape")]:
+        kw = {"xy": [[1.0, 1.0]], "shape": (4, 4), "reach": 1.0, **bad}
+        with pytest.raises(ValueError, match=match):
+            K.nearest_within(**kw)
+    with pytest.raises(ValueError, match="xy"):
+        K.nearest_within([[np.nan, 1.0]], (4, 4), 1.0)
+
+
+def test_gaussian_blur_is_scipys_to_the_last_bit() -> None:
+    from scipy import ndimage
+
+    rng = np.random.default_rng(5)
+    for shape in [(1, 9), (5, 7), (40, 3), (600, 130)]:
+        image = rng.normal(size=shape).astype(np.float32)
+        for sigma in [0.3, 0.5, 1.25, 2.0, 6.0]:
+            np.testing.assert_array_equal(K.gaussian_blur(image, sigma),
+                                          ndimage.gaussian_filter(image, sigma, mode="reflect"))
+    image = rng.normal(size=(8, 8)).astype(np.float32)
+    np.testing.assert_array_equal(K.gaussian_blur(image, 0.0), image)
+    with pytest.raises(ValueError, match="sigma"):
+        K.gaussian_blur(image, -1.0)
+    with pytest.raises(ValueError, match="image"):
+        K.gaussian_blur(np.zeros(5), 1.0)

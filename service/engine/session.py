@@ -358,13 +358,21 @@ def label_instability(chosen: Any, others: Sequence[Any]) -> np.ndarray | None:
         both = ok & (lab >= 0)
         mapped = np.full(len(ref), -2)
         if both.any():
-            a_ids, a = np.unique(ref[both], return_inverse=True)
-            b_ids, b = np.unique(lab[both], return_inverse=True)
-            table = np.zeros((len(b_ids), len(a_ids)))
-            np.add.at(table, (b, a), 1.0)
+            a, b = ref[both], lab[both]
+            na, nb = int(a.max()) + 1, int(b.max()) + 1
+            if na * nb > 1 << 20:  # ids far from 0..k: compact them first
+                a_ids, a = np.unique(a, return_inverse=True)
+                b_ids, b = np.unique(b, return_inverse=True)
+                na, nb = len(a_ids), len(b_ids)
+            else:
+                a_ids, b_ids = np.arange(na), np.arange(nb)
+            table = np.bincount(b * na + a, minlength=na * nb).reshape(nb, na)
+            # ids absent from both arrays are empty rows/columns: matched to them, an id
+            # overlaps nothing, as when it is left unmatched (both count as differing)
             rows, cols = linear_sum_assignment(-table)
-            lut = dict(zip(b_ids[rows].tolist(), a_ids[cols].tolist(), strict=True))
-            mapped[both] = [lut.get(int(v), -2) for v in lab[both]]
+            lut = np.full(nb, -2)  # other's id (by index) -> chosen's id, -2: none
+            lut[rows] = a_ids[cols]
+            mapped[both] = lut[b]
         differ += mapped != ref
     frac = differ / len(comps)
     frac[~ok] = np.nan
@@ -575,36 +583,36 @@ class SessionEngine:
         frame_deadline = settings.cold_deadline_s if cold else settings.deadline_s
         done = 0
         for wave in chain_waves([self._search_for(spec, lattice_px).workflow for spec in chain]):
-            searches = []
-            for spec in chain[done:done + wave]:
-                search = self._search_for(spec, lattice_px)
-                regime = search.workflow.regime(ctx)
-                if regime:  # this frame's kind has a search of its own
-                    search = self._search_for(spec, lattice_px, regime)
-                searches.append(search)
+            specs = chain[done:done + wave]
             # a wave's members run side by side, so each may take the wave's whole share
             left = frame_deadline - (time.perf_counter() - t_start)
             deadline = max(0.05, left * wave / (len(chain) - done))
             done += wave
 
-            def run(search: WorkflowSearch, deadline: float = deadline) -> tuple:
+            def run(spec: str, deadline: float = deadline) -> tuple:
                 t0 = time.perf_counter()
+                search = self._search_for(spec, lattice_px)
+                # the frame's regime (e.g. whether it has the atoms for the atom routes) is
+                # judged in the member's own thread: at 1024^2 it is ~50 ms of site finding
+                regime = search.workflow.regime(ctx)
+                if regime:  # this frame's kind has a search of its own
+                    search = self._search_for(spec, lattice_px, regime)
                 budget = settings.cold_budget if search.frames == 0 else settings.budget
                 chosen, p, front, fs = search.search(ctx, budget, deadline, settings.knee,
                                                      settings.workers(), settings.patience)
                 chosen.output.update(search.workflow.finalize(ctx, chosen))
-                return chosen, p, front, fs, time.perf_counter() - t0
+                return search, chosen, p, front, fs, time.perf_counter() - t0
 
             # each member keeps its evaluation threads (measured: halving them changes each
             # search's batches, hence its answers, and is no faster)
-            if len(searches) == 1 or not CONCURRENT_WAVES:
-                results = [run(s) for s in searches]
+            if len(specs) == 1 or not CONCURRENT_WAVES:
+                results = [run(s) for s in specs]
             else:
-                with ThreadPoolExecutor(len(searches), thread_name_prefix="wave") as pool:
-                    results = list(pool.map(run, searches))
+                with ThreadPoolExecutor(len(specs), thread_name_prefix="wave") as pool:
+                    results = list(pool.map(run, specs))
             # merged in chain order whatever finished first: the result is the sequential one
             # (stage times are each member's own: side by side they may sum past the frame's)
-            for search, (chosen, p, front, fs, took) in zip(searches, results, strict=True):
+            for search, chosen, p, front, fs, took in results:
                 wf = search.workflow
                 own = took - fs.optimizer_s
                 for k, v in chosen.timings.items():

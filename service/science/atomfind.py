@@ -38,6 +38,8 @@ import numpy as np
 import scipy.fft as sfft
 from numba import njit
 
+from rewardscope.science import kernels
+
 __all__ = [
     "LoGScaleSpace",
     "atoms_xy",
@@ -758,16 +760,22 @@ def _cube_maxima(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(y, x, sigma index, response) of the cube's local maxima, in peak_local_max order."""
     n = len(responses)
-    ys, xs, ks, vals = [], [], [], []
-    for k in range(n):
-        cur = responses[k]
-        y, x = _slice_maxima(responses[max(k - 1, 0)], cur, responses[min(k + 1, n - 1)],
-                             thr, by, bx)
-        ys.append(y)
-        xs.append(x)
-        ks.append(np.full(y.size, k, np.int64))
-        vals.append(cur[y, x])
-    y, x, k, v = (np.concatenate(a) for a in (ys, xs, ks, vals))
+
+    def scan(slices: slice) -> tuple[np.ndarray, ...]:
+        ys, xs, ks, vals = [], [], [], []
+        for k in range(slices.start, slices.stop):
+            cur = responses[k]
+            y, x = _slice_maxima(responses[max(k - 1, 0)], cur, responses[min(k + 1, n - 1)],
+                                 thr, by, bx)
+            ys.append(y)
+            xs.append(x)
+            ks.append(np.full(y.size, k, np.int64))
+            vals.append(cur[y, x])
+        return tuple(np.concatenate(a) for a in (ys, xs, ks, vals))
+
+    # slices are independent (nogil kernel): on two threads for a large frame
+    big = responses[0].size >= 1 << 18
+    y, x, k, v = kernels.row_chunks(scan, n, min_rows=1 if big else n + 1)
     # strongest first; ties in C order of blob_log's (y, x, sigma) cube
     order = np.lexsort((k, x, y, -v))
     return y[order], x[order], k[order], v[order]

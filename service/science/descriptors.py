@@ -344,7 +344,7 @@ def _zscore_rows(x: np.ndarray) -> np.ndarray:
 
 def _blurred(image: np.ndarray, blur: float) -> np.ndarray:
     img = np.asarray(image, dtype=np.float32)
-    return ndimage.gaussian_filter(img, float(blur), mode="reflect") if blur > 0 else img
+    return kernels.gaussian_blur(img, float(blur)) if blur > 0 else img
 
 
 def patch_features(

@@ -435,7 +435,7 @@ def _refine_vector(tree: cKDTree, pts: np.ndarray, v: np.ndarray, tol: float
     """Mean displacement to the column one (then three) cell vectors away; pairs used."""
     used = 0
     for steps, frac in ((1, 1.0), (3, 0.5)):
-        dist, j = tree.query(pts + steps * v, distance_upper_bound=frac * tol)
+        dist, j = tree.query(pts + steps * v, distance_upper_bound=frac * tol, workers=2)
         ok = np.isfinite(dist)
         if ok.sum() < MIN_PAIRS:
             break

@@ -802,34 +802,9 @@ def nearest_site_map(
         return owner[ry, rx], dist
     seeds = np.flatnonzero(owner.ravel() >= 0)
     sy, sx = np.divmod(seeds, shape[1])
-    return _paint_nearest(sy, sx, owner.ravel()[seeds], int(shape[0]), int(shape[1]),
-                          float(reach))
-
-
-@njit(cache=True, nogil=True)
-def _paint_nearest(sy, sx, ids, height, width, reach):
-    owner = np.zeros((height, width), dtype=np.int64)
-    best = np.full((height, width), np.inf)
-    r = int(math.floor(reach))
-    r2 = reach * reach
-    for k in range(sy.shape[0]):
-        y0, x0 = sy[k], sx[k]
-        for dy in range(-r, r + 1):
-            y = y0 + dy
-            if y < 0 or y >= height:
-                continue
-            for dx in range(-r, r + 1):
-                x = x0 + dx
-                if x < 0 or x >= width:
-                    continue
-                d2 = float(dy * dy + dx * dx)
-                if d2 <= r2 and d2 < best[y, x]:
-                    best[y, x] = d2
-                    owner[y, x] = ids[k]
-    for y in range(height):
-        for x in range(width):
-            best[y, x] = math.sqrt(best[y, x])
-    return owner, best
+    near, dist = kernels.nearest_within(np.stack([sx, sy], axis=1), shape, float(reach))
+    ids = owner.ravel()[seeds]
+    return np.where(near >= 0, ids[np.maximum(near, 0)], 0), dist
 
 
 def mask_from_sites(
@@ -1236,9 +1211,9 @@ class FrameState:
         all_xy = _atoms(ctx)
         used = ~_near_edge(all_xy, ctx.shape, EDGE_MARGIN * ctx.lattice_px)
         xy = all_xy[used]
-        known = (np.asarray(ctx.sites)[used] if ctx.sites is not None
-                 and len(ctx.sites) == len(all_xy) else None)
-        sub = sublattices(ctx.image, xy, known)
+        # classified on all the atoms, as every workflow does (the same split whichever
+        # workflow of a wave classifies first)
+        sub = sublattices(ctx.image, all_xy, ctx.sites)[used]
         owner, dist = nearest_site_map(xy, ctx.shape, DISK_FRAC * ctx.lattice_px + 1.0)
         margin = EDGE_MARGIN * ctx.lattice_px
         disorder = local_disorder(xy, ctx.shape, ctx.lattice_px, margin)

@@ -1354,11 +1354,9 @@ class DomainsWorkflow(Workflow):
             return {"label_map": np.full((h, w), -1, np.int16)}
         a = float(ctx.lattice_px)
         b = max(1, int(a // 4))
-        yy, xx = np.mgrid[0:h:b, 0:w:b]
-        pts = np.stack([xx.ravel() + 0.5 * (b - 1), yy.ravel() + 0.5 * (b - 1)], axis=1)
-        dist, near = cKDTree(s.xy[ok]).query(pts, distance_upper_bound=a)
-        small = np.where(np.isfinite(dist), lab[ok][np.minimum(near, ok.sum() - 1)], -1)
-        big = np.repeat(np.repeat(small.reshape(xx.shape), b, axis=0), b, axis=1)
+        near, _ = kernels.nearest_within(s.xy[ok], (h, w), a, step=b, offset=0.5 * (b - 1))
+        small = np.where(near >= 0, lab[ok][np.maximum(near, 0)], -1)
+        big = np.repeat(np.repeat(small, b, axis=0), b, axis=1)
         return {"label_map": big[:h, :w].astype(np.int16)}
 
     @staticmethod
