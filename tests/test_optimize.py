@@ -367,35 +367,51 @@ def test_workers_evaluate_candidates_concurrently_and_in_order(monkeypatch):
     assert 5 <= res2.n_evaluations <= 6
 
 
-def test_single_thread_limit_is_shared_between_threads():
+def test_blas_is_pinned_to_one_thread_and_openmp_limited_per_thread():
+    """The optimizer pins BLAS to one thread for the whole process (every thread sees it,
+    whoever set it first); a workflow's ``single_thread`` limits OpenMP in its own thread
+    only and gives it back on leaving, whatever order overlapping threads leave in."""
     import threading
 
     from threadpoolctl import threadpool_info
 
     from rewardscope.workflows.base import single_thread
 
-    def blas():  # BLAS limits are process-wide (OpenMP's are per calling thread)
-        return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+    def counts(api):
+        return [i["num_threads"] for i in threadpool_info() if i["user_api"] == api]
 
-    before = blas()
-    entered, release = threading.Barrier(3, timeout=10), threading.Event()
+    MultiObjectiveOptimizer(_unit_dims(2), 2)  # pins BLAS
+    seen: dict[str, list] = {}
 
-    def worker():
+    def look(tag):
+        seen[tag] = [counts("blas"), counts("openmp")]
+
+    t = threading.Thread(target=look, args=("fresh",))
+    t.start()
+    t.join()
+    omp_before = seen["fresh"][1]
+    assert all(n == 1 for n in seen["fresh"][0]) and all(n == 1 for n in counts("blas"))
+    both_in, first_out = threading.Barrier(2, timeout=10), threading.Event()
+
+    def worker(tag, leaves_first):
         with single_thread():
-            entered.wait()
-            release.wait(10)
+            both_in.wait()
+            look(tag)
+            if not leaves_first:
+                first_out.wait(10)
+        if leaves_first:
+            first_out.set()
+        look(tag + " after")
 
-    threads = [threading.Thread(target=worker) for _ in range(2)]
-    for t in threads:
-        t.start()
-    try:
-        entered.wait()
-        assert all(n == 1 for n in blas())
-    finally:
-        release.set()
-        for t in threads:
-            t.join()
-    assert blas() == before
+    threads = [threading.Thread(target=worker, args=(f"w{i}", i == 0)) for i in range(2)]
+    for w in threads:
+        w.start()
+    for w in threads:
+        w.join()
+    for tag in ("w0", "w1"):
+        assert all(n == 1 for row in seen[tag] for n in row), seen
+        assert all(n == 1 for n in seen[tag + " after"][0])
+        assert seen[tag + " after"][1] == omp_before
 
 
 def test_candidate_snapping_matches_skopt_round_trip():

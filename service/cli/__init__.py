@@ -10,7 +10,12 @@ from __future__ import annotations
 import argparse
 import gc
 import importlib
+import os
 import sys
+
+# The analysis runs its own threads on small matrices: BLAS on one thread, decided before
+# numpy loads OpenBLAS (see rewardscope.science.threadlimits; a user's setting wins).
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 # name -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {

@@ -35,6 +35,7 @@ from rewardscope.protocol import Frame
 from rewardscope.science import atomfind
 from rewardscope.science import lattice as lattice_mod
 from rewardscope.science import rewards as rewards_mod
+from rewardscope.science.threadlimits import pin_blas
 from rewardscope.workflows import (
     ALIASES,
     ATOMS,
@@ -442,6 +443,7 @@ class SessionEngine:
         self._hints_reported: set[float] = set()
         self.regions = regions_mod.RegionState()  # visited places, polarization states seen
         check_settings(settings)  # fail at session start, not mid-frame
+        pin_blas()  # the analysis runs its own threads: BLAS pools only contend with them
 
     def _search_for(self, spec: str, lattice_px: float, regime: str = "") -> WorkflowSearch:
         """The session's search for ``spec`` at this magnification (and regime).

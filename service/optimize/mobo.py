@@ -44,7 +44,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -56,12 +56,12 @@ from skopt.learning import GaussianProcessRegressor
 from skopt.learning.gaussian_process.kernels import ConstantKernel, Matern, WhiteKernel
 from skopt.space import Real, Space
 from skopt.utils import normalize_dimensions
-from threadpoolctl import ThreadpoolController
 
 from rewardscope.optimize.hypervolume import hypervolume as _hypervolume
 from rewardscope.optimize.knee import knee_index, normalise_front
 from rewardscope.optimize.pareto import non_dominated_mask
 from rewardscope.plaindata import plain
+from rewardscope.science.threadlimits import pin_blas
 
 RHO = 0.05  # augmented Chebyshev term (Knowles 2006)
 NOISE0 = 0.03  # observation noise sd of a current-frame point, standardised units
@@ -72,7 +72,6 @@ TYPICAL_MOVE_FLOOR = 0.02  # a static scene must not make noise look like a jump
 REUSE_MOVE = 1.0  # re-evaluation skip: anchor move <= this x the typical move (run_frame)
 LOCAL_FRACTION = 0.25  # share of EI candidates perturbed around the Pareto set
 LOCAL_SIGMAS = (0.02, 0.05, 0.15)  # perturbation scales in the unit-cube space
-BLAS_THREADS: int | None = 1  # process-wide while inside ask/tell/new_frame; None = leave
 LBFGS_MAXITER = 40  # per hyperparameter refit
 GP_FIT = "numpy"  # hyperparameter likelihood: "numpy" (_neg_log_marginal_likelihood) or "sklearn"
 LHS_ITERATIONS = 200  # maximin LHS designs tried for the cold start (scored at once)
@@ -132,6 +131,8 @@ class MultiObjectiveOptimizer:
     ) -> None:
         if n_objectives < 1:
             raise ValueError("n_objectives must be >= 1")
+        # our matrices are tiny: threaded BLAS on a busy host was measured 3x slower (wall)
+        pin_blas()
         self.dimensions = copy.deepcopy(list(space))
         self.space = Space(normalize_dimensions(copy.deepcopy(self.dimensions)))
         self.names = [d.name for d in self.space.dimensions]
@@ -414,11 +415,9 @@ class MultiObjectiveOptimizer:
 
     @contextmanager
     def _overhead(self, key: str | None = None) -> Iterator[None]:
-        """Time optimizer work into `stats` with BLAS pinned to one thread: our matrices are
-        tiny, and threaded BLAS on a busy host was measured 3x slower (wall) here."""
+        """Time optimizer work into `stats`."""
         t0 = time.perf_counter()
-        with _blas_limiter():
-            yield
+        yield
         dt = time.perf_counter() - t0
         self.stats["overhead_s"] += dt
         if key is not None:
@@ -700,18 +699,6 @@ class MultiObjectiveOptimizer:
         return out
 
 
-_CONTROLLER: ThreadpoolController | None = None
-
-
-def _blas_limiter():
-    global _CONTROLLER
-    if BLAS_THREADS is None:
-        return nullcontext()
-    if _CONTROLLER is None:  # scanning the loaded libraries costs ~1 ms: do it once
-        _CONTROLLER = ThreadpoolController()
-    return _CONTROLLER.limit(limits=BLAS_THREADS, user_api="blas")
-
-
 def _unpack_theta(theta: np.ndarray) -> tuple[float, np.ndarray, float]:
     """theta of C * Matern(ls) + White, log-space: [log C, log ls..., log noise]."""
     t = np.exp(theta)
@@ -921,11 +908,21 @@ def run_frame(
             if anchor is not None:  # the previous choice first (stable sort keeps the rest)
                 first = _key(anchor)
                 reeval = sorted(reeval, key=lambda x: _key(x) != first)
+            # the anchor alone decides (re-evaluating more beside it was measured slower at
+            # 1024²: on a calm frame the extra evaluation is CPU the other workflows need)
             evaluate(reeval[:1])
             if opt.within_noise(opt.reevaluation_move()):
                 reused = opt.reuse_reevaluations(reeval[1:])
             else:
-                evaluate(reeval[1:])
+                rest = reeval[1:]
+                odd = len(rest) % workers
+                if odd and len(reeval) + workers - odd <= budget:
+                    # the last group's idle workers take new candidates instead of waiting
+                    evaluate(rest[:-odd])
+                    if spent() == len(reeval) - odd:  # all evaluated: no deadline hit
+                        evaluate(rest[-odd:] + opt.ask(workers - odd))
+                else:
+                    evaluate(rest)
         else:
             evaluate(reeval)
         def answer() -> tuple | None:  # the knee's point; None before a finite evaluation

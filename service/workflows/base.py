@@ -12,64 +12,15 @@ kept in the :class:`FrameContext` cache.
 
 from __future__ import annotations
 
-import threading
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from threadpoolctl import ThreadpoolController
 
 from rewardscope.science import rewards as rewards_mod
 from rewardscope.science.lattice import Lattice
-
-_THREADPOOLS: list[ThreadpoolController] = []
-_LIMIT_LOCK = threading.Lock()
-_LIMIT_STATE: dict[str, Any] = {"depth": 0, "limiter": None}
-
-
-@contextmanager
-def single_thread() -> Iterator[None]:
-    """Context limiting BLAS and OpenMP to one thread while a workflow fits small matrices.
-
-    Workflow matrices are ~1000 x 16: threads only add start-up and, on a busy host,
-    contention (measured 20 ms -> 300+ ms per GMM fit with 2 cores shared by other work);
-    the cores are better used evaluating candidates side by side (``eval_workers``). The
-    controller is built once (it costs ~5 ms).
-
-    Safe to use from several threads at once: the BLAS limit is process-wide, so it is set
-    by the first thread to enter and lifted when the last one leaves (nested per-thread
-    limiters would restore each other's state in the wrong order); OpenMP's limit belongs to
-    the calling thread, so each thread sets and restores its own (without it, scikit-learn's
-    OpenMP k-means inside two evaluation threads ran 2 x 2 threads on 2 cores).
-
-    Yields
-    ------
-    None
-        Inside the ``with`` block, the limits hold.
-    """
-    with _LIMIT_LOCK:
-        if not _THREADPOOLS:  # one controller per API: a limiter restores every library its
-            # controller holds, so an OpenMP limiter over all libraries would also put BLAS
-            # back to what it was when that thread entered (1, if another thread held it)
-            ctl = ThreadpoolController()
-            _THREADPOOLS.extend([ctl.select(user_api="blas"), ctl.select(user_api="openmp")])
-        if _LIMIT_STATE["depth"] == 0:
-            _LIMIT_STATE["limiter"] = _THREADPOOLS[0].limit(limits=1)
-        _LIMIT_STATE["depth"] += 1
-    omp = _THREADPOOLS[1].limit(limits=1)
-    try:
-        yield
-    finally:
-        omp.restore_original_limits()
-        with _LIMIT_LOCK:
-            _LIMIT_STATE["depth"] -= 1
-            if _LIMIT_STATE["depth"] == 0:
-                _LIMIT_STATE["limiter"].restore_original_limits()
-                _LIMIT_STATE["limiter"] = None
-
+from rewardscope.science.threadlimits import single_thread  # noqa: F401 - the workflows' import
 
 # Kinds of workflow output: how the engine merges an output into the frame's result.
 ATOMS = "atoms"  # (N, 2) float x, y px: the frame's key points -> result ``atoms`` (first wins)
