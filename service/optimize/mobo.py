@@ -914,15 +914,7 @@ def run_frame(
             if opt.within_noise(opt.reevaluation_move()):
                 reused = opt.reuse_reevaluations(reeval[1:])
             else:
-                rest = reeval[1:]
-                odd = len(rest) % workers
-                if odd and len(reeval) + workers - odd <= budget:
-                    # the last group's idle workers take new candidates instead of waiting
-                    evaluate(rest[:-odd])
-                    if spent() == len(reeval) - odd:  # all evaluated: no deadline hit
-                        evaluate(rest[-odd:] + opt.ask(workers - odd))
-                else:
-                    evaluate(rest)
+                evaluate(reeval[1:])
         else:
             evaluate(reeval)
         def answer() -> tuple | None:  # the knee's point; None before a finite evaluation
