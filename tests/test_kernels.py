@@ -450,3 +450,20 @@ def test_gaussian_blur_is_scipys_to_the_last_bit() -> None:
         K.gaussian_blur(image, -1.0)
     with pytest.raises(ValueError, match="image"):
         K.gaussian_blur(np.zeros(5), 1.0)
+
+
+def test_row_median_is_numpys_nanmedian() -> None:
+    rng = np.random.default_rng(9)
+    for n, k in [(1, 1), (50, 4), (300, 9)]:
+        vals = rng.normal(size=(n, k, 2))
+        vals[::7] = np.round(vals[::7], 1)  # ties
+        valid = rng.random((n, k)) < 0.7
+        valid[:, 0] = True
+        ref = np.nanmedian(np.where(valid[..., None], vals, np.nan), axis=1)
+        np.testing.assert_array_equal(K.row_median(vals, valid), ref)
+        np.testing.assert_array_equal(K.row_median(vals[..., 0], valid), ref[:, 0])
+    vals = np.array([[1.0, np.nan, 3.0], [2.0, 5.0, 7.0]])
+    got = K.row_median(vals, np.array([[True, True, True], [False, False, False]]))
+    np.testing.assert_array_equal(got, [2.0, np.nan])
+    with pytest.raises(ValueError, match="valid"):
+        K.row_median(np.zeros((3, 4)), np.ones((3, 5), bool))

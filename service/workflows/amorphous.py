@@ -199,9 +199,7 @@ def _neighbourhood_median(
     """
     dist, idx = tree.query(xy, k=SMOOTH_K, distance_upper_bound=radius)
     ok = np.isfinite(dist)
-    vals = values[np.where(ok, idx, 0)]
-    vals[~ok] = np.nan
-    return np.nanmedian(vals, axis=1)
+    return kernels.row_median(values[np.where(ok, idx, 0)], ok)
 
 
 def local_disorder(

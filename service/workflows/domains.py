@@ -922,8 +922,9 @@ def _nearest_pairs(tree: cKDTree | None, xy: np.ndarray, radius: float) -> np.nd
     i = np.repeat(np.arange(len(xy)), k - 1)
     j, d = idx[:, 1:].ravel(), dist[:, 1:].ravel()
     ok = np.isfinite(d) & (d <= radius)
-    pairs = np.sort(np.stack([i[ok], j[ok]], axis=1), axis=1)
-    return np.unique(pairs, axis=0)
+    lo, hi = np.minimum(i[ok], j[ok]), np.maximum(i[ok], j[ok])
+    key = np.unique(lo * len(xy) + hi)  # == np.unique(rows, axis=0), ~10x faster
+    return np.stack([key // len(xy), key % len(xy)], axis=1)
 
 
 def _inherit_edge_labels(
