@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -72,10 +73,27 @@ def row_chunks(fn: Callable[[slice], tuple], n: int, min_rows: int = 512) -> tup
     if k == 1:
         return tuple(fn(slice(0, int(n))))
     bounds = np.linspace(0, int(n), k + 1).astype(int)
-    with ThreadPoolExecutor(k, thread_name_prefix="rows") as pool:
-        parts = list(pool.map(fn, [slice(int(a), int(b)) for a, b in
-                                   zip(bounds[:-1], bounds[1:], strict=True)]))
+    chunks = [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    # the caller computes the first chunk itself; the others go to threads kept for the
+    # process (starting threads per call cost ~1 ms, and a frame makes dozens of calls)
+    rest = [_row_pool().submit(fn, c) for c in chunks[1:]]
+    parts = [fn(chunks[0])] + [f.result() for f in rest]
     return tuple(np.concatenate(col) for col in zip(*parts, strict=True))
+
+
+_ROW_POOL: dict = {"pool": None, "pid": None}
+_ROW_POOL_LOCK = threading.Lock()
+
+
+def _row_pool() -> ThreadPoolExecutor:
+    """The process's row-chunk threads (ROW_THREADS - 1 of them: the caller is the other),
+    made on first use and again in a forked child (threads do not survive a fork)."""
+    with _ROW_POOL_LOCK:
+        if _ROW_POOL["pool"] is None or _ROW_POOL["pid"] != os.getpid():
+            _ROW_POOL["pool"] = ThreadPoolExecutor(max(1, ROW_THREADS - 1),
+                                                   thread_name_prefix="rows")
+            _ROW_POOL["pid"] = os.getpid()
+        return _ROW_POOL["pool"]
 
 
 # --------------------------------------------------------------------------------------------
