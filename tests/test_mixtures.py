@@ -152,3 +152,23 @@ def test_posterior_is_predict_proba(covariance_type):
         fit.labels, mixtures.labels_by_size(fit.model.predict(x), fit.model.n_components))
     x32 = x.astype(np.float32)  # not the kernel's dtype: scikit-learn answers
     np.testing.assert_allclose(mixtures.posterior(gmm, x32), gmm.predict_proba(x32))
+
+
+def test_pca_axes_are_scikit_learns_randomized_svd():
+    """``pca_scores`` computes scikit-learn's randomized SVD itself (without its validation
+    overhead): the same singular values and axes, bit for bit, for both matrix shapes
+    (more rows than columns and fewer, where scikit-learn transposes) and both dtypes."""
+    from sklearn.utils.extmath import randomized_svd
+
+    from rewardscope.science.descriptors import _randomized_axes
+
+    rng = np.random.default_rng(4)
+    for shape in [(1000, 625), (300, 625), (50, 81), (13, 40)]:
+        for dtype in (np.float32, np.float64):
+            m = rng.normal(size=shape).astype(dtype)
+            m -= m.mean(axis=0)
+            k = min(12, min(shape) - 1)
+            _, s_ref, vt_ref = randomized_svd(m, k, n_oversamples=6, n_iter=2, random_state=3)
+            s, vt = _randomized_axes(m, k, 3)
+            np.testing.assert_array_equal(s, s_ref)
+            np.testing.assert_array_equal(vt, vt_ref)
