@@ -6,6 +6,7 @@ import json
 import math
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -376,6 +377,15 @@ def test_row_chunks_concatenate_to_the_one_call_result() -> None:
         seen.clear()
         k.row_chunks(fn, 900, min_rows=500)
         assert seen == [slice(0, 900)]
+
+        def outer(rows: slice):  # a chunk that chunks again: runs inline on a row thread
+            return k.row_chunks(fn, rows.stop - rows.start, min_rows=100)
+
+        done = []
+        t = threading.Thread(target=lambda: done.append(k.row_chunks(outer, 2000, 500)))
+        t.start()
+        t.join(30)
+        assert not t.is_alive() and len(done[0][0]) == 2000
     finally:
         k.ROW_THREADS = saved
 

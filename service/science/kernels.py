@@ -70,7 +70,9 @@ def row_chunks(fn: Callable[[slice], tuple], n: int, min_rows: int = 512) -> tup
         ``fn``'s outputs for all rows.
     """
     k = max(1, min(ROW_THREADS, int(n) // int(min_rows)))
-    if k == 1:
+    if k == 1 or threading.current_thread().name.startswith(_ROW_PREFIX):
+        # (inside a row thread a nested call runs inline: waiting on the pool from one of its
+        # own threads could wait forever)
         return tuple(fn(slice(0, int(n))))
     bounds = np.linspace(0, int(n), k + 1).astype(int)
     chunks = [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
@@ -81,6 +83,7 @@ def row_chunks(fn: Callable[[slice], tuple], n: int, min_rows: int = 512) -> tup
     return tuple(np.concatenate(col) for col in zip(*parts, strict=True))
 
 
+_ROW_PREFIX = "rowchunk"
 _ROW_POOL: dict = {"pool": None, "pid": None}
 _ROW_POOL_LOCK = threading.Lock()
 
@@ -91,7 +94,7 @@ def _row_pool() -> ThreadPoolExecutor:
     with _ROW_POOL_LOCK:
         if _ROW_POOL["pool"] is None or _ROW_POOL["pid"] != os.getpid():
             _ROW_POOL["pool"] = ThreadPoolExecutor(max(1, ROW_THREADS - 1),
-                                                   thread_name_prefix="rows")
+                                                   thread_name_prefix=_ROW_PREFIX)
             _ROW_POOL["pid"] = os.getpid()
         return _ROW_POOL["pool"]
 
