@@ -225,3 +225,16 @@ def test_unencodable_output_costs_one_frame_not_the_service(tmp_path, monkeypatc
     finally:
         rig.close()
         sys.modules.pop("broken_wf", None)
+
+
+def test_analyze_names_an_unreadable_image_and_exits_2(tmp_path, capsys) -> None:
+    from rewardscope import cli
+
+    junk = tmp_path / "junk.npy"
+    junk.write_text("not an array")
+    for path in (tmp_path / "missing.npy", junk):
+        rc = cli.main(["analyze", str(path), "--out", str(tmp_path / "out"), "--no-progress",
+                       "--no-pictures"])
+        assert rc == 2
+        assert f"cannot read {path}" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "result.json").exists()

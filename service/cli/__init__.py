@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import gc
 import importlib
+import logging
 import os
 import sys
 
@@ -37,6 +38,11 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "export": ("rewardscope.cli.export", "export a stored session to HDF5"),
     "keys": ("rewardscope.cli.keys", "write CURVE certificates"),
 }
+
+
+EXIT_AT_ONCE = frozenset({"analyze"})
+"""Commands that end with every output written and closed by the time ``run`` returns (no
+threads or servers still finishing): from the command line their process leaves at once."""
 
 
 def _load(spec: str):
@@ -74,13 +80,21 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0 if not argv or "-h" in argv or "--help" in argv else 2
     try:
-        return int(args._run(args) or 0)
+        code = int(args._run(args) or 0)
     except KeyboardInterrupt:
-        return 130
+        code = 130
     finally:
         if entry_point:
             # The process is about to exit: spare it the final garbage collection over every
             # object the scientific stack allocated (~0.25 s of a cold ``analyze``). Objects
             # are still released by reference counting; only cycles are left to the OS.
             gc.freeze()
+    if entry_point and command in EXIT_AT_ONCE:
+        # everything is written and closed: skip the interpreter's tear-down of the whole
+        # scientific stack (~50 ms of a cold ``analyze``, measured 46-96 vs 16-37 ms)
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 

@@ -116,7 +116,11 @@ def _run(args: argparse.Namespace, painter: Painter | None) -> int:
     from rewardscope.science import atomfind
     from rewardscope.storage.stills import load_image
 
-    image, _meta = load_image(args.image)
+    try:
+        image, _meta = load_image(args.image)
+    except (OSError, ValueError) as exc:  # missing, unreadable or not an image: say so
+        print(f"rewardscope analyze: cannot read {args.image}: {exc}", file=sys.stderr)
+        return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     pictures: list[Job] = []
