@@ -773,9 +773,12 @@ def _cube_maxima(
             vals.append(cur[y, x])
         return tuple(np.concatenate(a) for a in (ys, xs, ks, vals))
 
-    # slices are independent (nogil kernel): on two threads for a large frame
-    big = responses[0].size >= 1 << 18
-    y, x, k, v = kernels.row_chunks(scan, n, min_rows=1 if big else n + 1)
+    # slices are independent (nogil kernel): split over threads from 512² frames up (below,
+    # a thread hand-off costs more than a slice scan)
+    if responses[0].size >= 1 << 18:
+        y, x, k, v = kernels.row_chunks(scan, n, min_rows=1)
+    else:
+        y, x, k, v = scan(slice(0, n))
     # strongest first; ties in C order of blob_log's (y, x, sigma) cube
     order = np.lexsort((k, x, y, -v))
     return y[order], x[order], k[order], v[order]

@@ -541,7 +541,7 @@ def _randomized_axes(m: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, np.n
     ``randomized_svd(m, k, n_oversamples=6, n_iter=2, random_state=seed)``, step for step
     (the same Gaussian draws, power iterations without normalisation, QR, thin SVD and sign
     rule, in ``m``'s precision), so the axes are identical, without its argument validation
-    and array-API dispatch (a third of its time on a frame's ~1000 x 600 patch matrix).
+    and array-API dispatch (measured 3.3 -> 2.9 ms on a ~1000 x 600 patch matrix).
     The tests compare the two on random matrices of both shapes."""
     rs = np.random.RandomState(seed)
     transpose = m.shape[0] < m.shape[1]
