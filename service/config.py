@@ -36,6 +36,9 @@ ENV_PREFIX = "REWARDSCOPE_"
 SECTIONS = ("service", "limits", "analysis", "regions", "security", "workflows")
 TABLE_START = "<!-- config-table:start -->"
 TABLE_END = "<!-- config-table:end -->"
+NO_DEADLINE_S = 1e6
+"""Both deadlines of offline work (``analyze``, ``batch``): budgets alone end each search, so a
+result does not depend on how fast the machine was (e.g. on numba's cache being cold)."""
 
 # A workflow name ("atoms"), or a dotted path to a class ("mypkg.mod:MyWorkflow").
 _IDENT = r"[A-Za-z_][A-Za-z0-9_]*"

@@ -181,6 +181,10 @@ def test_engine_keeps_one_search_per_regime_and_checkpoints_it():
     assert len(grid) == 1 and eng.searches[grid[0]].frames == 1, keys
     assert an.params["domains"]["descriptor"] in GRID_ROUTES
     assert set(an.params["domains"]) == set(eng.searches[grid[0]].workflow.param_names())
+    # the regime's search replaced the base one, whose optimizer was never needed nor made
+    base = [k for k in keys if "#" not in k]
+    assert len(base) == 1 and eng.searches[base[0]]._optimizer is None
+    assert eng.searches[grid[0]]._optimizer is not None
     again = SessionEngine("regimes", cfg)
     again.load_state_dict(eng.state_dict())
     restored = again.searches[grid[0]]

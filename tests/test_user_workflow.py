@@ -238,3 +238,30 @@ def test_analyze_names_an_unreadable_image_and_exits_2(tmp_path, capsys) -> None
         assert rc == 2
         assert f"cannot read {path}" in capsys.readouterr().err
     assert not (tmp_path / "out" / "result.json").exists()
+
+
+def test_analyze_spends_its_budget_however_slow_the_machine(monkeypatch) -> None:
+    """Offline analysis has no deadline: a clock that runs 1 s per reading (a slow machine,
+    or numba's cache still cold on the first run after install) changes nothing."""
+    from rewardscope.cli.analyze import analyze
+    from rewardscope.engine import session
+    from rewardscope.optimize import mobo
+
+    class SlowClock:
+        t = 0.0
+
+        @classmethod
+        def perf_counter(cls) -> float:
+            cls.t += 1.0
+            return cls.t
+
+    frame = PerovskiteSimulator(SimConfig(shape=(128, 128), lattice_px=12.0,
+                                          noise_sigma=0.1, seed=5)).frame(0).pixels
+    reference, _ = analyze(frame, 12.0, workflow="atoms", budget=10)
+    monkeypatch.setattr(mobo, "time", SlowClock)
+    monkeypatch.setattr(session, "time", SlowClock)
+    slow, _ = analyze(frame, 12.0, workflow="atoms", budget=10)
+    assert SlowClock.t > 2 * 6.0  # past the live cold-frame deadline many times over
+    assert slow.n_evaluations == reference.n_evaluations == 10
+    np.testing.assert_array_equal(slow.atoms, reference.atoms)
+    assert slow.params == reference.params

@@ -86,9 +86,12 @@ def analyze(image: np.ndarray, lattice_px: float | None = None, *, workflow: str
         gc.enable()
     # No kernel warm-up: each numba kernel is loaded from numba's cache when first called, so
     # one image pays only for the kernels (and float type) its analysis uses.
+    # no deadline: the first run on a machine (numba's cache still cold) and a slow one give
+    # the same answer as any other (the cold-frame deadline cut it at 6 s, silently)
     cfg = config.load(None, {"workflow": workflow, "cold_budget": budget, "budget": budget,
-                             "patience": patience,
-                             "deadline_s": 3600.0, "seed": seed, "lattice_px": lattice_px,
+                             "patience": patience, "deadline_s": config.NO_DEADLINE_S,
+                             "cold_deadline_s": config.NO_DEADLINE_S, "seed": seed,
+                             "lattice_px": lattice_px,
                              "motif": motif, "contrast": contrast})
     total = budget * len(resolve_chain(cfg.workflow))
     bar = tqdm(total=total, desc="evaluations", unit="eval", disable=not progress,

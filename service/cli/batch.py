@@ -52,7 +52,6 @@ IMAGE_EXTS = (".npy", ".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp", ".gif",
               ".dm3", ".dm4", ".emd")
 H5_EXTS = (".h5", ".hdf5")
 _SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-UNBOUNDED_S = 1e6  # the deadlines of a batch: budgets alone end a search (reproducible)
 
 
 class BatchInputError(ValueError):
@@ -298,8 +297,8 @@ def batch_config(settings: dict[str, Any]):
     """The analysis settings of a batch: no deadlines (budgets end each search)."""
     from rewardscope import config
 
-    return config.load(None, {**settings, "deadline_s": UNBOUNDED_S,
-                              "cold_deadline_s": UNBOUNDED_S})
+    return config.load(None, {**settings, "deadline_s": config.NO_DEADLINE_S,
+                              "cold_deadline_s": config.NO_DEADLINE_S})
 
 
 ENGINE_STATE = ".engine-state.json"
