@@ -6,6 +6,8 @@ name of the ``.npy`` file holding it), ``DIR/overlay.png`` and ``DIR/pareto.png`
 ``--no-pictures``, which also leaves the plotting library unimported). The pictures are drawn by
 a second process that imports the plotting library while the analysis runs
 (:mod:`rewardscope.cli.painter`), side by side on a machine with two or more cores.
+There is no deadline: the budget alone ends each search, so the answer does not depend on
+how fast the machine is (or on numba's cache being cold on a first run).
 With the latent workflow in the chain, a model is first selected on the image
 (:func:`select_latent`, a progress bar over candidates) and the image analysed with it:
 ``DIR/vae-select.json`` (every candidate with its rewards and status, the chosen one named) and
