@@ -14,7 +14,7 @@ import numpy as np
 from numba import njit
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _hv2d_nb(P: np.ndarray, rx: float, ry: float) -> float:
     order = np.argsort(P[:, 0], kind="mergesort")
     best_y = ry
@@ -28,7 +28,7 @@ def _hv2d_nb(P: np.ndarray, rx: float, ry: float) -> float:
     return hv
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _hv3d_nb(P: np.ndarray, ref: np.ndarray) -> float:
     n = P.shape[0]
     order = np.argsort(P[:, 2], kind="mergesort")

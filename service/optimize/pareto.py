@@ -30,7 +30,7 @@ def _dominates(Y: np.ndarray, p: int, q: int) -> bool:
     return strictly
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _non_dominated_mask_nb(Y: np.ndarray) -> np.ndarray:
     n = Y.shape[0]
     mask = np.ones(n, dtype=np.bool_)
@@ -44,7 +44,7 @@ def _non_dominated_mask_nb(Y: np.ndarray) -> np.ndarray:
     return mask
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _non_dominated_sort_nb(Y: np.ndarray) -> np.ndarray:
     # Deb et al. (2002) fast non-dominated sort, dense domination matrix: O(m n^2).
     n = Y.shape[0]

@@ -33,6 +33,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Hashable
+from functools import lru_cache
 
 import numpy as np
 import scipy.fft as sfft
@@ -167,6 +168,19 @@ def _circular_transfer(kernel: np.ndarray, n: int, half: bool) -> np.ndarray:
         buf[n - r :] = kernel[:r]
     spec = np.fft.rfft(buf) if half else np.fft.fft(buf)
     return spec.real  # symmetric kernel -> real spectrum
+
+
+@lru_cache(maxsize=512)
+def _axis_transfers(sigma: float, n: int, half: bool) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_circular_transfer` of the Gaussian and of its 2nd derivative times -sigma²,
+    along one axis of n samples; read-only, cached: a live session asks the same few dozen
+    (sigma, n) every frame, and these small transforms are Python-bound (they held the GIL
+    that the other evaluation threads were waiting for)."""
+    g, d2 = _gaussian_kernels_1d(sigma)
+    out = (_circular_transfer(g, n, half), _circular_transfer(d2, n, half) * (-sigma * sigma))
+    for a in out:
+        a.flags.writeable = False
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -418,12 +432,10 @@ class LoGScaleSpace:
     def _transfer(self, sigma: float) -> np.ndarray:
         """-sigma^2 * (d2y gx + gy d2x) in the rfft2 domain, as the working dtype."""
         hp, wp = self._padded_shape
-        g, d2 = _gaussian_kernels_1d(sigma)
         dt = self.dtype
-        gy = _circular_transfer(g, hp, False).astype(dt)
-        d2y = _circular_transfer(d2, hp, False) * (-sigma * sigma)
-        gx = _circular_transfer(g, wp, True).astype(dt)
-        d2x = _circular_transfer(d2, wp, True) * (-sigma * sigma)
+        gy, d2y = _axis_transfers(float(sigma), hp, False)
+        gx, d2x = _axis_transfers(float(sigma), wp, True)
+        gy, gx = gy.astype(dt), gx.astype(dt)
         t = np.multiply.outer(d2y.astype(dt), gx)
         t += np.multiply.outer(gy, d2x.astype(dt))
         return t
@@ -651,8 +663,11 @@ def _threshold(
 def _subpixel(resp: np.ndarray, y: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-axis parabola vertex through the 3 response samples around each peak (<= 0.5 px)."""
     h, w = resp.shape
-    r = resp.astype(np.float64, copy=False)
     yi, xi = y.astype(np.int64), x.astype(np.int64)
+
+    def r(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        # the samples, then float64 (exact from float32): not a float64 copy of the frame
+        return resp[rows, cols].astype(np.float64)
 
     def offset(lo: np.ndarray, mid: np.ndarray, hi: np.ndarray) -> np.ndarray:
         curv = lo - 2.0 * mid + hi
@@ -665,8 +680,9 @@ def _subpixel(resp: np.ndarray, y: np.ndarray, x: np.ndarray) -> tuple[np.ndarra
     inner_y = (yi > 0) & (yi < h - 1)
     xl, xh = np.clip(xi - 1, 0, w - 1), np.clip(xi + 1, 0, w - 1)
     yl, yh = np.clip(yi - 1, 0, h - 1), np.clip(yi + 1, 0, h - 1)
-    dx = np.where(inner_x, offset(r[yi, xl], r[yi, xi], r[yi, xh]), 0.0)
-    dy = np.where(inner_y, offset(r[yl, xi], r[yi, xi], r[yh, xi]), 0.0)
+    mid = r(yi, xi)
+    dx = np.where(inner_x, offset(r(yi, xl), mid, r(yi, xh)), 0.0)
+    dy = np.where(inner_y, offset(r(yl, xi), mid, r(yh, xi)), 0.0)
     return y + dy, x + dx
 
 

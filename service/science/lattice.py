@@ -435,7 +435,10 @@ def _refine_vector(tree: cKDTree, pts: np.ndarray, v: np.ndarray, tol: float
     """Mean displacement to the column one (then three) cell vectors away; pairs used."""
     used = 0
     for steps, frac in ((1, 1.0), (3, 0.5)):
-        dist, j = tree.query(pts + steps * v, distance_upper_bound=frac * tol, workers=2)
+        # one thread: scipy starts Python threads per call for workers > 1, which cost more
+        # than they save here (measured: 0.75 vs 1.6 ms per query for 2,000 columns, 5.8 vs
+        # 5.5 ms for 14,000)
+        dist, j = tree.query(pts + steps * v, distance_upper_bound=frac * tol)
         ok = np.isfinite(dist)
         if ok.sum() < MIN_PAIRS:
             break

@@ -448,13 +448,17 @@ def _fit_columns(img: np.ndarray, xs: np.ndarray, ys: np.ndarray, prev: np.ndarr
                  model: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """:func:`_refine_kernel` over all columns, chunked over threads
     (:func:`~rewardscope.science.kernels.row_chunks`: each column's fit reads only the image
-    and the model, so the result is exactly the one-call result)."""
+    and the model, so the result is exactly the one-call result). The columns are dealt out
+    in turn: a fit's cost varies along the frame (a disordered region's fits run to their
+    iteration cap), and contiguous blocks left one thread with twice the other's work."""
     def fit(sl: slice) -> tuple[np.ndarray, np.ndarray]:
-        return _refine_kernel(img, xs[sl], ys[sl], prev[sl], radius, sigma0, max_shift,
-                              MIN_SIGMA_PX, SATURATION, model, MAX_ITER, TOL_PX, MIN_PIXELS,
-                              MIN_SNR)
+        # contiguous copies: the kernel is compiled (and cached) for C-contiguous arrays
+        c = np.ascontiguousarray
+        return _refine_kernel(img, c(xs[sl]), c(ys[sl]), c(prev[sl]), radius, sigma0,
+                              max_shift, MIN_SIGMA_PX, SATURATION, model, MAX_ITER, TOL_PX,
+                              MIN_PIXELS, MIN_SNR)
 
-    fit_k, status_k = kernels.row_chunks(fit, len(xs))
+    fit_k, status_k = kernels.row_chunks(fit, len(xs), strided=True)
     return fit_k, status_k.astype(np.int8)
 
 
