@@ -35,6 +35,7 @@ from scipy.spatial import cKDTree
 
 from rewardscope.science import kernels
 from rewardscope.science.mixtures import fit_sample, trusted_rows
+from rewardscope.science.once import once
 
 __all__ = [
     "BLUR_QUANTUM",
@@ -649,12 +650,7 @@ def _blurred_cached(image: np.ndarray, blur: float, cache: dict | None) -> np.nd
     """The blurred frame, shared by every candidate of a frame with the same blur (both
     families, every window size). Keyed by the image object: the cache is per frame."""
     key = ("blurred", id(image), np.shape(image), blur)
-    if cache is not None and key in cache:
-        return cache[key]
-    img = _blurred(image, blur)
-    if cache is not None:
-        cache[key] = img
-    return img
+    return once(cache, key, lambda: _blurred(image, blur))
 
 
 def compute_descriptors(
@@ -707,25 +703,23 @@ def compute_descriptors(
     if family not in FAMILIES:
         raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
     w1, w2, blur = int(w1), int(w2), quantise_blur(blur)
-    key = ("descriptors", cache_tag, family, w1, w2, blur)
-    if cache is not None and key in cache:
-        return cache[key]
-    pts = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
-    img = _blurred_cached(image, blur, cache)
-    if family == "patch":
-        feats = _patch_rows(img, pts, w1, w2)
-    else:
-        feats = _fft_rows(img, pts, w1, w2, lattice_px)
-    # +1: subpixel_patches reads one pixel beyond the half sizes.
-    valid = kernels.patches_valid(pts, np.shape(image), w1 + 1, w2 + 1)
-    if pts.shape[0] < 2:
-        scores, explained = np.zeros((pts.shape[0], 1)), np.zeros(1)
-    else:
-        scores, explained = pca_scores(feats, valid)
-    out = DescriptorSet(scores=scores, valid=valid, explained=explained)
-    if cache is not None:
-        cache[key] = out
-    return out
+
+    def compute() -> DescriptorSet:
+        pts = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
+        img = _blurred_cached(image, blur, cache)
+        if family == "patch":
+            feats = _patch_rows(img, pts, w1, w2)
+        else:
+            feats = _fft_rows(img, pts, w1, w2, lattice_px)
+        # +1: subpixel_patches reads one pixel beyond the half sizes.
+        valid = kernels.patches_valid(pts, np.shape(image), w1 + 1, w2 + 1)
+        if pts.shape[0] < 2:
+            scores, explained = np.zeros((pts.shape[0], 1)), np.zeros(1)
+        else:
+            scores, explained = pca_scores(feats, valid)
+        return DescriptorSet(scores=scores, valid=valid, explained=explained)
+
+    return once(cache, ("descriptors", cache_tag, family, w1, w2, blur), compute)
 
 
 # --------------------------------------------------------------------------------------------
@@ -867,20 +861,17 @@ def _fine_stack(image: np.ndarray, family: str, window: int, cache: dict | None
     w = int(window)
     step = max(1, w // GRID_SUBSTEPS)
     kind = "raw" if family == "window" else "fft"
-    key = ("grid-stack", id(image), np.shape(image), kind, w)
-    if cache is not None and key in cache:
-        return cache[key]
-    xy, grid = grid_centres(np.shape(image), w, step)
-    wins = grid_windows(image, w, step)
-    if kind == "raw":
-        feats = _zscore_rows(wins.reshape(len(wins), -1)) if len(wins) else np.zeros((0, w * w),
-                                                                                     np.float32)
-    else:
-        feats = window_spectra(wins) if len(wins) else np.zeros((0, 1), np.float32)
-    out = (feats, xy, grid, step)
-    if cache is not None:
-        cache[key] = out
-    return out
+    def compute() -> tuple[np.ndarray, np.ndarray, tuple[int, int], int]:
+        xy, grid = grid_centres(np.shape(image), w, step)
+        wins = grid_windows(image, w, step)
+        if kind == "raw":
+            feats = (_zscore_rows(wins.reshape(len(wins), -1)) if len(wins)
+                     else np.zeros((0, w * w), np.float32))
+        else:
+            feats = window_spectra(wins) if len(wins) else np.zeros((0, 1), np.float32)
+        return feats, xy, grid, step
+
+    return once(cache, ("grid-stack", id(image), np.shape(image), kind, w), compute)
 
 
 def _decompose(feats: np.ndarray, family: str, k: int, seed: int = 0) -> np.ndarray:
@@ -967,25 +958,16 @@ def grid_descriptors(image: np.ndarray, family: str, window: int, stride: float,
     k = int(max(1, min(int(k), cap)))
     feats, xy, grid, step = _fine_stack(image, family, w, cache)
     sub = int(max(1, round(float(stride) * GRID_SUBSTEPS)))
-    key = ("grid-scores", id(image), np.shape(image), family, w, k, seed)
-    if cache is not None and key in cache:
-        scores = cache[key]
-    else:
-        scores = (_decompose(feats, family, k, seed) if len(feats) > 2
-                  else np.zeros((len(feats), 1)))
-        if cache is not None:
-            cache[key] = scores
+    scores = once(cache, ("grid-scores", id(image), np.shape(image), family, w, k, seed),
+                  lambda: (_decompose(feats, family, k, seed) if len(feats) > 2
+                           else np.zeros((len(feats), 1))))
     ny, nx = grid
     if ny == 0:
         return GridSet(np.zeros((0, 2)), (0, 0), step * sub, w, np.zeros((0, 1)))
     if family == "window":  # texture energy on the finest grid (cached), then subsampled
-        ekey = ("grid-energy", id(image), np.shape(image), w, k, seed)
-        if cache is not None and ekey in cache:
-            scores = cache[ekey]
-        else:
-            scores = _texture_energy(scores, grid, ENERGY_SIGMA * GRID_SUBSTEPS)
-            if cache is not None:
-                cache[ekey] = scores
+        raw = scores
+        scores = once(cache, ("grid-energy", id(image), np.shape(image), w, k, seed),
+                      lambda: _texture_energy(raw, grid, ENERGY_SIGMA * GRID_SUBSTEPS))
     rows = np.arange(ny * nx).reshape(ny, nx)[::sub, ::sub]
     picked = scores[rows.ravel()]
     return GridSet(xy=xy[rows.ravel()], grid=rows.shape, step=step * sub, window=w,

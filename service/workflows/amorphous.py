@@ -62,6 +62,7 @@ worst, so "no disordered region" is an answer the knee can give.
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,6 +74,7 @@ from skopt.space import Categorical, Integer, Real
 
 from rewardscope.science import kernels, mixtures
 from rewardscope.science.descriptors import standardise_columns, standardised_pca, sublattices
+from rewardscope.science.once import once
 from rewardscope.science.rewards import normalised_perimeter, order_contrast, region_compactness
 from rewardscope.workflows.base import (
     ATOMS,
@@ -1074,19 +1076,21 @@ class AmorphousWorkflow(Workflow):
     def descriptors(self, ctx: FrameContext, window: int) -> np.ndarray:
         """(n_used, PCA_DIMS + 1) standardised descriptors for ``window``, cached per window."""
         st = self.frame_state(ctx)
-        x = st.descriptors.get(int(window))
-        if x is None:
-            if st.rings is None or st.rings.reach < int(window):
-                # first the window asked for (a frame that tries one window pays for one),
-                # then, once a wider one is asked for, every window the space holds
-                reach = int(window) if st.rings is None else max(int(window),
-                                                                 self._max_window())
-                st.rings = RingTable.build(ctx.image, st.xy, reach)
-            prof = patch_residuals(ctx.image, st.xy, st.sub, int(window), rings=st.rings)
-            x = np.column_stack([standardise_columns(prof),
-                                 standardise_columns(st.disorder[:, None])])
-            st.descriptors[int(window)] = x
-        return x
+
+        def compute() -> np.ndarray:
+            with st.lock:  # one thread grows the ring table; the others read the grown one
+                if st.rings is None or st.rings.reach < int(window):
+                    # first the window asked for (a frame that tries one window pays for
+                    # one), then, once a wider one is asked for, every window the space holds
+                    reach = int(window) if st.rings is None else max(int(window),
+                                                                     self._max_window())
+                    st.rings = RingTable.build(ctx.image, st.xy, reach)
+                rings = st.rings
+            prof = patch_residuals(ctx.image, st.xy, st.sub, int(window), rings=rings)
+            return np.column_stack([standardise_columns(prof),
+                                    standardise_columns(st.disorder[:, None])])
+
+        return once(st.descriptors, int(window), compute)
 
     # -- per candidate -----------------------------------------------------------------------
 
@@ -1111,25 +1115,19 @@ class AmorphousWorkflow(Workflow):
         """:func:`mask_from_sites` of ``flags``, cached per frame by the flagged set (``key``):
         the site gate makes many candidates (other thresholds, other fits) flag the same
         sites, and the mask depends on nothing else. Each candidate gets its own copy."""
-        cache = st.__dict__.setdefault("masks", {})  # dies with the frame state
-        mask = cache.get(key)
-        if mask is None:
-            mask = mask_from_sites(flags, st.xy, st.owner, st.dist, ctx.lattice_px)
-            cache[key] = mask
-        return mask.copy()
+        return once(st.masks, key, lambda: mask_from_sites(flags, st.xy, st.owner, st.dist,
+                                                           ctx.lattice_px)).copy()
 
     def posterior(self, ctx: FrameContext, st: FrameState, window: int, n_components: int,
                   covariance_type: str) -> np.ndarray:
         """The GMM posterior, cached per frame: candidates that differ only in ``threshold``
         (the cheap part) reuse the fit (~80 % of an evaluation's time)."""
-        cache = st.__dict__.setdefault("posteriors", {})  # dies with the frame state
-        key = (window, n_components, covariance_type)
-        if key not in cache:
+        def compute() -> np.ndarray:
             with single_thread():  # small matrices: OpenMP/BLAS threads only add overhead
-                x = self.descriptors(ctx, window)
-                cache[key] = disordered_posterior(x, st.candidates, n_components,
-                                                  covariance_type)
-        return cache[key]
+                return disordered_posterior(self.descriptors(ctx, window), st.candidates,
+                                            n_components, covariance_type)
+
+        return once(st.posteriors, (window, n_components, covariance_type), compute)
 
     def _result(self, st: FrameState, mask: np.ndarray, post: np.ndarray,
                 key: bytes | None = None) -> Evaluation:
@@ -1143,9 +1141,7 @@ class AmorphousWorkflow(Workflow):
         rewards' connected components and the region labelling of a 1024² mask cost ~12 ms
         per candidate, and most candidates of a frame repeat a mask. Each candidate gets
         copies of the arrays."""
-        cache = st.__dict__.setdefault("results", {}) if key is not None else {}
-        part = cache.get(key)
-        if part is None:
+        def compute() -> tuple:
             used_labels = _labels_at(mask, st.xy)
             evidence = st.n_significant if len(st.xy) >= MIN_ATOMS else None
             rewards = {
@@ -1156,9 +1152,9 @@ class AmorphousWorkflow(Workflow):
             }
             regions, significance = label_regions(mask, st.xy, st.sig.log10_q,
                                                   st.sig.significant)
-            part = (rewards, _labels_at(mask, st.all_xy), regions, significance, evidence)
-            if key is not None:
-                cache[key] = part
+            return rewards, _labels_at(mask, st.all_xy), regions, significance, evidence
+
+        part = compute() if key is None else once(st.results, key, compute)
         rewards, labels, regions, significance, evidence = part
         posterior = np.zeros(len(st.all_xy))
         posterior[st.used] = post
@@ -1203,6 +1199,10 @@ class FrameState:
     n_significant: int
     descriptors: dict[int, np.ndarray] = field(default_factory=dict)
     rings: RingTable | None = None  # pixel sums around ``xy`` for the windows tried so far
+    posteriors: dict[tuple, np.ndarray] = field(default_factory=dict)  # per mixture setting
+    masks: dict[bytes, np.ndarray] = field(default_factory=dict)  # per flagged-site set
+    results: dict[bytes, tuple] = field(default_factory=dict)  # rewards etc. per mask
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     @classmethod
     def build(cls, ctx: FrameContext) -> FrameState:

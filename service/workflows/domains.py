@@ -112,6 +112,7 @@ from skimage.transform import probabilistic_hough_line
 from skopt.space import Categorical, Integer, Real
 
 from rewardscope.science import descriptors, domaintests, kernels, mixtures, rewards
+from rewardscope.science.once import once
 from rewardscope.science.rewards import (
     domain_interior,
     interior_fractions,
@@ -621,28 +622,22 @@ def _gated(cache: dict | None, s: _Sites, sub_labels: np.ndarray,
     returned: the caller may keep or change them.
     """
     lab = np.asarray(sub_labels)
-    key = None
-    if cache is not None and _FAST:
-        key = ("domains", "gate", s.tag, id(s.xy), id(noise), float(lattice_px), tuple(shape),
-               None if test_xy is None else id(test_xy), with_score, lab.dtype.str,
-               lab.tobytes())
-        hit = cache.get(key)
-        if hit is not None:
-            out_lab, geom, logp, rw = hit
-            return (out_lab.copy(), WallGeometry(geom.points.copy(),
-                                                 [c.copy() for c in geom.chains],
-                                                 geom.segments.copy()),
-                    logp.copy(), None if rw is None else dict(rw))
-    out_lab, geom, logp = DomainsWorkflow.gate(s, lab, noise, lattice_px, shape,
-                                               test_xy=test_xy)
-    rw = (DomainsWorkflow.score(geom, out_lab, s, lattice_px, shape)
-          if with_score and len(geom.segments) else None)
-    if key is not None:
-        cache[key] = (out_lab.copy(), WallGeometry(geom.points.copy(),
-                                                   [c.copy() for c in geom.chains],
-                                                   geom.segments.copy()),
-                      logp.copy(), None if rw is None else dict(rw))
-    return out_lab, geom, logp, rw
+
+    def compute() -> tuple:
+        out_lab, geom, logp = DomainsWorkflow.gate(s, lab, noise, lattice_px, shape,
+                                                   test_xy=test_xy)
+        rw = (DomainsWorkflow.score(geom, out_lab, s, lattice_px, shape)
+              if with_score and len(geom.segments) else None)
+        return out_lab, geom, logp, rw
+
+    if cache is None or not _FAST:
+        return compute()
+    key = ("domains", "gate", s.tag, id(s.xy), id(noise), float(lattice_px), tuple(shape),
+           None if test_xy is None else id(test_xy), with_score, lab.dtype.str, lab.tobytes())
+    out_lab, geom, logp, rw = once(cache, key, compute)  # copies: the caller may change them
+    return (out_lab.copy(), WallGeometry(geom.points.copy(), [c.copy() for c in geom.chains],
+                                         geom.segments.copy()),
+            logp.copy(), None if rw is None else dict(rw))
 
 
 _DIST: tuple[bytes, np.ndarray] | None = None
