@@ -168,12 +168,14 @@ def _run(args: argparse.Namespace, painter: Painter | None) -> int:
         if slot_model is None:
             print("latent: every candidate model was rejected (see vae-select.json); "
                   "nothing latent is claimed", file=sys.stderr)
+    if painter is not None:  # drawn while the result is written
+        pictures += [("overlay", (atomfind.normalize_frame(image), analysis, out / "overlay.png")),
+                     ("pareto", (analysis, out / "pareto.png"))]
+        painter.start(pictures)
     write_result(out, analysis, elapsed, image=str(args.image), lattice_px=args.lattice_px,
                  workflow=args.workflow)
     if painter is not None:
-        pictures += [("overlay", (atomfind.normalize_frame(image), analysis, out / "overlay.png")),
-                     ("pareto", (analysis, out / "pareto.png"))]
-        why = painter.draw(pictures)
+        why = painter.wait()
         if why:
             print(f"rewardscope analyze: {why}; pictures drawn in this process",
                   file=sys.stderr)

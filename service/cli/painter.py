@@ -21,6 +21,7 @@ import os
 import pickle
 import subprocess
 import sys
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -52,11 +53,28 @@ class Painter:
     def draw(self, jobs: Sequence[Job]) -> str | None:
         """Draw ``jobs``; returns None when the painter drew them all, else why it did not (the
         pictures were then drawn here, in this process)."""
-        jobs = list(jobs)
-        why = self._hand_over(jobs)
-        if why is not None:
-            run_jobs(jobs, parallel=False)
-        return why
+        self.start(jobs)
+        return self.wait()
+
+    def start(self, jobs: Sequence[Job]) -> None:
+        """Hand ``jobs`` over and return at once: the caller writes its other files while
+        they are drawn, then calls :meth:`wait`."""
+        self.jobs_ = list(jobs)
+        self.why_: str | None = None
+
+        def hand_over() -> None:
+            self.why_ = self._hand_over(self.jobs_)
+
+        self.handing_ = threading.Thread(target=hand_over, name="painter-hand-over",
+                                         daemon=True)
+        self.handing_.start()
+
+    def wait(self) -> str | None:
+        """Wait for the jobs of :meth:`start`; as :meth:`draw` returns."""
+        self.handing_.join()
+        if self.why_ is not None:
+            run_jobs(self.jobs_, parallel=False)
+        return self.why_
 
     def _hand_over(self, jobs: list[Job]) -> str | None:
         proc, self.proc_ = self.proc_, None
