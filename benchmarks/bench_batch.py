@@ -9,8 +9,10 @@ baseline's; the results are checked identical (same seed) across the three.
 
 Memory: one stored session (a ``frames.rsrec`` of ``--frames`` frames, 1,000 in the full run)
 and a short one (a tenth of it) each on a fresh ``local:1`` worker; the worker's peak RSS
-(``ru_maxrss``) is read after each. Frames stream from disk, so the long session's peak should
-be the short one's, not ten times it.
+(``VmHWM``, its own address space's high-water mark) is read after each. Frames stream from
+disk, so the long session's peak should be the short one's, not ten times it. Not
+``ru_maxrss``: Linux carries the parent's peak across fork + exec, so a worker started by a
+benchmark process that had analysed 2048² frames reported that process's peak (4.4 GB).
 
     python -m benchmarks batch [-- --quick] [--frames 1000] [--sessions 4 --per-session 6]
 """
@@ -21,6 +23,7 @@ import argparse
 import json
 import resource
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -76,7 +79,18 @@ def _results(root: Path) -> dict[str, Any]:
 
 
 def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+    """This process's peak resident set, MB: ``VmHWM`` where /proc has it (the peak of this
+    address space, reset at exec), else ``ru_maxrss``, which on Linux also counts the peak a
+    parent had when it started this process."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0  # kB
+    except OSError:
+        pass
+    scale = 1024.0 if sys.platform == "darwin" else 1.0  # macOS: bytes; Linux: KiB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0 / scale
 
 
 def throughput(work: Path, inputs: list[str], settings: dict[str, Any]) -> list[dict]:
