@@ -374,17 +374,14 @@ def test_controller_tiles_a_domain_box_larger_than_a_zoomed_view() -> None:
                 assert ctl._covered({"center_m": p, "fov_m": 0.0}), p
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known trust defect: a zoom centred on an amorphous region (61 % amorphous, the crystal "
-    "only along the frame's edges, where the Kaiser window of the lattice search weighs "
-    "least) gets no lattice, so no atoms and no amorphous mask, and the domains workflow's "
-    "texture (grid) routes draw walls along the crystal/amorphous boundary"))
-def test_zoom_into_an_amorphous_region_claims_no_walls_and_finds_the_region() -> None:
+@pytest.fixture(scope="module")
+def amorphous_zoom():
+    """The demo's twin (`rewardscope demo --twin`, seed 0), its 13th view: a 2x zoom centred
+    on an amorphous region (61 % of the view), the crystal only along the edges; the frame
+    and its analysis, cold, with the budget of a first frame."""
     from rewardscope import config
     from rewardscope.engine.session import SessionEngine
-    from rewardscope.science.scoring import mask_iou
 
-    # the demo's twin (`rewardscope demo --twin`, seed 0) and its 13th view
     tw = Twin(seed=0, fovs=4, domains=3, amorphous_regions=2, fov_px=384, lattice_px=12.0,
               noise_sigma=0.1)
     tw.scan([4.386616666666666e-08, 4.3898708333333333e-08], 6.247999999999999e-09)
@@ -393,6 +390,34 @@ def test_zoom_into_an_amorphous_region_claims_no_walls_and_finds_the_region() ->
     assert not fr.truth.walls and fr.truth.amorphous_mask.mean() > 0.5  # the view's truth
     cfg = config.load(None, {"workflow": "all", "cold_budget": 24, "budget": 24,
                              "deadline_s": 3600.0, "seed": 0})
-    result = SessionEngine("twin-amorphous-zoom", cfg).analyse(fr.pixels, None, cfg)
+    return fr, SessionEngine("twin-amorphous-zoom", cfg).analyse(fr.pixels, None, cfg)
+
+
+def test_zoom_into_an_amorphous_region_finds_the_lattice_and_claims_no_walls(amorphous_zoom):
+    """The lattice search's second window (the crystal only along the edges) finds the 24 px
+    cell of the 2x zoom; the crystal's columns are found, and no wall is drawn (before, no
+    lattice: no atoms, and the texture routes drew walls on the crystal/amorphous boundary)."""
+    from rewardscope.science.scoring import match_points
+
+    fr, result = amorphous_zoom
+    lat = result.scalars["lattice"]
+    assert lat["window"] == "tukey"
+    assert lat["a_px"] == pytest.approx(24.0, rel=0.02) and lat["b_px"] == pytest.approx(
+        24.0, rel=0.02)
     assert len(result.walls) == 0
+    truth = np.asarray(fr.truth.atoms, float)
+    ij = np.clip(np.round(truth).astype(int), 0, np.array(fr.pixels.shape)[::-1] - 1)
+    crystal = truth[~fr.truth.amorphous_mask[ij[:, 1], ij[:, 0]]]
+    assert len(crystal) > 100
+    assert match_points(result.atoms, crystal, 0.25 * 24.0).recall >= 0.9
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "known trust defect: the amorphous workflow measures disorder against the frame's "
+    "crystalline majority of sites; in this view most found sites (~290 of 491) lie in the "
+    "amorphous region, so there is no majority to define the null and no region is reported"))
+def test_zoom_into_an_amorphous_region_finds_the_region(amorphous_zoom) -> None:
+    from rewardscope.science.scoring import mask_iou
+
+    fr, result = amorphous_zoom
     assert mask_iou(result.arrays.get("amorphous_mask"), fr.truth.amorphous_mask) >= 0.5

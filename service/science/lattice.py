@@ -40,6 +40,13 @@ Method
    column is paired with the column one cell vector away, then three; the inliers' mean
    displacement is the refined vector (the Fourier estimate is already within ~0.2 % on
    the simulator's frames; the refinement ties the published cell to the columns reported).
+4. **Crystal only along the edges.** The Kaiser window weighs the frame's centre: a view
+   centred on an amorphous particle, with the crystal only in a band along the frame's
+   edges, shows no significant reflection through it. When the Kaiser pass finds no cell,
+   the search runs again through a Tukey window (flat over the central 80 %, :data:`TUKEY_ALPHA`)
+   that weighs the edges as much as the centre. Each pass gets half the false-alarm
+   budget (Bonferroni), so the chance per frame that noise yields a cell stays
+   ``false_alarm``.
 
 The significance reported (:attr:`Lattice.snr`) is the whitened power of the weakest reflection
 the cell rests on (the pair proposing the basis, and the strongest member of a coset that
@@ -72,6 +79,10 @@ __all__ = [
 
 KAISER_BETA = 8.6
 """Window shape: side lobes near -60 dB, main lobe half-width ~3 bins."""
+TUKEY_ALPHA = 0.2
+"""Second pass's window (step 4 of the method): cosine tapers over the outer 10 % of each side."""
+WINDOWS = ("kaiser", "tukey")
+"""The passes, in order; each tests at ``false_alarm / len(WINDOWS)``."""
 NMS_RADIUS_BINS = 3.0
 """Least suppression radius around a reflection, frequency bins (the window's main lobe)."""
 NMS_RELATIVE = 0.2
@@ -124,6 +135,9 @@ class Lattice:
         Significant reflections indexed by the cell.
     n_pairs : int
         Column pairs the real-space refinement used (0: Fourier estimate only).
+    window : str
+        The window of the pass that found the cell: ``"kaiser"``, or ``"tukey"`` when the
+        crystal showed only along the frame's edges (see the module doc, step 4).
     """
 
     a: tuple[float, float]
@@ -132,6 +146,7 @@ class Lattice:
     threshold: float = 0.0
     n_reflections: int = 0
     n_pairs: int = 0
+    window: str = "kaiser"
     k_max: float = field(default=0.5, repr=False)  # largest |k| indexed, cycles/px
 
     @property
@@ -174,7 +189,8 @@ class Lattice:
                 "a_px": round(la, 4), "b_px": round(lb, 4),
                 "angle_deg": round(self.angle_deg, 3), "snr": round(float(self.snr), 2),
                 "threshold": round(float(self.threshold), 2),
-                "n_reflections": int(self.n_reflections), "n_pairs": int(self.n_pairs)}
+                "n_reflections": int(self.n_reflections), "n_pairs": int(self.n_pairs),
+                "window": self.window}
 
 
 # --------------------------------------------------------------------------------------------
@@ -183,10 +199,11 @@ class Lattice:
 
 
 @lru_cache(maxsize=8)
-def _grid(shape: tuple[int, int]) -> dict:
-    """Per frame shape: window, rfft2 frequencies, ring bands (fixed-size samples of each)."""
+def _grid(shape: tuple[int, int], window: str = "kaiser") -> dict:
+    """Per frame shape and window: window, rfft2 frequencies, ring bands (fixed-size samples
+    of each)."""
     h, w = shape
-    win = np.outer(np.kaiser(h, KAISER_BETA), np.kaiser(w, KAISER_BETA)).astype(np.float32)
+    win = np.outer(_window(h, window), _window(w, window)).astype(np.float32)
     fy = sfft.fftfreq(h)  # cycles/px, rfft2 rows
     fx = sfft.rfftfreq(w)
     kabs = np.hypot(fy[:, None], fx[None, :])
@@ -206,9 +223,24 @@ def _grid(shape: tuple[int, int]) -> dict:
             "samples": samples}
 
 
-def _spectrum(image: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict]:
+def _window(n: int, window: str) -> np.ndarray:
+    """One side of the 2-D window: Kaiser (``KAISER_BETA``) or Tukey (``TUKEY_ALPHA``)."""
+    if window == "kaiser":
+        return np.kaiser(n, KAISER_BETA)
+    if window != "tukey":
+        raise ValueError(f"window must be one of {WINDOWS}, got {window!r}")
+    taper = max(1, int(math.floor(TUKEY_ALPHA * (n - 1) / 2.0)))  # samples per cosine taper
+    out = np.ones(n)
+    ramp = 0.5 * (1.0 - np.cos(np.pi * np.arange(taper) / taper))
+    out[:taper] = ramp
+    out[n - taper:] = ramp[::-1]
+    return out
+
+
+def _spectrum(image: np.ndarray, window: str = "kaiser"
+              ) -> tuple[np.ndarray, np.ndarray, dict]:
     """Power spectrum (rfft2 layout) of the windowed frame, and it whitened by ring medians."""
-    g = _grid(image.shape)
+    g = _grid(image.shape, window)
     img = image.astype(np.float32, copy=False)
     x = (img - np.float32(img.mean())) * g["window"]
     f = sfft.rfft2(x, workers=-1)
@@ -524,12 +556,22 @@ def find_lattice(image: np.ndarray, *, previous: Lattice | None = None,
         img[~finite] = img[finite].mean() if finite.any() else 0.0
     if not finite.any() or float(img.max()) == float(img.min()):
         return None
+    for window in WINDOWS:  # each pass tests at a share of the false-alarm budget
+        lat = _search(img, window, float(false_alarm) / len(WINDOWS), previous)
+        if lat is not None:
+            return lat
+    return None
+
+
+def _search(img: np.ndarray, window: str, false_alarm: float,
+            previous: Lattice | None) -> Lattice | None:
+    """One pass of :func:`find_lattice` through one window, at ``false_alarm``."""
     h, w = img.shape
     k_lo = MIN_PERIODS / min(h, w)
     k_hi = 1.0 / MIN_PERIOD_PX
-    p, wht, g = _spectrum(img)
+    p, wht, g = _spectrum(img, window)
     n_search = max(1, int(((g["kabs"] >= k_lo) & (g["kabs"] <= k_hi)).sum()))
-    threshold = math.log2(n_search / float(false_alarm))
+    threshold = math.log2(n_search / false_alarm)
     ks, pw, ww = _candidates(p, wht, g, threshold, k_lo, k_hi, w)
     if len(ks) < 2:
         return None
@@ -554,7 +596,7 @@ def find_lattice(image: np.ndarray, *, previous: Lattice | None = None,
     k_max = float(np.hypot(*ks[ok].T).max()) if ok.any() else 0.5
     return Lattice(a=(float(a[0]), float(a[1])), b=(float(b[0]), float(b[1])),
                    snr=float(snr), threshold=float(threshold), n_reflections=int(ok.sum()),
-                   k_max=k_max)
+                   window=window, k_max=k_max)
 
 
 def refine_lattice(lattice: Lattice, xy: np.ndarray) -> Lattice:
