@@ -209,6 +209,25 @@ def test_both_windows_keep_noise_and_edges_free_of_lattices():
     assert not any(L.find_lattice(f) for f in frames)
 
 
+def test_indexed_sites_are_the_lattice_not_random_points():
+    """Columns of a perfect lattice (edges included) are indexed; random points with the same
+    density and no closer than the columns are, rarely; a tolerance must be positive."""
+    truth = _sim_truth(17.0, 15.0)
+    _, cols = gaussian_lattice((256, 256), truth[0], truth[1], noise=0.0)
+    lat = L.Lattice(a=tuple(truth[0]), b=tuple(truth[1]), snr=100.0)
+    assert L.indexed_sites(lat, cols, (256, 256)).mean() > 0.98
+    rng = np.random.default_rng(4)
+    pts: list[np.ndarray] = []
+    while len(pts) < len(cols):
+        p = rng.uniform(0, 256, 2)
+        if not pts or np.hypot(*(np.array(pts) - p).T).min() > 7.0:
+            pts.append(p)
+    assert L.indexed_sites(lat, np.array(pts), (256, 256)).mean() < 0.05
+    assert not L.indexed_sites(lat, np.zeros((1, 2)), (256, 256)).any()
+    with pytest.raises(ValueError, match="tol"):
+        L.indexed_sites(lat, cols, (256, 256), tol=0.0)
+
+
 @pytest.mark.parametrize("kind", ["blank", "noise"])
 def test_no_lattice_means_no_atoms_through_the_engine(kind):
     rng = np.random.default_rng(3)

@@ -347,6 +347,38 @@ def test_site_significance_finds_nothing_in_a_crystal_and_the_implanted_disorder
     assert np.all(sig.z[truth] > 5)
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_a_crystalline_minority_indexed_by_the_lattice_is_the_null(seed) -> None:
+    """60 % of the sites disordered: the majority's null is the disorder's own and finds
+    nothing; with the lattice-indexed crystal sites as ``reference`` the disorder is found.
+    With a crystalline majority the reference changes nothing."""
+    rng = np.random.default_rng(seed)
+    crystal = _crystal_scores(rng, 400)
+    disordered = rng.uniform(0.45, 0.65, 600)
+    scores = np.r_[crystal, disordered]
+    truth = np.r_[np.zeros(400, bool), np.ones(600, bool)]
+    reference = np.r_[rng.random(400) < 0.6, rng.random(600) < 0.01]  # indexed: mostly crystal
+    assert not amorphous_mod.site_significance(scores, LATTICE).significant[truth].any()
+    sig = amorphous_mod.site_significance(scores, LATTICE, reference=reference)
+    found = sig.significant
+    assert found[truth].all()
+    assert (found & ~truth).sum() / found.sum() <= 0.05
+    s0 = 2.0 / LATTICE**2  # the null is the crystal's (log score centre and spread)
+    assert sig.centre == pytest.approx(np.log(0.05 + s0), abs=0.15)
+    assert sig.scale == pytest.approx(0.3, rel=0.35)
+    majority = np.r_[_crystal_scores(rng, 4000), rng.uniform(0.45, 0.65, 200)]
+    ref = np.r_[rng.random(4000) < 0.6, np.zeros(200, bool)]
+    a = amorphous_mod.site_significance(majority, LATTICE)
+    b = amorphous_mod.site_significance(majority, LATTICE, reference=ref)
+    np.testing.assert_array_equal(a.significant, b.significant)
+    np.testing.assert_array_equal(a.z, b.z)
+    few = np.zeros(1000, bool)
+    few[:amorphous_mod.MIN_ATOMS - 1] = True  # too few indexed sites to define a null
+    assert not amorphous_mod.site_significance(scores, LATTICE, reference=few).significant.any()
+    with pytest.raises(ValueError, match="reference"):
+        amorphous_mod.site_significance(scores, LATTICE, reference=np.ones(3, bool))
+
+
 def test_bh_log_q_is_the_textbook_procedure() -> None:
     rng = np.random.default_rng(3)
     p = np.r_[rng.uniform(0, 1, 300), rng.uniform(0, 1e-4, 20), [0.5, 0.5, 1e-9]]

@@ -26,12 +26,13 @@ One evaluation (everything before the GMM fit is cached per frame, or per frame 
 
 3. **Significance** (per frame, parameter-free): each site's local disorder gets a p-value
    against the frame's own crystalline majority (a robust Gaussian null of the log score,
-   :func:`site_significance`), Benjamini-Hochberg at ``FDR_Q`` = 0.01 keeps the significant
-   sites, and :func:`candidate_sites` keeps those that are also closer to random bond angles
-   than to the crystal and above the frame's own two-class split. Only these can be
-   flagged. If none of them can form a region (``FrameState.n_significant`` = 0), the frame
-   has no disordered region: every candidate returns the empty mask, without a GMM fit, and
-   the rewards score that answer as right (docs/REWARDS.md, regions).
+   :func:`site_significance`), or against the sites the lattice indexes when most sites are
+   unlike those (a view mostly amorphous), Benjamini-Hochberg at ``FDR_Q`` = 0.01 keeps the
+   significant sites, and :func:`candidate_sites` keeps those that are also closer to
+   random bond angles than to the crystal and above the frame's own two-class split. Only
+   these can be flagged. If none of them can form a region (``FrameState.n_significant`` =
+   0), the frame has no disordered region: every candidate returns the empty mask, without
+   a GMM fit, and the rewards score that answer as right (docs/REWARDS.md, regions).
 4. **GMM** (sklearn, ``random_state=SEED``) with ``n_components`` and ``covariance_type``.
    Components mostly (posterior-weighted) made of candidate sites are "disordered" (if none
    is, the most); an atom's disordered posterior is the sum over them. A site is flagged
@@ -74,6 +75,7 @@ from skopt.space import Categorical, Integer, Real
 
 from rewardscope.science import kernels, mixtures
 from rewardscope.science.descriptors import standardise_columns, standardised_pca, sublattices
+from rewardscope.science.lattice import indexed_sites
 from rewardscope.science.once import once
 from rewardscope.science.rewards import normalised_perimeter, order_contrast, region_compactness
 from rewardscope.workflows.base import (
@@ -539,7 +541,8 @@ def bh_log_q(log_p: np.ndarray) -> np.ndarray:
 
 
 def site_significance(
-    score: np.ndarray, lattice_px: float, q: float = FDR_Q
+    score: np.ndarray, lattice_px: float, q: float = FDR_Q,
+    reference: np.ndarray | None = None,
 ) -> SiteSignificance:
     """Per-site p-values of the disorder score against the crystal's own null; BH at ``q``.
 
@@ -553,6 +556,12 @@ def site_significance(
     present. It is refitted NULL_ITERATIONS times on the sites not significant so far (the
     frame's crystalline majority). If that majority is lost (half the sites or more
     significant), the frame has no crystal to be measured against and nothing is reported.
+    Unless the crystal is a minority that the lattice shows: with ``reference`` (the sites
+    the cell indexes, :func:`rewardscope.science.lattice.indexed_sites`, crystal by
+    geometry however few) of at least MIN_ATOMS sites, a null fitted once on them is used
+    instead when half the sites or more are significant against it. A view centred on an
+    amorphous particle has most of its sites in the particle, and the majority's null was
+    the particle's own: nothing was reported.
 
     Parameters
     ----------
@@ -562,6 +571,8 @@ def site_significance(
         Lattice spacing a, px.
     q : float, optional
         False-discovery rate in (0, 1) (default FDR_Q).
+    reference : (N,) array_like of bool, optional
+        Sites known to be crystal (indexed by the lattice): the null when the majority is lost.
 
     Returns
     -------
@@ -592,22 +603,33 @@ def site_significance(
     if n < MIN_ATOMS:
         zeros = np.zeros(n)
         return SiteSignificance(zeros, zeros, zeros, none, 0.0, NULL_FLOOR)
+    ref = None if reference is None else np.asarray(reference, dtype=bool).reshape(-1)
+    if ref is not None and ref.shape != (n,):
+        raise ValueError(f"reference must have one entry per site ({n}), got {ref.shape}")
     t = np.log(s + 2.0 / float(lattice_px) ** 2)
-    keep = np.ones(n, dtype=bool)
-    for _ in range(NULL_ITERATIONS):
+
+    def test(keep: np.ndarray) -> tuple:
         centre = float(np.median(t[keep]))
         below = centre - t[keep & (t <= centre)]
         scale = max(1.4826 * float(np.median(below)), NULL_FLOOR)
         z = (t - centre) / scale
         log_p = special.log_ndtr(-z)
         log_q = bh_log_q(log_p)
-        significant = log_q <= math.log(q)
+        return centre, scale, z, log_p, log_q, log_q <= math.log(q)
+
+    keep = np.ones(n, dtype=bool)
+    for _ in range(NULL_ITERATIONS):
+        centre, scale, z, log_p, log_q, significant = test(keep)
         if 2 * int(significant.sum()) >= n:  # no crystalline majority left to define the null
             significant = none
             break
         if np.array_equal(~significant, keep):
             break
         keep = ~significant
+    if ref is not None and int(ref.sum()) >= MIN_ATOMS:
+        by_lattice = test(ref)
+        if 2 * int(by_lattice[-1].sum()) >= n:  # most sites are unlike the lattice's own
+            centre, scale, z, log_p, log_q, significant = by_lattice
     ln10 = math.log(10.0)
     return SiteSignificance(z, log_p / ln10, log_q / ln10, significant, centre, scale)
 
@@ -1215,7 +1237,9 @@ class FrameState:
         owner, dist = nearest_site_map(xy, ctx.shape, DISK_FRAC * ctx.lattice_px + 1.0)
         margin = EDGE_MARGIN * ctx.lattice_px
         disorder = local_disorder(xy, ctx.shape, ctx.lattice_px, margin)
-        sig = site_significance(disorder, ctx.lattice_px)
+        reference = (None if ctx.lattice is None
+                     else indexed_sites(ctx.lattice, xy, ctx.shape))
+        sig = site_significance(disorder, ctx.lattice_px, reference=reference)
         candidates = candidate_sites(disorder, sig, ctx.lattice_px)
         n_significant = 0
         if candidates.any():
