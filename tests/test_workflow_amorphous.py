@@ -372,6 +372,14 @@ def test_a_crystalline_minority_indexed_by_the_lattice_is_the_null(seed) -> None
     b = amorphous_mod.site_significance(majority, LATTICE, reference=ref)
     np.testing.assert_array_equal(a.significant, b.significant)
     np.testing.assert_array_equal(a.z, b.z)
+
+    def unasked() -> np.ndarray:
+        raise AssertionError("a frame whose typical site is crystalline needs no reference")
+
+    c = amorphous_mod.site_significance(majority, LATTICE, reference=unasked)
+    np.testing.assert_array_equal(a.significant, c.significant)
+    lazy = amorphous_mod.site_significance(scores, LATTICE, reference=lambda: reference)
+    np.testing.assert_array_equal(lazy.significant, found)
     few = np.zeros(1000, bool)
     few[:amorphous_mod.MIN_ATOMS - 1] = True  # too few indexed sites to define a null
     assert not amorphous_mod.site_significance(scores, LATTICE, reference=few).significant.any()

@@ -64,6 +64,7 @@ from __future__ import annotations
 
 import math
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -542,7 +543,7 @@ def bh_log_q(log_p: np.ndarray) -> np.ndarray:
 
 def site_significance(
     score: np.ndarray, lattice_px: float, q: float = FDR_Q,
-    reference: np.ndarray | None = None,
+    reference: np.ndarray | Callable[[], np.ndarray] | None = None,
 ) -> SiteSignificance:
     """Per-site p-values of the disorder score against the crystal's own null; BH at ``q``.
 
@@ -556,12 +557,14 @@ def site_significance(
     present. It is refitted NULL_ITERATIONS times on the sites not significant so far (the
     frame's crystalline majority). If that majority is lost (half the sites or more
     significant), the frame has no crystal to be measured against and nothing is reported.
-    Unless the crystal is a minority that the lattice shows: with ``reference`` (the sites
-    the cell indexes, :func:`rewardscope.science.lattice.indexed_sites`, crystal by
-    geometry however few) of at least MIN_ATOMS sites, a null fitted once on them is used
-    instead when half the sites or more are significant against it. A view centred on an
-    amorphous particle has most of its sites in the particle, and the majority's null was
-    the particle's own: nothing was reported.
+    Unless the crystal is a minority that the lattice shows: when the median site is closer
+    to random bond angles than to a perfect lattice (score > RANDOM_DISORDER / 2) and
+    ``reference`` (the sites the cell indexes, :func:`rewardscope.science.lattice.indexed_sites`,
+    crystal by geometry however few) holds at least MIN_ATOMS sites, a null fitted once on
+    them is used instead if half the sites or more are significant against it. A view
+    centred on an amorphous particle has most of its sites in the particle, and the
+    majority's null was the particle's own: nothing was reported. A frame whose typical
+    site is crystalline never asks for ``reference``.
 
     Parameters
     ----------
@@ -571,8 +574,9 @@ def site_significance(
         Lattice spacing a, px.
     q : float, optional
         False-discovery rate in (0, 1) (default FDR_Q).
-    reference : (N,) array_like of bool, optional
-        Sites known to be crystal (indexed by the lattice): the null when the majority is lost.
+    reference : (N,) array_like of bool, or a callable returning it, optional
+        Sites known to be crystal (indexed by the lattice); a callable is called only when
+        the median site is disordered (see above).
 
     Returns
     -------
@@ -603,9 +607,6 @@ def site_significance(
     if n < MIN_ATOMS:
         zeros = np.zeros(n)
         return SiteSignificance(zeros, zeros, zeros, none, 0.0, NULL_FLOOR)
-    ref = None if reference is None else np.asarray(reference, dtype=bool).reshape(-1)
-    if ref is not None and ref.shape != (n,):
-        raise ValueError(f"reference must have one entry per site ({n}), got {ref.shape}")
     t = np.log(s + 2.0 / float(lattice_px) ** 2)
 
     def test(keep: np.ndarray) -> tuple:
@@ -626,10 +627,14 @@ def site_significance(
         if np.array_equal(~significant, keep):
             break
         keep = ~significant
-    if ref is not None and int(ref.sum()) >= MIN_ATOMS:
-        by_lattice = test(ref)
-        if 2 * int(by_lattice[-1].sum()) >= n:  # most sites are unlike the lattice's own
-            centre, scale, z, log_p, log_q, significant = by_lattice
+    if reference is not None and float(np.median(s)) > RANDOM_DISORDER / 2.0:
+        ref = np.asarray(reference() if callable(reference) else reference, dtype=bool)
+        if ref.shape != (n,):
+            raise ValueError(f"reference must have one entry per site ({n}), got {ref.shape}")
+        if int(ref.sum()) >= MIN_ATOMS:
+            by_lattice = test(ref)
+            if 2 * int(by_lattice[-1].sum()) >= n:  # most sites are unlike the lattice's own
+                centre, scale, z, log_p, log_q, significant = by_lattice
     ln10 = math.log(10.0)
     return SiteSignificance(z, log_p / ln10, log_q / ln10, significant, centre, scale)
 
@@ -1237,9 +1242,9 @@ class FrameState:
         owner, dist = nearest_site_map(xy, ctx.shape, DISK_FRAC * ctx.lattice_px + 1.0)
         margin = EDGE_MARGIN * ctx.lattice_px
         disorder = local_disorder(xy, ctx.shape, ctx.lattice_px, margin)
-        reference = (None if ctx.lattice is None
-                     else indexed_sites(ctx.lattice, xy, ctx.shape))
-        sig = site_significance(disorder, ctx.lattice_px, reference=reference)
+        lat = ctx.lattice
+        sig = site_significance(disorder, ctx.lattice_px, reference=None if lat is None
+                                else lambda: indexed_sites(lat, xy, ctx.shape))
         candidates = candidate_sites(disorder, sig, ctx.lattice_px)
         n_significant = 0
         if candidates.any():
