@@ -390,3 +390,35 @@ def test_analyze_writes_the_map_and_draws_it(tmp_path):
     arrow = gain * np.median(np.hypot(table[:, 2], table[:, 3]))
     assert 0.2 * LATTICE <= arrow <= plots.ARROW_FILL * LATTICE + 1e-6
     assert plots.arrow_gain(table[:, :2], np.zeros_like(table[:, 2:])) == 1.0
+
+
+def test_cages_of_random_columns_get_no_cell_with_the_lattice() -> None:
+    """Truth columns (A and B) in the left half of a 384² frame, random columns of both
+    kinds in the right half: the cage test alone gives cells to some random cages; with the
+    frame's lattice none is left there, and every crystal cell at least a cell away from the
+    random half is kept."""
+    from rewardscope.science.lattice import Lattice
+
+    sim = PerovskiteSimulator(SimConfig(shape=(384, 384), lattice_px=LATTICE, seed=5,
+                                        n_walls=0))
+    truth = sim.frame(0).truth
+    left = truth.atoms[:, 0] < 192
+    xy, site = truth.atoms[left], truth.site[left]
+    rng = np.random.default_rng(0)
+    pts: list[np.ndarray] = []
+    while len(pts) < int(left.sum()):  # the crystal's density: one column per a² / 2
+        p = rng.uniform([198, 0], [384, 384])
+        if not pts or np.hypot(*(np.array(pts) - p).T).min() > 0.45 * LATTICE:
+            pts.append(p)
+    xy = np.vstack([xy, pts])
+    site = np.r_[site, rng.integers(0, 2, len(pts))]
+    plain = polarization.polarization_map(xy, site, LATTICE)
+    assert (plain.cells[:, 0] > 198).sum() >= 3  # random columns do make cages
+    lat = Lattice(a=(LATTICE, 0.0), b=(0.0, LATTICE), snr=100.0)
+    on = polarization.polarization_map(xy, site, LATTICE, lattice=lat, shape=(384, 384))
+    assert not (on.cells[:, 0] > 192).any()
+    inner = plain.cells[:, 0] < 192 - 1.5 * LATTICE
+    kept = {tuple(c) for c in np.round(on.cells, 9)}
+    assert all(tuple(c) in kept for c in np.round(plain.cells[inner], 9))
+    with pytest.raises(ValueError, match="shape"):
+        polarization.polarization_map(xy, site, LATTICE, lattice=lat)

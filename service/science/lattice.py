@@ -468,15 +468,17 @@ SITE_TOL = 0.15
 
 
 def indexed_sites(lattice: Lattice, xy: np.ndarray, shape: tuple[int, int],
-                  tol: float = SITE_TOL) -> np.ndarray:
-    """The sites the cell indexes: another site lies one cell vector away (+-a, +-b) for at
-    least three of the four translates, or for every translate inside the frame (at least two).
+                  tol: float = SITE_TOL, of: np.ndarray | None = None) -> np.ndarray:
+    """The sites the cell indexes: another site lies one cell vector away (+-a, +-b) for every
+    translate inside the frame but at most one, and for at least two (three of four inside
+    the frame, two of three along an edge, both at a corner).
 
     Why: a reference for "crystal" that does not depend on how many sites are crystalline.
     A site in a disordered region passes only by chance: with one site per ~|a|^2 / 2 and a
     disk of radius ``tol`` |a| per translate, a translate finds a site with probability
-    ~2 pi tol^2 (0.14 at the default), three of four ~1e-2 (columns spread less evenly than
-    random points, so less).
+    ~2 pi tol^2 (0.14 at the default), three of four ~1e-2, two of three (along an edge)
+    ~6e-2 (columns spread less evenly than random points, so less). One missing translate
+    is forgiven: a column the detection missed would otherwise cost each of its neighbours.
 
     Parameters
     ----------
@@ -488,27 +490,30 @@ def indexed_sites(lattice: Lattice, xy: np.ndarray, shape: tuple[int, int],
         Frame (H, W), px: a translate outside it is not asked for.
     tol : float, optional
         Largest distance from a translate to the site found there, in units of |a|.
+    of : (M,) array_like of int, optional
+        Indices of the sites to test (default all); the translates may find any site.
 
     Returns
     -------
-    (N,) ndarray of bool
+    (N,) ndarray of bool, or (M,) with ``of``
     """
     pts = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
     if not (np.isfinite(tol) and tol > 0):
         raise ValueError(f"tol must be a positive finite number, got {tol!r}")
+    ask = pts if of is None else pts[np.asarray(of, dtype=np.int64).reshape(-1)]
     if len(pts) < 2:
-        return np.zeros(len(pts), dtype=bool)
+        return np.zeros(len(ask), dtype=bool)
     h, w = shape
     tree = cKDTree(pts)
-    found = np.zeros(len(pts), dtype=np.int64)
-    inside = np.zeros(len(pts), dtype=np.int64)
+    found = np.zeros(len(ask), dtype=np.int64)
+    inside = np.zeros(len(ask), dtype=np.int64)
     for v in (*lattice.vectors, *(-lattice.vectors)):
-        t = pts + v
+        t = ask + v
         ok = (t[:, 0] >= 0) & (t[:, 0] <= w - 1) & (t[:, 1] >= 0) & (t[:, 1] <= h - 1)
         d, _ = tree.query(t, distance_upper_bound=tol * lattice.spacing)
         found += np.isfinite(d) & ok
         inside += ok
-    return (found >= 3) | ((inside >= 2) & (found == inside))
+    return found >= np.maximum(2, inside - 1)
 
 
 def _refine_vector(tree: cKDTree, pts: np.ndarray, v: np.ndarray, tol: float

@@ -139,7 +139,8 @@ class AtomsWorkflow(Workflow):
             return out
         sites = descriptors.sublattices(ctx.image, ref.xy)
         ctx.sites = sites
-        pol = polarization.polarization_map(ref.xy, sites, ctx.lattice_px)
+        pol = polarization.polarization_map(ref.xy, sites, ctx.lattice_px,
+                                            lattice=ctx.lattice, shape=ctx.shape)
         out["cells"] = pol.cells.astype(np.float32)
         out["polarization"] = pol.polarization.astype(np.float32)
         size = ctx.pixel_size_m
