@@ -15,7 +15,7 @@ edge (a cage column outside the frame), next to a missed or spurious A column, o
 amorphous region gets no cell rather than a vector measured from a lopsided "centre": a
 missing cage column moves the mean of the rest by a / (2 sqrt(2)) ~ 0.35 a, several times
 the displacements being measured. In an amorphous region random columns sometimes make such
-a cage (measured: 6 of 59 cells of a 2x zoom into an amorphous region, arrows pointing
+a cage (measured: 9 of 59 cells of a 2x zoom into an amorphous region, arrows pointing
 anywhere), so with the frame's ``lattice`` a B column must also be on it: B columns one
 cell vector away (:func:`rewardscope.science.lattice.indexed_sites` among the B columns).
 
