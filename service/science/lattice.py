@@ -200,11 +200,10 @@ class Lattice:
 
 
 @lru_cache(maxsize=8)
-def _grid(shape: tuple[int, int], window: str = "kaiser") -> dict:
-    """Per frame shape and window: window, rfft2 frequencies, ring bands (fixed-size samples
-    of each)."""
+def _grid(shape: tuple[int, int]) -> dict:
+    """Per frame shape: rfft2 frequencies, ring bands (fixed-size samples of each); the same
+    for every window."""
     h, w = shape
-    win = np.outer(_window(h, window), _window(w, window)).astype(np.float32)
     fy = sfft.fftfreq(h)  # cycles/px, rfft2 rows
     fx = sfft.rfftfreq(w)
     kabs = np.hypot(fy[:, None], fx[None, :])
@@ -220,12 +219,22 @@ def _grid(shape: tuple[int, int], window: str = "kaiser") -> dict:
         idx = np.flatnonzero(band == i)
         if idx.size:
             samples[i] = rng.choice(idx, BAND_SAMPLES, replace=idx.size < BAND_SAMPLES)
-    return {"window": win, "fy": fy, "fx": fx, "kabs": kabs, "band": band.reshape(kabs.shape),
+    return {"fy": fy, "fx": fx, "kabs": kabs, "band": band.reshape(kabs.shape),
             "samples": samples}
 
 
+@lru_cache(maxsize=8)
+def _window_2d(shape: tuple[int, int], window: str) -> np.ndarray:
+    """The (H, W) float32 window of a pass, per frame shape."""
+    h, w = shape
+    return np.outer(_window(h, window), _window(w, window)).astype(np.float32)
+
+
 def _window(n: int, window: str) -> np.ndarray:
-    """One side of the 2-D window: Kaiser (``KAISER_BETA``) or Tukey (``TUKEY_ALPHA``)."""
+    """One side of the 2-D window: Kaiser (``KAISER_BETA``) or Tukey (``TUKEY_ALPHA``).
+
+    The Tukey taper is written out here: ``scipy.signal.windows.tukey`` would import
+    scipy.signal, which nothing else on a cold ``analyze`` needs."""
     if window == "kaiser":
         return np.kaiser(n, KAISER_BETA)
     if window != "tukey":
@@ -241,9 +250,9 @@ def _window(n: int, window: str) -> np.ndarray:
 def _spectrum(image: np.ndarray, window: str = "kaiser"
               ) -> tuple[np.ndarray, np.ndarray, dict]:
     """Power spectrum (rfft2 layout) of the windowed frame, and it whitened by ring medians."""
-    g = _grid(image.shape, window)
+    g = _grid(image.shape)
     img = image.astype(np.float32, copy=False)
-    x = (img - np.float32(img.mean())) * g["window"]
+    x = (img - np.float32(img.mean())) * _window_2d(image.shape, window)
     f = sfft.rfft2(x, workers=-1)
     p = (f.real * f.real + f.imag * f.imag).astype(np.float64)
     med = np.median(p.ravel()[g["samples"]], axis=1)
