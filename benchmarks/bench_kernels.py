@@ -82,6 +82,20 @@ def cases(scale: float = 1.0, seed: int = 0) -> list[tuple[str, str, Callable, C
     front = rng.random((int(400 * scale), 2))
     hv_pts = rng.random((24, 3))
     hv_ref = np.full(3, 1.1)
+    # a wall candidate's graphs: site pairs (about 2 per site) and the wall points' links
+    site_pairs = rng.integers(0, n_atoms // 2, (n_atoms, 2))
+    gy, gx = np.mgrid[0: side // 12, 0: side // 12]
+    grid = np.stack([gx.ravel(), gy.ravel()], axis=1) * 12.0 + 6.0
+    wall_pts = grid[rng.random(len(grid)) < 0.15]  # sparse, ties-heavy lattice points
+    from scipy.spatial import cKDTree
+
+    links = cKDTree(wall_pts).query_pairs(30.0, output_type="ndarray")
+    lengths = np.maximum(np.hypot(*(wall_pts[links[:, 0]] - wall_pts[links[:, 1]]).T), 1e-6)
+
+    def forest(fn):  # kept edges and every path, one integer array to compare
+        edges, paths = fn(len(wall_pts), links, lengths, 4)
+        return np.concatenate([edges.ravel(), *paths]) if paths else edges.ravel()
+
     return [
         ("knn_distance_sums", f"{n_atoms} points, k=4",
          lambda: R.knn_distance_sums_reference(xy, 4), lambda: kernels.knn_distance_sums(xy, 4)),
@@ -105,6 +119,11 @@ def cases(scale: float = 1.0, seed: int = 0) -> list[tuple[str, str, Callable, C
         ("collinear_pairs", f"{n_seg} segments",
          lambda: R.collinear_pairs_reference(segs, 0.1, 2.0, 6.0),
          lambda: kernels.collinear_pairs(segs, 0.1, 2.0, 6.0)),
+        ("edge_components", f"{n_atoms // 2} nodes, {n_atoms} edges",
+         lambda: R.edge_components_reference(n_atoms // 2, site_pairs)[1],
+         lambda: kernels.edge_components(n_atoms // 2, site_pairs)[1]),
+        ("spanning_forest", f"{len(wall_pts)} points, {len(links)} links",
+         lambda: forest(R.spanning_forest_reference), lambda: forest(kernels.spanning_forest)),
         ("non_dominated_mask", f"{len(front)} x 2",
          lambda: R.non_dominated_mask_reference(front), lambda: pareto.non_dominated_mask(front)),
         ("non_dominated_sort", f"{len(front)} x 2",

@@ -231,3 +231,44 @@ def nearest_within_reference(xy, shape, reach, step=1, offset=0.0):
         owner[inside] = k[inside]
         dist[inside] = np.sqrt(best[inside])
     return owner, dist
+
+
+# ---- kernels: graphs (the scipy.sparse.csgraph computations the kernels replace)
+
+def edge_components_reference(n: int, edges: np.ndarray) -> tuple[int, np.ndarray]:
+    """``connected_components`` of the edge list's sparse matrix."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    e = np.asarray(edges, dtype=np.int64).reshape(-1, 2)
+    graph = coo_matrix((np.ones(len(e)), (e[:, 0], e[:, 1])), shape=(n, n))
+    return connected_components(graph.tocsr(), directed=False)
+
+
+def spanning_forest_reference(n: int, edges: np.ndarray, weights: np.ndarray,
+                              min_size: int = 2) -> tuple[np.ndarray, list[np.ndarray]]:
+    """scipy's ``minimum_spanning_tree`` of the edges' CSR matrix, and each big enough
+    component's longest path by two ``dijkstra`` sweeps from its smallest node."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components, dijkstra, minimum_spanning_tree
+
+    e = np.asarray(edges, dtype=np.int64).reshape(-1, 2)
+    graph = coo_matrix((np.asarray(weights, float), (e[:, 0], e[:, 1])), shape=(n, n))
+    tree = minimum_spanning_tree(graph.tocsr())
+    coo = tree.tocoo()
+    forest = np.stack([coo.row, coo.col], axis=1).astype(np.int64)
+    n_comp, comp = connected_components(tree, directed=False)
+    sizes = np.bincount(comp, minlength=n_comp)
+    firsts = np.unique(comp, return_index=True)[1]
+    paths = []
+    for c in np.flatnonzero(sizes >= min_size):
+        dist, _ = dijkstra(tree, directed=False, indices=int(firsts[c]), return_predecessors=True)
+        dist[~np.isfinite(dist)] = -1.0
+        u = int(np.argmax(dist))
+        dist, pred = dijkstra(tree, directed=False, indices=u, return_predecessors=True)
+        dist[~np.isfinite(dist)] = -1.0
+        path = [int(np.argmax(dist))]
+        while path[-1] != u and pred[path[-1]] >= 0:
+            path.append(int(pred[path[-1]]))
+        paths.append(np.asarray(path[::-1], dtype=np.int64))
+    return forest, paths

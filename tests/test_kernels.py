@@ -28,7 +28,8 @@ def circle_points(r: float, n: int, span: float = 2 * np.pi, centre=(50.0, 60.0)
 
 # Kernels called only from other kernels: numba compiles them into their callers, so their own
 # dispatchers never record a signature.
-INLINED_KERNELS = {"_reflect_index", "_symmetric_index", "_cumulative_length_kernel", "_label_at"}
+INLINED_KERNELS = {"_reflect_index", "_symmetric_index", "_cumulative_length_kernel", "_label_at",
+                   "_root", "_union", "_number_components", "_sweep", "_farthest"}
 
 _SIGNATURES_SCRIPT = """
 import json
@@ -477,3 +478,71 @@ def test_row_median_is_numpys_nanmedian() -> None:
     np.testing.assert_array_equal(got, [2.0, np.nan])
     with pytest.raises(ValueError, match="valid"):
         K.row_median(np.zeros((3, 4)), np.ones((3, 5), bool))
+
+
+def _graph_cases():
+    rng = np.random.default_rng(7)
+    yield 1, np.zeros((0, 2), np.int64)
+    yield 5, np.zeros((0, 2), np.int64)
+    yield 4, np.array([[0, 0], [3, 3], [1, 2], [2, 1], [1, 2]])  # self-loops and repeats
+    for _ in range(40):
+        n = int(rng.integers(2, 300))
+        m = int(rng.integers(0, 2 * n))
+        yield n, rng.integers(0, n, size=(m, 2))
+
+
+def test_edge_components_match_scipy() -> None:
+    for n, edges in _graph_cases():
+        got_n, got = K.edge_components(n, edges)
+        ref_n, ref = R.edge_components_reference(n, edges)
+        assert got_n == ref_n
+        np.testing.assert_array_equal(got, ref)
+        assert got.dtype == np.int32
+
+
+def _forest_inputs(pts: np.ndarray, link: float) -> tuple[np.ndarray, np.ndarray]:
+    from scipy.spatial import cKDTree
+
+    pairs = cKDTree(pts).query_pairs(link, output_type="ndarray")
+    d = np.hypot(*(pts[pairs[:, 0]] - pts[pairs[:, 1]]).T) if len(pairs) else np.zeros(0)
+    return pairs, np.maximum(d, 1e-6)
+
+
+def test_spanning_forest_matches_scipy_on_ties_and_random_points() -> None:
+    """The same kept edges and the same longest paths as scipy's minimum spanning tree and
+    Dijkstra sweeps. Lattice midpoints (the wall points of real candidates) are full of equal
+    lengths, where only the same tie order gives the same tree; duplicates give zero-length
+    links."""
+    rng = np.random.default_rng(3)
+    cases = []
+    for _ in range(25):
+        g = square_lattice(int(rng.integers(2, 12)), 12.0)
+        keep = rng.random(len(g)) < rng.uniform(0.3, 1.0)
+        pts = np.concatenate([g[keep], g[keep][:3]])  # duplicates
+        cases.append((pts[rng.permutation(len(pts))] / 2.0, 2.5 * 6.0))
+    for _ in range(25):
+        pts = rng.uniform(0, 200, size=(int(rng.integers(2, 400)), 2))
+        cases.append((pts, float(rng.uniform(5, 30))))
+    for pts, link in cases:
+        pairs, w = _forest_inputs(pts, link)
+        for min_size in (1, 2, 4):
+            forest, paths = K.spanning_forest(len(pts), pairs, w, min_size)
+            ref_forest, ref_paths = R.spanning_forest_reference(len(pts), pairs, w, min_size)
+            np.testing.assert_array_equal(forest, ref_forest)
+            assert len(paths) == len(ref_paths)
+            for p, q in zip(paths, ref_paths, strict=True):
+                np.testing.assert_array_equal(p, q)
+
+
+def test_graph_kernels_name_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="edges"):
+        K.edge_components(3, np.array([[0, 3]]))
+    with pytest.raises(ValueError, match="edges"):
+        K.edge_components(3, np.zeros((2, 3), np.int64))
+    with pytest.raises(ValueError, match="n must be"):
+        K.edge_components(-1, np.zeros((0, 2)))
+    with pytest.raises(ValueError, match="weights"):
+        K.spanning_forest(3, np.array([[0, 1]]), np.array([1.0, 2.0]))
+    with pytest.raises(ValueError, match="weights"):
+        K.spanning_forest(3, np.array([[0, 1]]), np.array([0.0]))
+    assert K.spanning_forest(0, np.zeros((0, 2)), np.zeros(0))[1] == []

@@ -455,9 +455,20 @@ def _segment_logp(seg: np.ndarray, x: np.ndarray, moments: np.ndarray, noise: Of
         tr = np.trace(r, axis1=1, axis2=2)
         den += (np.trace(r @ r, axis1=1, axis2=2) + tr * tr) / np.maximum(n - 1.0, 1.0)
     nu = np.clip(6.0 / np.maximum(den, 1e-12), 1.5, 1e6)
-    logp = stats.f.logsf(t2 * (nu - 1.0) / (2.0 * nu), 2.0, nu - 1.0)
+    logp = _f2_logsf(t2, nu)
     ok = (n1 >= MIN_SIDE_SITES) & (n2 >= MIN_SIDE_SITES)
     return np.where(ok, _clip_logp(-logp / _LN10), 0.0)
+
+
+def _f2_logsf(t2: np.ndarray, nu: np.ndarray) -> np.ndarray:
+    """log P(F > t2 (nu - 1) / (2 nu)) for F with (2, nu - 1) degrees of freedom.
+
+    The survival function of F(2, d) has the closed form (1 + 2x/d)^(-d/2), so the log is
+    -(d/2) log1p(t2 / nu): exact in both tails (scipy.stats' ``f.logsf`` agrees to 1e-15
+    relative) and without its per-call dispatch, ~0.1 ms of held GIL per candidate's wall
+    tests. Negative rounding of t2 counts as 0 (log p = 0), NaN stays NaN (no evidence).
+    """
+    return -0.5 * (nu - 1.0) * np.log1p(np.maximum(t2, 0.0) / nu)
 
 
 def _clip_logp(value):

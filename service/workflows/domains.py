@@ -104,8 +104,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy.sparse import coo_matrix, csr_matrix
-from scipy.sparse.csgraph import connected_components, dijkstra, minimum_spanning_tree
 from scipy.spatial import cKDTree
 from scipy.spatial.distance import cdist
 from skimage.transform import probabilistic_hough_line
@@ -138,7 +136,6 @@ __all__ = [
     "DomainsWorkflow",
     "WallGeometry",
     "hough_segments",
-    "longest_path",
     "merge_collinear",
     "merge_unsupported",
     "polarization_silhouette",
@@ -218,61 +215,20 @@ class WallGeometry:
     segments: np.ndarray  # (S, 4) Hough segments [x0, y0, x1, y1]
 
 
-def _tree(points: np.ndarray, link: float) -> csr_matrix:
-    """Minimum spanning forest of the points linked within ``link`` px (edge weight = length).
-
-    A wall is a 1-D object: its spanning tree is a chain. Zero-length links (duplicate
-    midpoints) get a tiny weight so they are not dropped as "no edge".
-    """
-    n = points.shape[0]
-    pairs = cKDTree(points).query_pairs(link, output_type="ndarray")
-    d = np.hypot(*(points[pairs[:, 0]] - points[pairs[:, 1]]).T) if len(pairs) else np.zeros(0)
-    graph = coo_matrix((np.maximum(d, 1e-6), (pairs[:, 0], pairs[:, 1])), shape=(n, n))
-    return minimum_spanning_tree(graph.tocsr())
-
-
-def _farthest(tree: csr_matrix, source: int) -> tuple[int, np.ndarray]:
-    """Farthest node from ``source`` along the tree, and the predecessor array."""
-    dist, pred = dijkstra(tree, directed=False, indices=source, return_predecessors=True)
-    dist[~np.isfinite(dist)] = -1.0
-    return int(np.argmax(dist)), pred
-
-
-def longest_path(tree: csr_matrix, start: int) -> np.ndarray:
-    """The ordered chain of a wall: the longest path (tree diameter) in ``start``'s component.
-
-    Two sweeps (farthest node from any node, then farthest from that one) give the diameter
-    of a tree. Ordering a wall along its spanning-tree diameter, rather than along a fixed
-    axis, follows bent walls correctly and turns a thick, noisy network of "walls" into a
-    tortuous path, which the curvature reward then sees.
-
-    Parameters
-    ----------
-    tree : scipy.sparse.csr_matrix
-        Spanning forest of the wall points (edge weights = lengths, px).
-    start : int
-        Any node of the component.
-
-    Returns
-    -------
-    ndarray of int64
-        Node indices along the path, in order.
-    """
-    u, _ = _farthest(tree, start)
-    v, pred = _farthest(tree, u)
-    path = [v]
-    while path[-1] != u and pred[path[-1]] >= 0:
-        path.append(int(pred[path[-1]]))
-    return np.asarray(path[::-1], dtype=np.int64)
-
-
 def wall_chains(
     points: np.ndarray, link: float, min_points: int = MIN_CHAIN_POINTS
-) -> tuple[list[np.ndarray], csr_matrix]:
+) -> tuple[list[np.ndarray], np.ndarray]:
     """Ordered point chains, one per wall, and the spanning forest they were read from.
 
-    Wall points linked within ``link`` form one wall; its spanning tree's longest path
-    (:func:`longest_path`) is the chain the curvature reward reads.
+    Wall points linked within ``link`` form one wall. A wall is a 1-D object: its minimum
+    spanning tree (edge weight = length; zero-length links between duplicate midpoints get
+    a tiny weight so they count as links) is a chain, and the tree's longest path (two
+    sweeps: the farthest node from any node, then the farthest from that one) is the chain
+    the curvature reward reads. Ordering a wall along its spanning-tree diameter, rather than
+    along a fixed axis, follows bent walls correctly and turns a thick, noisy network of
+    "walls" into a tortuous path, which the curvature reward then sees.
+    (:func:`rewardscope.science.kernels.spanning_forest`: scipy's minimum spanning tree and
+    Dijkstra sweeps, the same edges and paths, without sparse matrices.)
 
     Parameters
     ----------
@@ -287,45 +243,21 @@ def wall_chains(
     -------
     chains : list of (M, 2) ndarray of float64
         Ordered points x, y in px, one array per wall.
-    tree : scipy.sparse.csr_matrix
-        The spanning forest over all points (for :func:`rasterise_tree`).
+    forest : (E, 2) ndarray of int64
+        The spanning forest's edges over all points (for :func:`rasterise_tree`).
     """
     pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
     n = pts.shape[0]
     if n < 2:
-        return [], csr_matrix((n, n))
-    tree = _tree(pts, link)
-    n_comp, comp = connected_components(tree, directed=False)
-    sizes = np.bincount(comp, minlength=n_comp)
-    firsts = np.unique(comp, return_index=True)[1]
-    big = np.flatnonzero(sizes >= min_points)
-    if not _FAST:
-        return [pts[longest_path(tree, int(firsts[c]))] for c in big], tree
-    return [pts[p] for p in _longest_paths(tree, firsts[big])], tree
+        return [], np.zeros((0, 2), dtype=np.int64)
+    pairs = cKDTree(pts).query_pairs(link, output_type="ndarray")
+    d = np.hypot(*(pts[pairs[:, 0]] - pts[pairs[:, 1]]).T) if len(pairs) else np.zeros(0)
+    forest, paths = kernels.spanning_forest(n, pairs, np.maximum(d, 1e-6), min_points)
+    return [pts[p] for p in paths], forest
 
 
-def _longest_paths(tree: csr_matrix, starts: np.ndarray) -> list[np.ndarray]:
-    """:func:`longest_path` of every start at once: the two sweeps are one multi-source
-    Dijkstra call each (rows are independent, so the paths are the same)."""
-    if len(starts) == 0:
-        return []
-    dist = dijkstra(tree, directed=False, indices=np.asarray(starts, np.int64))
-    dist[~np.isfinite(dist)] = -1.0
-    ends = np.argmax(dist, axis=1)
-    dist, pred = dijkstra(tree, directed=False, indices=ends, return_predecessors=True)
-    dist[~np.isfinite(dist)] = -1.0
-    out = []
-    far = np.argmax(dist, axis=1)
-    for row, (u, v) in enumerate(zip(ends.tolist(), far.tolist(), strict=True)):
-        path = [v]
-        pr = pred[row]
-        while path[-1] != u and pr[path[-1]] >= 0:
-            path.append(int(pr[path[-1]]))
-        out.append(np.asarray(path[::-1], dtype=np.int64))
-    return out
-
-
-def rasterise_tree(points: np.ndarray, tree: csr_matrix, shape: tuple[int, int]) -> np.ndarray:
+def rasterise_tree(points: np.ndarray, forest: np.ndarray, shape: tuple[int, int]
+                   ) -> np.ndarray:
     """A 1-px line along every edge of the wall points' spanning forest.
 
     Drawing links (not just the points, spaced ~a apart) makes each wall a continuous trace
@@ -336,8 +268,8 @@ def rasterise_tree(points: np.ndarray, tree: csr_matrix, shape: tuple[int, int])
     ----------
     points : (P, 2) ndarray of float
         Wall points x, y in px.
-    tree : scipy.sparse.csr_matrix
-        Their spanning forest (:func:`wall_chains`).
+    forest : (E, 2) ndarray of int
+        Their spanning forest's edges (:func:`wall_chains`).
     shape : (int, int)
         Frame (H, W) in px.
 
@@ -346,8 +278,8 @@ def rasterise_tree(points: np.ndarray, tree: csr_matrix, shape: tuple[int, int])
     (H, W) ndarray of bool
         The raster.
     """
-    coo = tree.tocoo()
-    return kernels.draw_segments(shape, points[coo.row], points[coo.col])
+    e = np.asarray(forest, dtype=np.int64).reshape(-1, 2)
+    return kernels.draw_segments(shape, points[e[:, 0]], points[e[:, 1]])
 
 
 def hough_segments(raster: np.ndarray, lattice_px: float, seed: int = 0) -> np.ndarray:
@@ -394,8 +326,7 @@ def _collinear_groups(seg: np.ndarray, lattice_px: float, max_gap: float
     """Groups of segments on one line (5 degrees, half a spacing off it, gaps up to
     ``max_gap`` spacings): (number of groups, group of each segment)."""
     ij = kernels.collinear_pairs(seg, math.radians(5.0), 0.5 * lattice_px, max_gap * lattice_px)
-    link = coo_matrix((np.ones(len(ij)), (ij[:, 0], ij[:, 1])), shape=(len(seg), len(seg)))
-    return connected_components(link.tocsr(), directed=False)
+    return kernels.edge_components(len(seg), ij)
 
 
 def _group_lines(seg: np.ndarray, group: np.ndarray, groups: np.ndarray) -> np.ndarray:
@@ -505,8 +436,7 @@ def _join_regions(weak_a: np.ndarray, weak_b: np.ndarray, strong_a: np.ndarray,
     labels). Returns each region's group root (whose label the group carries)."""
     n = len(size)
     if len(strong_a) == 0:  # no published wall: connected regions simply become one
-        join = coo_matrix((np.ones(len(weak_a)), (weak_a, weak_b)), shape=(n, n))
-        _, grp = connected_components(join.tocsr(), directed=False)
+        _, grp = kernels.edge_components(n, np.stack([weak_a, weak_b], axis=1))
         order = np.lexsort((size, grp))  # by group, then size: each group's last is largest
         last = order[np.r_[np.flatnonzero(np.diff(grp[order])), n - 1]]
         best = np.zeros(grp.max() + 1, dtype=np.int64)
@@ -580,8 +510,7 @@ def merge_unsupported(labels: np.ndarray, pairs: np.ndarray, xy: np.ndarray,
     if n == 0 or len(pr) == 0:
         return lab.astype(np.int16)
     same = lab[pr[:, 0]] == lab[pr[:, 1]]
-    graph = coo_matrix((np.ones(int(same.sum())), (pr[same, 0], pr[same, 1])), shape=(n, n))
-    n_reg, reg = connected_components(graph.tocsr(), directed=False)
+    n_reg, reg = kernels.edge_components(n, pr[same])
     cross = pr[~same]
     if n_reg > 1 and len(cross):
         pts = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
@@ -1492,8 +1421,8 @@ class DomainsWorkflow(Workflow):
         diff = p[sub_labels[p[:, 0]] != sub_labels[p[:, 1]]] if len(p) else p
         points = 0.5 * (s.xy[diff[:, 0]] + s.xy[diff[:, 1]]) if len(diff) else np.zeros((0, 2))
         link = LINK_RADIUS * lattice_px
-        chains, tree = wall_chains(points, link)
-        raster = rasterise_tree(points, tree, shape)
+        chains, forest = wall_chains(points, link)
+        raster = rasterise_tree(points, forest, shape)
         segments = merge_collinear(hough_segments(raster, lattice_px), lattice_px)
         return WallGeometry(points=points, chains=chains, segments=segments)
 
