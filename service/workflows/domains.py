@@ -587,6 +587,22 @@ def _pair_distances(off: np.ndarray) -> np.ndarray:
     return dist
 
 
+_PICKS: dict[int, np.ndarray] = {}
+
+
+def _silhouette_pick(n: int) -> np.ndarray:
+    """``default_rng(0).permutation(n)[:SILHOUETTE_SITES]``, kept per ``n`` (read-only):
+    every candidate of a frame samples the same sites."""
+    pick = _PICKS.get(n)
+    if pick is None:
+        pick = np.random.default_rng(0).permutation(n)[:SILHOUETTE_SITES]
+        pick.flags.writeable = False
+        if len(_PICKS) >= 64:  # clear() is atomic (threads)
+            _PICKS.clear()
+        _PICKS[n] = pick
+    return pick
+
+
 def polarization_silhouette(labels: np.ndarray, offsets: np.ndarray) -> float:
     """Mean silhouette of the labels on the measured polarization: one label per variant?
 
@@ -615,7 +631,7 @@ def polarization_silhouette(labels: np.ndarray, offsets: np.ndarray) -> float:
     lab = np.asarray(labels).ravel()
     off = np.asarray(offsets, dtype=np.float64).reshape(-1, 2)
     if lab.size > SILHOUETTE_SITES:
-        pick = np.random.default_rng(0).permutation(lab.size)[:SILHOUETTE_SITES]
+        pick = _silhouette_pick(lab.size)
         lab, off = lab[pick], off[pick]
     ids, code = np.unique(lab, return_inverse=True)
     if ids.size < 2:
