@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import threading
 import time
@@ -13,7 +14,7 @@ from references import (
     non_dominated_mask_reference,
     non_dominated_sort_reference,
 )
-from skopt.space import Categorical, Integer, Real
+from skopt.space import Categorical, Integer, Real, Space
 
 from rewardscope.optimize import (
     MultiObjectiveOptimizer,
@@ -439,7 +440,10 @@ def test_hyperparameter_fit_is_scikit_learns_gaussian_process_fit():
     rng = np.random.default_rng(4)
     opt = MultiObjectiveOptimizer([Real(0, 1, name="a"), Real(0, 1, name="b"),
                                    Integer(1, 5, name="c")], 2)
-    kernel = opt._kernel
+    kernel = opt._sklearn_kernel()
+    # the numpy path's start and bounds are the kernel's, to the bit
+    np.testing.assert_array_equal(opt._theta0, kernel.theta)
+    np.testing.assert_array_equal(opt._bounds, kernel.bounds)
     X = rng.random((40, 3))
     y = np.sin(4 * X[:, 0]) + X[:, 1] ** 2 + 0.05 * rng.normal(size=40)
     y = (y - y.mean()) / y.std()
@@ -547,3 +551,49 @@ def test_patience_ends_a_search_whose_answer_settled_and_only_then():
 
     opt = MultiObjectiveOptimizer(_unit_dims(2), 2, seed=0, n_initial=5)
     assert run_frame(moving, opt, budget=20, patience=2).n_evaluations == 20
+
+
+def test_normalised_space_is_skopts_normalize_dimensions():
+    """The optimizer's space is ``Space(skopt.utils.normalize_dimensions(dims))``: the same
+    transformed coordinates for every kind of dimension, without loading skopt.utils."""
+    from skopt.utils import normalize_dimensions
+
+    dims = [Real(0, 1, name="a"), Categorical(["x", "y"], name="b"),
+            Categorical(["p", "q", "r"], name="c"), Integer(2, 12, name="d"),
+            Real(1e-3, 1.0, prior="log-uniform", name="e"), Categorical([True, False], name="f"),
+            Integer(1, 64, prior="log-uniform", name="g")]
+    ours = mobo_module._normalised_space(dims)
+    ref = Space(normalize_dimensions(copy.deepcopy(dims)))
+    pts = Space(dims).rvs(50, random_state=3)
+    np.testing.assert_array_equal(ours.transform(pts), ref.transform(pts))
+    assert ours.transformed_n_dims == ref.transformed_n_dims
+    assert [d.name for d in ours.dimensions] == [d.name for d in dims]
+    assert dims[0].transform_ == "identity"  # the caller's dimensions are left as they were
+
+
+def test_dimensions_load_without_skopts_package_and_stay_skopts_classes():
+    """A fresh interpreter: importing the workflows' dimensions loads skopt.space alone (not
+    skopt's optimizers, scikit-learn's ensembles or joblib's executors), the classes are
+    skopt's, and a later ``import skopt`` is the whole package over the same module."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from rewardscope.science import dimensions\n"
+        "heavy = [m for m in ('skopt.utils', 'skopt.optimizer', 'skopt.learning',"
+        " 'sklearn.ensemble', 'sklearn.gaussian_process') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+        "assert 'skopt' not in sys.modules\n"
+        "from skopt.space import Real\n"
+        "assert Real is dimensions.Real and 'skopt' not in sys.modules\n"
+        "import skopt\n"
+        "assert skopt.space.Real is dimensions.Real and callable(skopt.gp_minimize)\n"
+        "assert skopt.Space is dimensions.Space\n"
+        "import rewardscope.workflows, rewardscope.optimize.mobo\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "ok"

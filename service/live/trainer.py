@@ -46,11 +46,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from skopt.space import Categorical, Integer, Real
 
 from rewardscope.optimize.knee import knee_index
 from rewardscope.optimize.mobo import MultiObjectiveOptimizer
 from rewardscope.science import latentstats, rewards
+from rewardscope.science.dimensions import Categorical, Integer, Real
 from rewardscope.science.vae import (
     CheckpointError,
     FrameSample,

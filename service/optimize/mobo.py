@@ -52,15 +52,12 @@ from scipy.linalg import cho_solve, cholesky, solve_triangular
 from scipy.optimize import minimize
 from scipy.spatial.distance import cdist
 from scipy.special import ndtr
-from skopt.learning import GaussianProcessRegressor
-from skopt.learning.gaussian_process.kernels import ConstantKernel, Matern, WhiteKernel
-from skopt.space import Real, Space
-from skopt.utils import normalize_dimensions
 
 from rewardscope.optimize.hypervolume import hypervolume as _hypervolume
 from rewardscope.optimize.knee import knee_index, normalise_front
 from rewardscope.optimize.pareto import non_dominated_mask
 from rewardscope.plaindata import plain
+from rewardscope.science.dimensions import Categorical, Real, Space
 from rewardscope.science.threadlimits import pin_blas
 
 RHO = 0.05  # augmented Chebyshev term (Knowles 2006)
@@ -85,6 +82,16 @@ def simplex_lattice(n_objectives: int, s: int | None = None) -> np.ndarray:
         s = {1: 1, 2: 10, 3: 4}.get(n_objectives, 3)
     rows = [c for c in itertools.product(range(s + 1), repeat=n_objectives) if sum(c) == s]
     return np.array(rows, dtype=np.float64) / s
+
+
+def _normalised_space(dimensions: Sequence) -> Space:
+    """``Space(skopt.utils.normalize_dimensions(dimensions))`` on copies: every dimension
+    mapped to [0, 1] (categories one-hot), what a GP wants. Written with skopt's own
+    ``set_transformer`` so ``skopt.utils`` (and the rest of skopt it imports) is not loaded."""
+    space = Space(copy.deepcopy(list(dimensions)))
+    for dim in space.dimensions:
+        dim.set_transformer("onehot" if isinstance(dim, Categorical) else "normalize")
+    return Space(space.dimensions)
 
 
 def _key(x: Sequence) -> tuple:
@@ -134,7 +141,7 @@ class MultiObjectiveOptimizer:
         # our matrices are tiny: threaded BLAS on a busy host was measured 3x slower (wall)
         pin_blas()
         self.dimensions = copy.deepcopy(list(space))
-        self.space = Space(normalize_dimensions(copy.deepcopy(self.dimensions)))
+        self.space = _normalised_space(self.dimensions)
         self.names = [d.name for d in self.space.dimensions]
         self.n_objectives = int(n_objectives)
         self.n_initial = int(n_initial)
@@ -149,9 +156,11 @@ class MultiObjectiveOptimizer:
 
         self._rng = np.random.default_rng(seed)
         d = self.space.transformed_n_dims
-        self._kernel = ConstantKernel(1.0, (0.01, 1000.0)) * Matern(
-            length_scale=np.ones(d), length_scale_bounds=[(0.01, 100.0)] * d, nu=2.5
-        ) + WhiteKernel(1e-4, (1e-6, 1.0))
+        # C * Matern-5/2(ARD) + White: theta and its bounds in log space, in the order of
+        # scikit-learn's kernel ``C(1, (0.01, 1000)) * Matern(ones(d), [(0.01, 100)] * d,
+        # nu=2.5) + WhiteKernel(1e-4, (1e-6, 1))`` (:meth:`_sklearn_kernel`)
+        self._theta0 = np.log(np.r_[1.0, np.ones(d), 1e-4])
+        self._bounds = np.log(np.array([(0.01, 1000.0)] + [(0.01, 100.0)] * d + [(1e-6, 1.0)]))
         self._theta: np.ndarray | None = None
         self._tells_since_fit = 0
 
@@ -554,6 +563,20 @@ class MultiObjectiveOptimizer:
         age = self._frame - self._frame_of
         return (NOISE0 * self.forgetting ** age.astype(float)) ** 2
 
+    def _sklearn_kernel(self):
+        """The GP kernel as scikit-learn's objects (the ``GP_FIT = "sklearn"`` reference);
+        its ``theta`` and ``bounds`` are ``_theta0`` and ``_bounds``."""
+        from skopt.learning.gaussian_process.kernels import (  # noqa: PLC0415
+            ConstantKernel,
+            Matern,
+            WhiteKernel,
+        )
+
+        d = self.space.transformed_n_dims
+        return ConstantKernel(1.0, (0.01, 1000.0)) * Matern(
+            length_scale=np.ones(d), length_scale_bounds=[(0.01, 100.0)] * d, nu=2.5
+        ) + WhiteKernel(1e-4, (1e-6, 1.0))
+
     def _fit_hyperparameters(self, z: np.ndarray, alpha: np.ndarray) -> None:
         """Type-II ML fit of (amplitude, length scales, white noise) with skopt's GP.
 
@@ -563,12 +586,15 @@ class MultiObjectiveOptimizer:
         t0 = time.perf_counter()
         seed = self._seed()
         if GP_FIT == "numpy":
-            self._theta = _fit_theta(self._Xt, z, alpha, self._kernel.bounds,
-                                     self._kernel.theta if self._theta is None else self._theta,
+            self._theta = _fit_theta(self._Xt, z, alpha, self._bounds,
+                                     self._theta0 if self._theta is None else self._theta,
                                      restarts=1 if self._theta is None else 0, seed=seed)
         else:
-            kernel = (self._kernel if self._theta is None
-                      else self._kernel.clone_with_theta(self._theta))
+            from skopt.learning import GaussianProcessRegressor  # noqa: PLC0415 - reference
+
+            kernel = self._sklearn_kernel()
+            if self._theta is not None:
+                kernel = kernel.clone_with_theta(self._theta)
             gp = GaussianProcessRegressor(
                 kernel=kernel,
                 alpha=alpha,

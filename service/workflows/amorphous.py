@@ -72,10 +72,10 @@ import numpy as np
 from numba import njit
 from scipy import ndimage, special
 from scipy.spatial import cKDTree
-from skopt.space import Categorical, Integer, Real
 
 from rewardscope.science import kernels, mixtures
 from rewardscope.science.descriptors import standardise_columns, standardised_pca, sublattices
+from rewardscope.science.dimensions import Categorical, Integer, Real
 from rewardscope.science.lattice import indexed_sites
 from rewardscope.science.once import once
 from rewardscope.science.rewards import normalised_perimeter, order_contrast, region_compactness

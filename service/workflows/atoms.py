@@ -29,9 +29,9 @@ import math
 from typing import Any
 
 import numpy as np
-from skopt.space import Integer, Real
 
 from rewardscope.science import atomfind, descriptors, polarization, refine, rewards
+from rewardscope.science.dimensions import Integer, Real
 from rewardscope.workflows.base import ATOMS, FIELD, Evaluation, FrameContext, Output, Workflow
 
 SITES_PER_CELL = 2  # ABO3 [001]: A and B columns per a x a cell (the config's default motif)

@@ -107,9 +107,9 @@ import numpy as np
 from scipy.spatial import cKDTree
 from scipy.spatial.distance import cdist
 from skimage.transform import probabilistic_hough_line
-from skopt.space import Categorical, Integer, Real
 
 from rewardscope.science import descriptors, domaintests, kernels, mixtures, rewards
+from rewardscope.science.dimensions import Categorical, Integer, Real
 from rewardscope.science.once import once
 from rewardscope.science.rewards import (
     domain_interior,

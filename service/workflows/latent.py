@@ -45,9 +45,9 @@ from typing import Any
 
 import numpy as np
 from scipy.spatial import cKDTree
-from skopt.space import Integer
 
 from rewardscope.science import descriptors, domaintests, kernels, latentstats, mixtures
+from rewardscope.science.dimensions import Integer
 from rewardscope.science.rewards import latent_bic, latent_icl
 from rewardscope.science.vae import FrameSample, ModelInUse, model_slot, one_hot
 from rewardscope.workflows.base import (
