@@ -817,3 +817,16 @@ def test_significance_outputs_are_aligned_with_the_walls(frames):
     assert ev.output["domain_significance"] > 10
     kinds = {o.key: o.kind for o in wf.produces}
     assert kinds["wall_significance"] == "per_wall" and kinds["domain_significance"] == "scalar"
+
+
+def test_merge_unsupported_keys_do_not_overflow_with_many_regions():
+    """Region-pair keys are region * n_regions + region: with more than 46,341 regions
+    (a 4096² frame has ~120,000 B sites) they pass 2**31, so they are computed in int64.
+    60,000 sites on a chain with alternating labels are 60,000 one-site regions; no wall
+    supports any boundary, so they all join into one domain."""
+    n = 60_000
+    labels = np.arange(n) % 2
+    pairs = np.stack([np.arange(n - 1), np.arange(1, n)], axis=1)
+    xy = np.stack([np.arange(n, dtype=float), np.zeros(n)], axis=1)
+    out = merge_unsupported(labels, pairs, xy, np.zeros((0, 4)), radius=1.0)
+    assert out.dtype == np.int16 and np.all(out == 0)

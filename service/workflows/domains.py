@@ -516,6 +516,7 @@ def merge_unsupported(labels: np.ndarray, pairs: np.ndarray, xy: np.ndarray,
         pts = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
         mid = 0.5 * (pts[cross[:, 0]] + pts[cross[:, 1]])
         on_wall = _segment_distance(mid, segments) <= radius
+        reg = reg.astype(np.int64)  # the pair keys below reach n_reg**2
         ri, rj = reg[cross[:, 0]], reg[cross[:, 1]]
         key = np.minimum(ri, rj) * n_reg + np.maximum(ri, rj)
         keys, inv = np.unique(key, return_inverse=True)
