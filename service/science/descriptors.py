@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 from scipy import linalg, ndimage
@@ -537,25 +538,16 @@ def pca_scores(
     return (scores * scale).astype(np.float64), explained.astype(np.float64)
 
 
-_DRAWS: dict[tuple, np.ndarray] = {}
-_MAX_DRAWS = 32
-
-
+@lru_cache(maxsize=32)
 def _gaussian_draws(seed: int, rows: int, cols: int, single: bool) -> np.ndarray:
     """``RandomState(seed).normal(size=(rows, cols))`` (as float32 when ``single``), kept
     read-only: every candidate of a frame (and every frame) draws the same test matrix for the
     same patch size, and seeding a RandomState and drawing held the GIL for ~2 % of a warm
     frame's GIL time."""
-    key = (int(seed), int(rows), int(cols), bool(single))
-    q = _DRAWS.get(key)
-    if q is None:
-        q = np.random.RandomState(seed).normal(size=(rows, cols))
-        if single:
-            q = q.astype(np.float32)
-        q.flags.writeable = False
-        if len(_DRAWS) >= _MAX_DRAWS:  # patch sizes seen lately; clear() is atomic (threads)
-            _DRAWS.clear()
-        _DRAWS[key] = q
+    q = np.random.RandomState(seed).normal(size=(rows, cols))
+    if single:
+        q = q.astype(np.float32)
+    q.flags.writeable = False
     return q
 
 
@@ -568,7 +560,7 @@ def _randomized_axes(m: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, np.n
     The tests compare the two on random matrices of both shapes."""
     transpose = m.shape[0] < m.shape[1]
     a = m.T if transpose else m
-    q = _gaussian_draws(seed, a.shape[1], k + 6, a.dtype == np.float32)
+    q = _gaussian_draws(int(seed), a.shape[1], k + 6, bool(a.dtype == np.float32))
     for _ in range(2):
         q = a.T @ (a @ q)
     q, _ = linalg.qr(a @ q, mode="economic", check_finite=False)

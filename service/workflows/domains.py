@@ -101,6 +101,7 @@ import dataclasses
 import math
 import time
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -588,19 +589,12 @@ def _pair_distances(off: np.ndarray) -> np.ndarray:
     return dist
 
 
-_PICKS: dict[int, np.ndarray] = {}
-
-
+@lru_cache(maxsize=64)
 def _silhouette_pick(n: int) -> np.ndarray:
     """``default_rng(0).permutation(n)[:SILHOUETTE_SITES]``, kept per ``n`` (read-only):
     every candidate of a frame samples the same sites."""
-    pick = _PICKS.get(n)
-    if pick is None:
-        pick = np.random.default_rng(0).permutation(n)[:SILHOUETTE_SITES]
-        pick.flags.writeable = False
-        if len(_PICKS) >= 64:  # clear() is atomic (threads)
-            _PICKS.clear()
-        _PICKS[n] = pick
+    pick = np.random.default_rng(0).permutation(n)[:SILHOUETTE_SITES]
+    pick.flags.writeable = False
     return pick
 
 
