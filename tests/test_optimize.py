@@ -498,6 +498,76 @@ def test_run_frame_skips_reevaluations_unchanged_within_noise():
     assert moved.reused_X == [] and moved.n_evaluations == len(calls) == 8
 
 
+def test_snap_rules_are_skopts_round_trip():
+    """The closed-form snap of one-column integers and two-valued categoricals equals skopt's
+    transform(inverse_transform(x)) everywhere, rounding ties and the binariser's threshold
+    included; other dimensions have no rule (skopt's own path)."""
+    from rewardscope.optimize.mobo import _normalised_space, _snap_rule
+    from rewardscope.science.dimensions import Integer
+
+    space = _normalised_space([Integer(2, 12), Integer(2, 4), Integer(-5, 7), Integer(1, 2),
+                               Integer(0, 1000), Categorical([0.25, 0.5]),
+                               Categorical(["a", "b"]), Categorical([True, False]),
+                               Categorical([8, 16, 32]), Real(0, 1)])
+    rng = np.random.default_rng(0)
+    ruled = 0
+    for dim in space.dimensions:
+        rule = _snap_rule(dim)
+        if dim.transformed_size != 1 or isinstance(dim, Real):
+            assert rule is None
+            continue
+        x = np.concatenate([rng.random(5000), np.linspace(0, 1, 2001),
+                            [0.5, np.nextafter(0.5, 0), np.nextafter(0.5, 1)]])
+        if isinstance(dim, Integer):
+            span = dim.high - dim.low
+            half = (np.arange(span) + 0.5) / span  # where rounding ties fall
+            x = np.clip(np.concatenate([x, np.arange(span + 1) / span, half,
+                                        np.nextafter(half, 0), np.nextafter(half, 1)]), 0, 1)
+        ref = np.asarray(dim.transform(dim.inverse_transform(x)), dtype=float).reshape(-1)
+        np.testing.assert_array_equal(rule(x), ref)
+        ruled += 1
+    assert ruled == 8
+
+
+def test_run_frame_pairs_the_anchor_where_reuse_cannot_follow():
+    """With two evaluation threads the anchor is evaluated alone only where this search's
+    last anchor was calm (reuse may follow); before any calm frame, or after an anchor that
+    moved, it goes with one more re-evaluation (the two are told together), and the reuse
+    decision is still the anchor's own."""
+    scale = {"k": 1.0}
+
+    def objective(x):
+        a, b = float(x[0]), float(x[1])
+        return [scale["k"] * a, scale["k"] * (1.0 - a) ** 2 + 0.1 * b]
+
+    opt = MultiObjectiveOptimizer([Real(0, 1, name="a"), Real(0, 1, name="b")], 2, seed=1,
+                                  n_initial=4)
+    run_frame(objective, opt, budget=12)  # cold
+    told: list[list] = []  # the points of each tell, in order
+    real_tell = opt.tell
+
+    def tell(xs, ys):
+        told.append([list(x) for x in xs])
+        real_tell(xs, ys)
+
+    opt.tell = tell
+    first = run_frame(objective, opt, budget=8, reuse=True, workers=2)
+    assert first.reused_X == [] and len(told[0]) == 2  # no calm frame yet: paired
+    assert opt.stats["anchor_moved"]  # (reuse cannot follow before one is measured)
+    told.clear()
+    calm = run_frame(objective, opt, budget=8, reuse=True, workers=2, anchor=first.knee_x)
+    assert len(told[0]) == 2 and told[0][0] == list(first.knee_x)  # last anchor moved
+    assert not opt.stats["anchor_moved"] and len(calm.reused_X) >= 1
+    told.clear()
+    again = run_frame(objective, opt, budget=8, reuse=True, workers=2, anchor=calm.knee_x)
+    assert told[0] == [list(calm.knee_x)] and len(again.reused_X) >= 1  # alone
+    scale["k"] = 3.0  # the scene changed: the anchor (alone) moved, the rest is re-evaluated
+    told.clear()
+    moved = run_frame(objective, opt, budget=8, reuse=True, workers=2, anchor=again.knee_x)
+    assert told[0] == [list(again.knee_x)] and moved.reused_X == []
+    assert opt.stats["anchor_moved"] and moved.n_evaluations == 8
+
+
 def test_fast_transform_is_skopts():
     """The optimizer's table-driven transform equals skopt's Space.transform (categoricals of
     2 and more values, booleans, integers, log-uniform reals)."""

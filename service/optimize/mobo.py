@@ -57,7 +57,15 @@ from rewardscope.optimize.hypervolume import hypervolume as _hypervolume
 from rewardscope.optimize.knee import knee_index, normalise_front
 from rewardscope.optimize.pareto import non_dominated_mask
 from rewardscope.plaindata import plain
-from rewardscope.science.dimensions import Categorical, Real, Space
+from rewardscope.science.dimensions import (
+    Categorical,
+    CategoricalEncoder,
+    Identity,
+    Normalize,
+    Pipeline,
+    Real,
+    Space,
+)
 from rewardscope.science.threadlimits import pin_blas
 
 RHO = 0.05  # augmented Chebyshev term (Knowles 2006)
@@ -286,11 +294,14 @@ class MultiObjectiveOptimizer:
         """Evaluate these points next (before LHS/BO proposals), e.g. a workflow's defaults."""
         self._init_queue[:0] = [[plain(v) for v in x] for x in points]
 
-    def reevaluation_move(self) -> float | None:
-        """Largest move among the previous front's points re-evaluated so far this frame: per
-        point the largest objective change as a fraction of the previous frame's objective
-        range (a point that now fails moved a whole range); None before any was told."""
-        keys = [k for k in self._reeval if k in self._reeval_new]
+    def reevaluation_move(self, xs: Sequence | None = None) -> float | None:
+        """Largest move among the previous front's points re-evaluated so far this frame (or
+        among those of ``xs``): per point the largest objective change as a fraction of the
+        previous frame's objective range (a point that now fails moved a whole range); None
+        before any was told."""
+        wanted = None if xs is None else {_key(x) for x in xs}
+        keys = [k for k in self._reeval if k in self._reeval_new
+                and (wanted is None or k in wanted)]
         if not keys:
             return None
         old = np.array([self._reeval[k] for k in keys]).reshape(-1, self.n_objectives)
@@ -636,7 +647,12 @@ class MultiObjectiveOptimizer:
 
     def _snap(self, Z: np.ndarray) -> np.ndarray:
         """Map unit-cube points onto representable transformed points (rounded integers,
-        one-hot categories) column-block-wise — skopt's row-wise transform is ~10x slower."""
+        one-hot categories) column-block-wise — skopt's row-wise transform is ~10x slower.
+
+        A one-column integer or two-valued categorical is snapped in closed form
+        (:func:`_snap_rule`, equal to skopt's ``transform(inverse_transform(.))``, tested):
+        skopt's round trip of 2000 candidates through Python lists held the GIL for ~1 % of
+        a warm frame's samples. Any other one-column dimension goes through skopt."""
         out = np.clip(Z, 0.0, 1.0)
         col = 0
         for dim in self.space.dimensions:
@@ -649,8 +665,12 @@ class MultiObjectiveOptimizer:
                 block[:] = 0.0
                 block[np.arange(len(block)), hot] = 1.0
             else:
-                snapped = dim.transform(dim.inverse_transform(block[:, 0]))
-                block[:, 0] = np.asarray(snapped, dtype=float).reshape(len(block))
+                rule = _snap_rule(dim)
+                if rule is not None:
+                    block[:, 0] = rule(block[:, 0])
+                else:
+                    snapped = dim.transform(dim.inverse_transform(block[:, 0]))
+                    block[:, 0] = np.asarray(snapped, dtype=float).reshape(len(block))
             col += size
         return out
 
@@ -723,6 +743,35 @@ class MultiObjectiveOptimizer:
         if len(out) < n:
             out.extend(self._random_points(n - len(out), exclude + out))
         return out
+
+
+def _snap_rule(dim) -> Callable[[np.ndarray], np.ndarray] | None:
+    """skopt's ``dim.transform(dim.inverse_transform(x))`` for a one-column transformed
+    dimension, as array arithmetic, where its transformer is one this knows; else None.
+
+    - ``Integer`` normalised (``Pipeline([Identity, Normalize(is_int=True)])``): the value
+      ``round(x (high - low) + low)`` clipped to [low, high], then ``(v - low) / (high - low)``
+      in the same float operations skopt does;
+    - two-valued ``Categorical`` one-hot (``CategoricalEncoder``, a binary
+      ``LabelBinarizer``): the second category where x > 0.5 (the binariser's threshold),
+      transformed to 1.0, else 0.0.
+    """
+    t = dim.transformer
+    if type(t) is Pipeline and len(t.transformers) == 2 and type(t.transformers[0]) is Identity:
+        norm = t.transformers[1]
+        if (type(norm) is Normalize and norm.is_int and norm.high > norm.low
+                and float(dim.low) == norm.low and float(dim.high) == norm.high):
+            lo, hi, span = int(dim.low), int(dim.high), norm.high - norm.low
+
+            def integer(x: np.ndarray) -> np.ndarray:
+                v = np.clip(np.round(x * span + norm.low).astype(int), lo, hi)
+                return (v - norm.low) / span
+
+            return integer
+    if (type(t) is CategoricalEncoder and t.n_classes == 2 and len(dim.categories) == 2
+            and list(t._lb.classes_) == [0, 1]):
+        return lambda x: (x > 0.5).astype(np.float64)
+    return None
 
 
 def _unpack_theta(theta: np.ndarray) -> tuple[float, np.ndarray, float]:
@@ -934,13 +983,22 @@ def run_frame(
             if anchor is not None:  # the previous choice first (stable sort keeps the rest)
                 first = _key(anchor)
                 reeval = sorted(reeval, key=lambda x: _key(x) != first)
-            # the anchor alone decides (re-evaluating more beside it was measured slower at
-            # 1024²: on a calm frame the extra evaluation is CPU the other workflows need)
-            evaluate(reeval[:1])
-            if opt.within_noise(opt.reevaluation_move()):
-                reused = opt.reuse_reevaluations(reeval[1:])
+            # the anchor alone decides. It is evaluated alone where reuse may follow (re-
+            # evaluating more beside it was measured slower at 1024²: on a calm frame the
+            # extra evaluation is CPU the other workflows need); where this search's last
+            # anchor moved, or no calm frame is measured yet (reuse cannot follow), the rest
+            # is likely re-evaluated anyway, and the anchor goes with workers - 1 of it so
+            # that no evaluation thread idles (a drifting scene: domains, amorphous regions)
+            calm_before = (opt.stats.get("n_calm", 0) >= 1
+                           and not opt.stats.get("anchor_moved", False))
+            lead = 1 if calm_before else min(workers, len(reeval))
+            evaluate(reeval[:lead])
+            calm = opt.within_noise(opt.reevaluation_move(reeval[:1]))
+            opt.stats["anchor_moved"] = not calm
+            if calm:
+                reused = opt.reuse_reevaluations(reeval[lead:])
             else:
-                evaluate(reeval[1:])
+                evaluate(reeval[lead:])
         else:
             evaluate(reeval)
         def answer() -> tuple | None:  # the knee's point; None before a finite evaluation

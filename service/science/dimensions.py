@@ -46,5 +46,11 @@ Dimension = _space.Dimension
 Integer = _space.Integer
 Real = _space.Real
 Space = _space.Space
+# the transformers the dimensions use (the optimizer snaps candidates by their kind)
+CategoricalEncoder = _space.CategoricalEncoder
+Identity = _space.Identity
+Normalize = _space.Normalize
+Pipeline = _space.Pipeline
 
-__all__ = ["Categorical", "Dimension", "Integer", "Real", "Space"]
+__all__ = ["Categorical", "CategoricalEncoder", "Dimension", "Identity", "Integer",
+           "Normalize", "Pipeline", "Real", "Space"]
