@@ -532,8 +532,8 @@ def test_snap_rules_are_skopts_round_trip():
 def test_run_frame_pairs_the_anchor_where_reuse_cannot_follow():
     """With two evaluation threads the anchor is evaluated alone only where this search's
     last anchor was calm (reuse may follow); before any calm frame, or after an anchor that
-    moved, it goes with one more re-evaluation (the two are told together), and the reuse
-    decision is still the anchor's own."""
+    moved, the whole previous front goes in one pass, the anchor first (told together), and
+    the reuse decision is still the anchor's own."""
     scale = {"k": 1.0}
 
     def objective(x):
@@ -551,21 +551,80 @@ def test_run_frame_pairs_the_anchor_where_reuse_cannot_follow():
         real_tell(xs, ys)
 
     opt.tell = tell
+
+    def front_size() -> int:
+        return len(opt._select_reevaluation(np.flatnonzero(opt._frame_of == opt._frame)))
+
+    n = front_size()
+    assert n >= 2
     first = run_frame(objective, opt, budget=8, reuse=True, workers=2)
-    assert first.reused_X == [] and len(told[0]) == 2  # no calm frame yet: paired
-    assert opt.stats["anchor_moved"]  # (reuse cannot follow before one is measured)
+    assert first.reused_X == [] and len(told[0]) == n  # no calm frame yet: one pass
+    assert not opt.stats["anchor_moved"]  # a steady scene: calm
     told.clear()
     calm = run_frame(objective, opt, budget=8, reuse=True, workers=2, anchor=first.knee_x)
-    assert len(told[0]) == 2 and told[0][0] == list(first.knee_x)  # last anchor moved
-    assert not opt.stats["anchor_moved"] and len(calm.reused_X) >= 1
-    told.clear()
-    again = run_frame(objective, opt, budget=8, reuse=True, workers=2, anchor=calm.knee_x)
-    assert told[0] == [list(calm.knee_x)] and len(again.reused_X) >= 1  # alone
+    assert told[0] == [list(first.knee_x)] and len(calm.reused_X) >= 1  # alone, then reuse
     scale["k"] = 3.0  # the scene changed: the anchor (alone) moved, the rest is re-evaluated
     told.clear()
-    moved = run_frame(objective, opt, budget=8, reuse=True, workers=2, anchor=again.knee_x)
-    assert told[0] == [list(again.knee_x)] and moved.reused_X == []
+    moved = run_frame(objective, opt, budget=8, reuse=True, workers=2, anchor=calm.knee_x)
+    assert told[0] == [list(calm.knee_x)] and moved.reused_X == []
     assert opt.stats["anchor_moved"] and moved.n_evaluations == 8
+    n = front_size()
+    told.clear()
+    after = run_frame(objective, opt, budget=8, reuse=True, workers=2, anchor=moved.knee_x)
+    assert len(told[0]) == min(n, 8) and told[0][0] == list(moved.knee_x)  # one pass
+    assert after.reused_X == []
+
+
+def test_in_order_starts_the_next_point_when_a_thread_is_free():
+    """Results come back in the points' order; a slow point does not hold back the next
+    one (the next starts when any thread is free); the deadline stops new starts only, so
+    the results are those of a prefix; an error is raised after the points in flight."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from rewardscope.optimize.mobo import _in_order
+
+    started: list[tuple[int, float]] = []
+    t0 = time.perf_counter()
+
+    def objective(x):
+        started.append((x[0], time.perf_counter() - t0))
+        time.sleep(0.3 if x[0] == 0 else 0.02)
+        if x[0] == 99:
+            raise RuntimeError("bad point")
+        return [float(x[0])]
+
+    with ThreadPoolExecutor(2) as pool:
+        out = _in_order(objective, [[i] for i in range(5)], pool, 2, lambda: True)
+        assert out == [[0.0], [1.0], [2.0], [3.0], [4.0]]
+        at = dict(started)
+        assert at[4] < 0.25  # points 1..4 ran beside the slow point 0, one after another
+        # a deadline that allows three starts: the first three, in order
+        starts = iter([True, True, True, False, False])
+        assert _in_order(objective, [[i] for i in range(1, 6)], pool, 2,
+                         lambda: next(starts)) == [[1.0], [2.0], [3.0]]
+        with pytest.raises(RuntimeError, match="bad point"):
+            _in_order(objective, [[1], [99], [2], [3]], pool, 2, lambda: True)
+    assert _in_order(objective, [[7], [8]], None, 1, lambda: True) == [[7.0], [8.0]]
+
+
+def test_design_lookahead_keeps_the_sequential_search():
+    """Asks that the initial design alone answers are asked ahead and evaluated in one
+    pass: with two threads the frame's points, values and front are exactly those of one
+    thread (same order, same tells), cold and warm."""
+    def objective(x):
+        a, b = float(x[0]), float(x[1])
+        return [a + 0.1 * b, (1.0 - a) ** 2 + 0.1 * (1.0 - b)]
+
+    space = [Real(0, 1, name="a"), Real(0, 1, name="b")]
+    runs = []
+    for workers in (1, 2):
+        opt = MultiObjectiveOptimizer(space, 2, seed=4, n_initial=6)
+        assert opt.design_answers(6) and not opt.design_answers(7)
+        frames = [run_frame(objective, opt, budget=12, batch=2, workers=workers)]
+        opt.observe_jump()  # a new scene: a fresh design is queued, asked ahead again
+        frames.append(run_frame(objective, opt, budget=10, batch=2, workers=workers))
+        runs.append([(f.X, f.pareto_X, f.knee_x) for f in frames])
+    assert runs[0] == runs[1]
 
 
 def test_fast_transform_is_skopts():

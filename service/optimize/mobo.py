@@ -43,7 +43,7 @@ import math
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -182,6 +182,7 @@ class MultiObjectiveOptimizer:
         self._reeval: dict[tuple, np.ndarray] = {}
         self._reeval_new: dict[tuple, np.ndarray] = {}
         self._reeval_span = np.ones(self.n_objectives)  # objective ranges of that frame
+        self._assessed_moves: dict[tuple, float] = {}  # per point, once the jump rule ran
         self._typical_move = TYPICAL_MOVE0
         self._xi = XI
         self.stats: dict = {
@@ -262,6 +263,7 @@ class MultiObjectiveOptimizer:
     def _new_frame(self) -> list[list]:
         self._pending.clear()
         self._reeval, self._reeval_new = {}, {}
+        self._assessed_moves = {}
         self._xi = XI
         self.stats["jump"] = False
         self.stats["last_move"] = None
@@ -290,6 +292,19 @@ class MultiObjectiveOptimizer:
         model."""
         return bool(self._init_queue)
 
+    def design_answers(self, n: int) -> bool:
+        """Whether ``ask(n)`` would take all ``n`` points from the initial design queue
+        (reading no observation: no jump to assess, no model), so it may be asked before
+        the evaluations in flight are told."""
+        if self._reeval or n < 1:
+            return False
+        free = 0
+        for x in self._init_queue:
+            free += _key(x) not in self._pending
+            if free >= n:
+                return True
+        return False
+
     def enqueue(self, points: list[list]) -> None:
         """Evaluate these points next (before LHS/BO proposals), e.g. a workflow's defaults."""
         self._init_queue[:0] = [[plain(v) for v in x] for x in points]
@@ -302,12 +317,18 @@ class MultiObjectiveOptimizer:
         wanted = None if xs is None else {_key(x) for x in xs}
         keys = [k for k in self._reeval if k in self._reeval_new
                 and (wanted is None or k in wanted)]
-        if not keys:
-            return None
+        if not keys:  # all re-evaluations told: the jump rule kept each point's move
+            moves = [m for k, m in self._assessed_moves.items()
+                     if wanted is None or k in wanted]
+            return max(moves) if moves else None
+        return float(self._point_moves(keys).max())
+
+    def _point_moves(self, keys: list[tuple]) -> np.ndarray:
+        """Per re-evaluated point: the largest objective change as a fraction of the previous
+        frame's objective range (a point that now fails moved a whole range)."""
         old = np.array([self._reeval[k] for k in keys]).reshape(-1, self.n_objectives)
         new = np.array([self._reeval_new[k] for k in keys]).reshape(-1, self.n_objectives)
-        moves = np.where(np.isfinite(new), np.abs(new - old) / self._reeval_span, 1.0)
-        return float(moves.max())
+        return np.where(np.isfinite(new), np.abs(new - old) / self._reeval_span, 1.0).max(axis=1)
 
     def within_noise(self, move: float | None) -> bool:
         """Whether a re-evaluation ``move`` (:meth:`reevaluation_move`) is within the frame-to-
@@ -331,7 +352,8 @@ class MultiObjectiveOptimizer:
         with self._overhead():
             pts = [list(x) for x in xs
                    if _key(x) in self._reeval and _key(x) not in self._reeval_new]
-            ys = np.array([self._reeval[_key(x)] for x in pts]).reshape(len(pts), -1)
+            ys = np.array([self._reeval[_key(x)] for x in pts]).reshape(len(pts),
+                                                                        self.n_objectives)
             self._reeval, self._reeval_new = {}, {}
             if pts:
                 since = self._tells_since_fit
@@ -500,14 +522,12 @@ class MultiObjectiveOptimizer:
     def _assess_jump(self) -> None:
         """Apply the jump rule to the re-evaluated previous front (module docstring)."""
         keys = [k for k in self._reeval if k in self._reeval_new]
-        old = np.array([self._reeval[k] for k in keys]).reshape(-1, self.n_objectives)
-        new = np.array([self._reeval_new[k] for k in keys]).reshape(-1, self.n_objectives)
+        # a point that now fails moved "infinitely": counted as a full-range move
+        moves = self._point_moves(keys) if keys else np.zeros(0)
+        self._assessed_moves = dict(zip(keys, moves.tolist(), strict=True))
         self._reeval, self._reeval_new = {}, {}
         if len(keys) == 0:
             return
-        span = self._reeval_span
-        # a point that now fails moved "infinitely": count it as a full-range move
-        moves = np.where(np.isfinite(new), np.abs(new - old) / span, 1.0).max(axis=1)
         move = float(np.median(moves))
         self.stats["last_move"] = move
         if move > self.explore_jump * self._typical_move:
@@ -860,6 +880,37 @@ def _cholesky(K: np.ndarray) -> np.ndarray:
     raise np.linalg.LinAlgError("GP covariance is not positive definite")
 
 
+def _in_order(objective: Callable[[list], Sequence[float]], xs: list[list],
+              pool: ThreadPoolExecutor | None, workers: int,
+              may_start: Callable[[], bool]) -> list:
+    """``objective`` of each of ``xs``, in order, at most ``workers`` at once on ``pool``
+    (None: one after another), each started only while ``may_start()``: the results of the
+    prefix started. A thread that finishes starts the next point at once (a batch whose
+    members differ in cost no longer holds the others back); the points, their order and
+    their results are those of evaluating one by one."""
+    if pool is None or len(xs) <= 1 or workers <= 1:
+        out = []
+        for x in xs:
+            if not may_start():
+                break
+            out.append(objective(x))
+        return out
+    futures: list = []
+    active: set = set()
+    while True:
+        while len(futures) < len(xs) and len(active) < workers and may_start():
+            f = pool.submit(objective, xs[len(futures)])
+            futures.append(f)
+            active.add(f)
+        if not active:
+            break
+        finished, active = wait(active, return_when=FIRST_COMPLETED)
+        if any(f.exception() is not None for f in finished):  # stop feeding; raise in order
+            wait(active)
+            break
+    return [f.result() for f in futures]
+
+
 def maximin_lhs(n: int, d: int, iterations: int, rng: np.random.RandomState) -> np.ndarray:
     """skopt's ``Lhs(lhs_type="classic", criterion="maximin", iterations)`` design in the unit
     cube: the same random designs from ``rng`` and the same choice, scored as arrays at once.
@@ -932,7 +983,8 @@ def run_frame(
     must be thread-safe; numpy, numba ``nogil`` kernels and BLAS release the GIL), asking at
     least ``workers`` candidates per batch: ParEGO gives each batch member its own weight
     vector, so a batch explores as well as the same number of sequential asks between
-    GP refits. The deadline is checked before each group of concurrent evaluations.
+    GP refits. The evaluations of a pass run in order, a thread starting the next point as
+    soon as it is free (:func:`_in_order`); the deadline is checked before each start.
 
     ``patience`` > 0 ends the search early once that many evaluations in a row have left
     the answer unchanged, the knee of the frame's front under ``knee`` / ``knee_scale`` (the
@@ -956,22 +1008,20 @@ def run_frame(
     def spent() -> int:
         return len(X) + len(reused)
 
+    def may_start() -> bool:
+        return deadline is None or time.perf_counter() < deadline
+
     def evaluate(xs: list[list]) -> int:
+        """Evaluate ``xs`` in order (within the budget, each started before the deadline)
+        and tell the evaluated prefix at once; returns its length."""
         nonlocal eval_s
-        done = 0
-        while done < len(xs):
-            if spent() >= budget or (deadline is not None and time.perf_counter() >= deadline):
-                break
-            group = xs[done: done + min(workers, budget - spent())]
-            t0 = time.perf_counter()
-            if pool is None or len(group) == 1:
-                ys = [objective(x) for x in group]
-            else:
-                ys = list(pool.map(objective, group))
-            eval_s += time.perf_counter() - t0
-            X.extend(group)
-            Ys.extend(np.asarray(y, dtype=np.float64).ravel() for y in ys)
-            done += len(group)
+        xs = xs[: max(0, budget - spent())]
+        t0 = time.perf_counter()
+        ys = _in_order(objective, xs, pool, workers, may_start)
+        eval_s += time.perf_counter() - t0
+        done = len(ys)
+        X.extend(xs[:done])
+        Ys.extend(np.asarray(y, dtype=np.float64).ravel() for y in ys)
         if done:
             opt.tell(X[-done:], np.array(Ys[-done:]))
         return done
@@ -987,18 +1037,20 @@ def run_frame(
             # evaluating more beside it was measured slower at 1024²: on a calm frame the
             # extra evaluation is CPU the other workflows need); where this search's last
             # anchor moved, or no calm frame is measured yet (reuse cannot follow), the rest
-            # is likely re-evaluated anyway, and the anchor goes with workers - 1 of it so
-            # that no evaluation thread idles (a drifting scene: domains, amorphous regions)
+            # is likely re-evaluated anyway, and the whole front goes in one pass, the anchor
+            # first, so that no evaluation thread idles (a drifting scene: domains, amorphous
+            # regions)
             calm_before = (opt.stats.get("n_calm", 0) >= 1
                            and not opt.stats.get("anchor_moved", False))
-            lead = 1 if calm_before else min(workers, len(reeval))
+            lead = 1 if calm_before or workers == 1 else len(reeval)
             evaluate(reeval[:lead])
             calm = opt.within_noise(opt.reevaluation_move(reeval[:1]))
             opt.stats["anchor_moved"] = not calm
-            if calm:
-                reused = opt.reuse_reevaluations(reeval[lead:])
-            else:
-                evaluate(reeval[lead:])
+            if lead < len(reeval):
+                if calm:
+                    reused = opt.reuse_reevaluations(reeval[lead:])
+                else:
+                    evaluate(reeval[lead:])
         else:
             evaluate(reeval)
         def answer() -> tuple | None:  # the knee's point; None before a finite evaluation
@@ -1012,6 +1064,13 @@ def run_frame(
         while spent() < budget and (deadline is None or time.perf_counter() < deadline):
             designing = opt.designing
             xs = opt.ask(min(batch, budget - spent()))
+            # the asks after it that the initial design alone answers read nothing these
+            # evaluations will tell: asked now (same points, same order, same state), they
+            # are evaluated in the same pass, so a thread that finishes early starts the next
+            # point instead of waiting for its batch partner
+            while designing and (more := min(batch, budget - spent() - len(xs))) > 0 \
+                    and opt.design_answers(more):
+                xs += opt.ask(more)
             n = evaluate(xs)
             if patience > 0:
                 now = answer()
