@@ -19,6 +19,7 @@ threads busy in every evaluation thread, 0.25 s and 0.35 s with BLAS on one thre
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,22 +29,29 @@ from threadpoolctl import ThreadpoolController
 __all__ = ["pin_blas", "single_thread"]
 
 _LOCK = threading.Lock()
-_STATE: dict = {"pinned": False, "openmp": None}
+_STATE: dict = {"modules": -1, "openmp": None}
 
 
 def pin_blas() -> None:
-    """BLAS on one thread from now on, process-wide (idempotent; ~5 ms the first time).
+    """BLAS on one thread from now on, process-wide (~4 ms per scan of the loaded libraries).
 
-    Called by every engine and optimizer: rewardscope's parallelism is its own. A process
-    that wants threaded BLAS back for other work can raise it again with threadpoolctl.
+    Called by every engine and optimizer: rewardscope's parallelism is its own. The loaded
+    libraries are scanned again whenever modules were imported since the last scan (a
+    library loaded later, e.g. torch's OpenMP runtime, is pinned and limited too); on a
+    warm service nothing is imported and the call is one comparison. A process that wants
+    threaded BLAS back for other work can raise it again with threadpoolctl (an import
+    after that pins it again).
     """
+    n = len(sys.modules)
+    if _STATE["modules"] == n:
+        return
     with _LOCK:
-        if _STATE["pinned"]:
+        if _STATE["modules"] == n:
             return
         ctl = ThreadpoolController()
         ctl.select(user_api="blas").limit(limits=1)  # never restored: a pin, not a limit
         _STATE["openmp"] = ctl.select(user_api="openmp")
-        _STATE["pinned"] = True
+        _STATE["modules"] = n
 
 
 @contextmanager
