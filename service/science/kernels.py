@@ -437,6 +437,20 @@ def _subpixel_kernel(image, xs, ys, hh, hw):
         fy = np.float32(ys[a] - by)
         gx = np.float32(1.0) - fx
         gy = np.float32(1.0) - fy
+        c0 = bx - hw
+        if c0 >= 0 and c0 + pw < width:
+            # the patch's columns lie inside the frame: contiguous row slices, which the
+            # compiler vectorises (the same arithmetic per pixel; ~3x faster than the
+            # gathered reads below, which mirror columns beyond the edges)
+            for u in range(ph):
+                i0 = image[_reflect_index(by + u - hh, height), c0:c0 + pw + 1]
+                i1 = image[_reflect_index(by + u - hh + 1, height), c0:c0 + pw + 1]
+                o = out[a, u]
+                for v in range(pw):
+                    top = i0[v] * gx + i0[v + 1] * fx
+                    bot = i1[v] * gx + i1[v + 1] * fx
+                    o[v] = top * gy + bot * fy
+            continue
         for v in range(pw + 1):
             row[v] = _reflect_index(bx + v - hw, width)
         for u in range(ph):
@@ -485,8 +499,12 @@ def subpixel_patches(image: np.ndarray, xy: np.ndarray, half_h: int, half_w: int
                             hh, hw)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, fastmath={"reassoc"})
 def _zscore_kernel(x, out):
+    # reassoc lets the compiler split each row's float64 sums over vector lanes: a strictly
+    # sequential sum is one dependent add per element (measured 3-7x slower on 14509 x 169
+    # to x 1369 patches). Sums of float32 values in float64 barely depend on their order
+    # (the outputs were bit-equal to the sequential kernel's on real patches; tested)
     n, m = x.shape
     for i in range(n):
         mean = 0.0
