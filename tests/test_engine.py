@@ -230,9 +230,19 @@ def test_chain_waves_group_workflows_that_read_nothing_of_each_other():
 
 
 def test_a_wave_side_by_side_gives_the_one_after_another_result(monkeypatch):
-    """Domains and amorphous in threads, merged in chain order: the same analysis, frame
-    after frame (warm starts included), as running them one after the other."""
+    """Domains and amorphous in threads, merged in chain order, and the cell refined on the
+    atoms beside them: the same analysis, frame after frame (warm starts included), as
+    running them one after the other."""
+    from concurrent.futures import Future
+
     from rewardscope.engine import session as session_mod
+
+    beside = session_mod._beside
+
+    def in_turn(fn, *args):  # the refinement where it stands, before the next wave
+        done = Future()
+        done.set_result(fn(*args))
+        return done
 
     cfg = _settings(workflow="all", budget=4, cold_budget=6, deadline_s=600.0,
                     cold_deadline_s=600.0)
@@ -241,6 +251,7 @@ def test_a_wave_side_by_side_gives_the_one_after_another_result(monkeypatch):
     out = {}
     for concurrent in (True, False):
         monkeypatch.setattr(session_mod, "CONCURRENT_WAVES", concurrent)
+        monkeypatch.setattr(session_mod, "_beside", beside if concurrent else in_turn)
         eng = SessionEngine("w", cfg)
         out[concurrent] = [eng.analyse(sim.frame(k).pixels, LATTICE, cfg) for k in range(3)]
     for a, b in zip(out[True], out[False], strict=True):
@@ -250,3 +261,4 @@ def test_a_wave_side_by_side_gives_the_one_after_another_result(monkeypatch):
         for k in a.arrays:
             assert np.array_equal(a.arrays[k], b.arrays[k], equal_nan=True), k
         assert [e["workflow"] for e in a.pareto] == [e["workflow"] for e in b.pareto]
+        assert a.scalars["lattice"] == b.scalars["lattice"]
