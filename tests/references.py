@@ -214,6 +214,17 @@ def zscore_rows_reference(x: np.ndarray) -> np.ndarray:
     return (x / np.where(sd > 0, sd, 1.0)).astype(np.float32)
 
 
+# ---- science.kernels.any_within
+
+def any_within_reference(points, queries, radius) -> np.ndarray:
+    """A k-d tree's answer: a finite distance from ``distance_upper_bound`` (strictly closer)."""
+    from scipy.spatial import cKDTree
+
+    d, _ = cKDTree(np.asarray(points, dtype=np.float64)).query(
+        np.asarray(queries, dtype=np.float64), distance_upper_bound=radius)
+    return np.isfinite(d)
+
+
 # ---- science.kernels.nearest_within
 
 def nearest_within_reference(xy, shape, reach, step=1, offset=0.0):

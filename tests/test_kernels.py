@@ -476,6 +476,29 @@ def test_column_fits_on_threads_are_the_one_call_fits() -> None:
     assert one.fitted.mean() > 0.9
 
 
+def test_any_within_is_the_kd_tree_answer() -> None:
+    """Equal to cKDTree's distance_upper_bound query on random and lattice points (points at
+    exactly the radius: not within), queries far outside, one point, widely spread points
+    (the grid coarsens), and validation naming the bad argument."""
+    rng = np.random.default_rng(12)
+    for trial in range(120):
+        scale = float(rng.choice([1.0, 10.0, 100.0, 1e5]))
+        p = rng.random((int(rng.integers(1, 200)), 2)) * scale
+        if trial % 3 == 0:
+            p = np.round(p)  # ties: lattice points at exactly the radius
+        q = np.vstack([rng.random((int(rng.integers(1, 200)), 2)) * 1.6 * scale - 0.3 * scale,
+                       p[:5] + float(rng.choice([0.0, 1.0, 3.0]))])
+        radius = 1.0 if trial % 3 == 0 else float(rng.choice([0.01, 0.05, 0.3])) * scale
+        np.testing.assert_array_equal(K.any_within(p, q, radius),
+                                      R.any_within_reference(p, q, radius))
+    assert K.any_within(np.zeros((0, 2)), [[0.0, 0.0]], 1.0).tolist() == [False]
+    assert K.any_within([[0.0, 0.0]], np.zeros((0, 2)), 1.0).shape == (0,)
+    with pytest.raises(ValueError, match="radius"):
+        K.any_within([[0.0, 0.0]], [[0.0, 0.0]], 0.0)
+    with pytest.raises(ValueError, match="queries"):
+        K.any_within([[0.0, 0.0]], [[np.nan, 0.0]], 1.0)
+
+
 def test_nearest_within_matches_brute_force_and_a_kd_tree() -> None:
     from scipy.spatial import cKDTree
 

@@ -26,6 +26,7 @@ __all__ = [
     "chord_to_arc_ratio",
     "curvature_profile",
     "collinear_pairs",
+    "any_within",
     "draw_segments",
     "edge_components",
     "extract_patches",
@@ -792,6 +793,95 @@ def nearest_within(xy: np.ndarray, shape: tuple[int, int], reach: float, step: i
     return _nearest_within_kernel(np.ascontiguousarray(pts[:, 0]),
                                   np.ascontiguousarray(pts[:, 1]), ny, nx, float(step),
                                   float(offset), float(reach))
+
+
+@njit(cache=True, nogil=True)
+def _any_within_kernel(px, py, qx, qy, radius, size):
+    # the sites binned on a grid of cells of side size > radius (counting sort: cell start
+    # offsets, then the sites of each cell); a query reads the 3 x 3 cells around its own
+    n, m = px.shape[0], qx.shape[0]
+    out = np.zeros(m, dtype=np.bool_)
+    if n == 0:
+        return out
+    r2 = radius * radius
+    x0, y0 = px.min(), py.min()
+    nx = int((px.max() - x0) / size) + 1
+    ny = int((py.max() - y0) / size) + 1
+    cell = np.empty(n, dtype=np.int64)
+    start = np.zeros(nx * ny + 1, dtype=np.int64)
+    for k in range(n):
+        c = int((py[k] - y0) / size) * nx + int((px[k] - x0) / size)
+        cell[k] = c
+        start[c + 1] += 1
+    for c in range(nx * ny):
+        start[c + 1] += start[c]
+    fill = start[:-1].copy()
+    order = np.empty(n, dtype=np.int64)
+    for k in range(n):
+        order[fill[cell[k]]] = k
+        fill[cell[k]] += 1
+    for q in range(m):
+        fx = (qx[q] - x0) / size
+        fy = (qy[q] - y0) / size
+        if fx < -1.0 or fy < -1.0 or fx >= nx + 1.0 or fy >= ny + 1.0:
+            continue  # more than a cell beyond the sites' box: nothing within radius
+        cx, cy = int(math.floor(fx)), int(math.floor(fy))
+        for j in range(max(cy - 1, 0), min(cy + 1, ny - 1) + 1):
+            for i in range(max(cx - 1, 0), min(cx + 1, nx - 1) + 1):
+                c = j * nx + i
+                for t in range(start[c], start[c + 1]):
+                    k = order[t]
+                    dx = qx[q] - px[k]
+                    dy = qy[q] - py[k]
+                    if dx * dx + dy * dy < r2:
+                        out[q] = True
+                        break
+                if out[q]:
+                    break
+            if out[q]:
+                break
+    return out
+
+
+ANY_WITHIN_MAX_CELLS_PER_SIDE = 2048
+"""Most grid cells along a side :func:`any_within` bins the points on."""
+
+
+def any_within(points: np.ndarray, queries: np.ndarray, radius: float) -> np.ndarray:
+    """Whether any of ``points`` lies closer than ``radius`` to each query.
+
+    ``cKDTree(points).query(queries, distance_upper_bound=radius)`` answers the same
+    question (a finite distance: one lies strictly closer, compared as squared distances as
+    there) with a tree search per query; binning the points on a grid of ``radius`` cells
+    and reading the 3 x 3 cells around a query is ~10x faster for lattice translates of a
+    1024^2 frame's ~15000 columns, and holds no GIL.
+
+    Parameters
+    ----------
+    points, queries : (N, 2), (M, 2) array_like of float
+        Positions x, y in px.
+    radius : float
+        Distance in px (strict: a point at exactly ``radius`` does not count), > 0.
+
+    Returns
+    -------
+    (M,) ndarray of bool
+
+    Raises
+    ------
+    ValueError
+        If ``points`` or ``queries`` is not (N, 2) finite, or ``radius`` not finite > 0.
+    """
+    pts, qs = as_points(points, "points"), as_points(queries, "queries")
+    if not (np.isfinite(radius) and radius > 0):
+        raise ValueError(f"radius must be finite and > 0 px, got {radius!r}")
+    # cells a little wider than radius (so the 3 x 3 around a query hold every point within
+    # it, rounding of the cell coordinates included), at most ~4M whatever the points' spread
+    extent = float(np.ptp(pts, axis=0).max()) if len(pts) else 0.0
+    size = max(float(radius) * (1.0 + 1e-6), extent / ANY_WITHIN_MAX_CELLS_PER_SIDE)
+    return _any_within_kernel(np.ascontiguousarray(pts[:, 0]), np.ascontiguousarray(pts[:, 1]),
+                              np.ascontiguousarray(qs[:, 0]), np.ascontiguousarray(qs[:, 1]),
+                              float(radius), size)
 
 
 # --------------------------------------------------------------------------------------------
@@ -1631,6 +1721,7 @@ def warmup() -> None:
     chord_to_arc_ratio(curve)
     segment_lengths(np.zeros((2, 4)))
     nearest_within(xy, (8, 8), 2.0, step=2, offset=0.5)
+    any_within(xy, xy[::-1], 1.0)
     gaussian_blur(np.zeros((8, 8), dtype=np.float32), 1.0)
     row_median(np.zeros((3, 4)), np.ones((3, 4), dtype=bool))
     mask = np.zeros((6, 6), dtype=bool)

@@ -68,6 +68,8 @@ import numpy as np
 import scipy.fft as sfft
 from scipy.spatial import cKDTree
 
+from rewardscope.science import kernels
+
 __all__ = [
     "Lattice",
     "contrast_skew",
@@ -513,14 +515,14 @@ def indexed_sites(lattice: Lattice, xy: np.ndarray, shape: tuple[int, int],
     if len(pts) < 2:
         return np.zeros(len(ask), dtype=bool)
     h, w = shape
-    tree = cKDTree(pts)
     found = np.zeros(len(ask), dtype=np.int64)
     inside = np.zeros(len(ask), dtype=np.int64)
     for v in (*lattice.vectors, *(-lattice.vectors)):
         t = ask + v
         ok = (t[:, 0] >= 0) & (t[:, 0] <= w - 1) & (t[:, 1] >= 0) & (t[:, 1] <= h - 1)
-        d, _ = tree.query(t, distance_upper_bound=tol * lattice.spacing)
-        found += np.isfinite(d) & ok
+        # a site strictly within tol |a| of the translate (a k-d tree's distance_upper_bound
+        # query, on a grid: ~10x faster)
+        found += kernels.any_within(pts, t, tol * lattice.spacing) & ok
         inside += ok
     return found >= np.maximum(2, inside - 1)
 
