@@ -91,6 +91,31 @@ def _git_commit() -> str:
     return out.stdout.strip() + (" (uncommitted changes)" if dirty.stdout.strip() else "")
 
 
+def host_speed() -> dict[str, float]:
+    """Two fixed workloads timed now: a pure-Python loop (3e6 integer additions, s) and a
+    1000 x 1000 float32 matrix product on one BLAS thread (GFLOP/s).
+
+    Why: this kind of shared 2-core machine has run the same code ~2x apart on different
+    days; ratios within a run compare fairly, absolute times across runs only with these
+    beside them (measured at the start and the end of the run: drift within it shows too).
+    """
+    from threadpoolctl import threadpool_limits
+
+    t0 = time.perf_counter()
+    total = 0
+    for i in range(3_000_000):
+        total += i
+    loop = time.perf_counter() - t0
+    a = np.random.default_rng(0).random((1000, 1000), dtype=np.float32)
+    with threadpool_limits(1, user_api="blas"):
+        a @ a
+        t0 = time.perf_counter()
+        for _ in range(5):
+            a @ a
+        dt = (time.perf_counter() - t0) / 5
+    return {"python_loop_s": round(loop, 3), "sgemm_gflops": round(2e9 / dt / 1e9, 1)}
+
+
 def machine(probe_gpu: bool = True) -> dict[str, Any]:
     """Cores, CPU model, memory, GPU (if torch sees one), Python and library versions.
 
@@ -110,7 +135,8 @@ def machine(probe_gpu: bool = True) -> dict[str, Any]:
             "python": platform.python_version(), "numpy": np.__version__,
             "numba": numba.__version__, "scikit-learn": sklearn.__version__,
             "scikit-image": skimage.__version__, "commit": _git_commit(),
-            "load_avg_at_start": [round(x, 2) for x in os.getloadavg()]}
+            "load_avg_at_start": [round(x, 2) for x in os.getloadavg()],
+            "host_speed_at_start": host_speed()}
 
 
 # ------------------------------------------------------------------------------ sections
@@ -229,6 +255,7 @@ def run(quick: bool = False, only: list[str] | None = None,
         report["sections"][name] = res
         say(f"[{name}] {res['seconds']} s" + (f"  ERROR {res['error']}" if "error" in res
                                                else ""))
+    report["machine"]["host_speed_at_end"] = host_speed()
     return report
 
 
@@ -319,6 +346,18 @@ def _generic_rows(res: dict[str, Any]) -> str:
     return "\n".join(parts).rstrip()
 
 
+def _speed_line(m: dict[str, Any]) -> str:
+    """The host-speed probes (:func:`host_speed`) as a sentence; absent in older reports."""
+    parts = [f"{when}: Python loop {v['python_loop_s']} s, float32 matmul "
+             f"{v['sgemm_gflops']} GFLOP/s" for when, v in
+             (("at start", m.get("host_speed_at_start")), ("at end", m.get("host_speed_at_end")))
+             if v]
+    if not parts:
+        return ""
+    return ("Host speed (3e6 Python additions; 1000² float32 product on one thread; compare "
+            "absolute times across runs with these) " + "; ".join(parts) + ".")
+
+
 def markdown(report: dict[str, Any]) -> str:
     """The report as markdown: machine, then one table per section."""
     m = report["machine"]
@@ -328,6 +367,7 @@ def markdown(report: dict[str, Any]) -> str:
            f"{m['os']}, Python {m['python']}, numpy {m['numpy']}, numba {m['numba']}, "
            f"scikit-learn {m['scikit-learn']}, scikit-image {m['scikit-image']}. "
            f"Load average at start: {m['load_avg_at_start']}.", "",
+           _speed_line(m), "",
            "Every ratio compares two things measured side by side in this run.", ""]
     for name, res in report["sections"].items():
         out += [f"## {name}: {TITLES.get(name, name)}", ""]

@@ -69,8 +69,11 @@ def test_suite_writes_a_markdown_table_and_json_with_the_machine(tmp_path):
     m = doc["machine"]
     assert m["cores"] >= 1 and m["cpu"] and m["gpu"]
     assert len(doc["sections"]["kernels"]["rows"]) == len(bench_kernels.cases(0.1))
+    for when in ("host_speed_at_start", "host_speed_at_end"):  # absolute times compare
+        assert m[when]["python_loop_s"] > 0 and m[when]["sgemm_gflops"] > 0
     text = md.read_text()
     assert m["cpu"] in text and "| kernel | input |" in text
+    assert f"Python loop {m['host_speed_at_start']['python_loop_s']} s" in text
     for r in doc["sections"]["kernels"]["rows"]:
         assert f"| {r['kernel']} |" in text
 
