@@ -581,6 +581,40 @@ def test_fill_holes_is_scipys() -> None:
     assert not fill_holes(np.zeros((4, 4), bool)).any() and fill_holes(np.ones((3, 3))).all()
 
 
+def test_ring_table_inside_and_at_the_edges_is_the_raster_sum_bit_for_bit() -> None:
+    """Windows inside the frame take the kernel's local-bin path, windows over an edge the
+    bounds-tested one: both equal a plain loop adding each bin's pixels in raster order in
+    float64 (sums and counts, exactly)."""
+    from rewardscope.workflows.amorphous import RingTable, _pixel_of
+
+    rng = np.random.default_rng(4)
+    img = rng.random((40, 46)).astype(np.float32)
+    xy = np.vstack([rng.uniform(9, 36, size=(12, 2)), rng.uniform(-2, 48, size=(12, 2))])
+    reach = 6
+    table = RingTable.build(img, xy, reach)
+    iy, ix = _pixel_of(xy, img.shape)
+    for a in range(len(xy)):
+        rs, rc = np.zeros(reach), np.zeros(reach)
+        ss, sc = np.zeros(reach + 1), np.zeros(reach + 1)
+        for u in range(-reach, reach + 1):
+            for v in range(-reach, reach + 1):
+                y, x = iy[a] + u, ix[a] + v
+                if not (0 <= y < img.shape[0] and 0 <= x < img.shape[1]):
+                    continue
+                val = float(img[y, x])
+                r = int(np.floor(np.hypot(v, u) + 0.5))
+                if r < reach:
+                    rs[r] += val
+                    rc[r] += 1.0
+                c = max(abs(u), abs(v))
+                ss[c] += val
+                sc[c] += 1.0
+        cum = np.cumsum(ss), np.cumsum(sc)
+        assert np.array_equal(table.ring_sum[a], rs) and np.array_equal(table.ring_count[a], rc)
+        assert np.array_equal(table.square_sum[a], cum[0])
+        assert np.array_equal(table.square_count[a], cum[1])
+
+
 def test_ring_table_on_threads_is_the_one_call_table() -> None:
     from rewardscope.science import kernels
     from rewardscope.workflows.amorphous import RingTable

@@ -400,16 +400,50 @@ class RingTable:
 def _ring_table_kernel(image, rows, cols, ring, reach):
     n = rows.shape[0]
     height, width = image.shape
+    side = 2 * reach + 1
     ring_sum = np.zeros((n, reach))
     ring_count = np.zeros((n, reach))
     square_sum = np.zeros((n, reach + 1))
     square_count = np.zeros((n, reach + 1))
+    # a window inside the frame: counts fixed per bin, no bounds tests, sums in local bins
+    # (pixels in the same raster order, so each bin's sum is the general loop's, bit for
+    # bit; ~2x faster: the general loop's four read-modify-writes per pixel go to memory)
+    cheb = np.empty((side, side), dtype=np.int64)
+    bin_of = np.empty((side, side), dtype=np.int64)  # ring, or reach beyond the rings
+    inside_rings = np.zeros(reach)
+    inside_squares = np.zeros(reach + 1)
+    for u in range(side):
+        for v in range(side):
+            c = max(abs(u - reach), abs(v - reach))
+            cheb[u, v] = c
+            inside_squares[c] += 1.0
+            bin_of[u, v] = min(ring[u, v], reach)
+            if ring[u, v] < reach:
+                inside_rings[ring[u, v]] += 1.0
+    rs = np.zeros(reach + 1)
+    ss = np.zeros(reach + 1)
     for a in range(n):
-        for u in range(2 * reach + 1):
+        y0 = rows[a] - reach
+        x0 = cols[a] - reach
+        if y0 >= 0 and x0 >= 0 and y0 + side <= height and x0 + side <= width:
+            rs[:] = 0.0
+            ss[:] = 0.0
+            for u in range(side):
+                row = image[y0 + u]
+                for v in range(side):
+                    val = np.float64(row[x0 + v])
+                    rs[bin_of[u, v]] += val
+                    ss[cheb[u, v]] += val
+            ring_sum[a] = rs[:reach]
+            ring_count[a] = inside_rings
+            square_sum[a] = ss
+            square_count[a] = inside_squares
+            continue
+        for u in range(side):
             y = rows[a] + u - reach
             if y < 0 or y >= height:
                 continue
-            for v in range(2 * reach + 1):
+            for v in range(side):
                 x = cols[a] + v - reach
                 if x < 0 or x >= width:
                     continue
@@ -418,7 +452,7 @@ def _ring_table_kernel(image, rows, cols, ring, reach):
                 if r < reach:
                     ring_sum[a, r] += val
                     ring_count[a, r] += 1.0
-                c = max(abs(u - reach), abs(v - reach))
+                c = cheb[u, v]
                 square_sum[a, c] += val
                 square_count[a, c] += 1.0
     return ring_sum, ring_count, square_sum, square_count
