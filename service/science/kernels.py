@@ -193,6 +193,23 @@ def _as_mask(mask: np.ndarray) -> np.ndarray:
 
 
 @njit(cache=True, nogil=True)
+def _cell_order(cell, n_cells):
+    """Points grouped by grid cell (a counting sort): the points of cell c are
+    ``order[start[c]:start[c + 1]]``, in their input order."""
+    start = np.zeros(n_cells + 1, dtype=np.int64)
+    for i in range(cell.shape[0]):
+        start[cell[i] + 1] += 1
+    for c in range(n_cells):
+        start[c + 1] += start[c]
+    fill = start[:-1].copy()
+    order = np.empty(cell.shape[0], dtype=np.int64)
+    for i in range(cell.shape[0]):
+        order[fill[cell[i]]] = i
+        fill[cell[i]] += 1
+    return start, order
+
+
+@njit(cache=True, nogil=True)
 def _knn_sums_kernel(xy, k):
     n = xy.shape[0]
     out = np.empty(n, dtype=np.float64)
@@ -222,20 +239,11 @@ def _knn_sums_kernel(xy, k):
     gx = int(w / cs) + 1
     gy = int(h / cs) + 1
     cell = np.empty(n, dtype=np.int64)
-    start = np.zeros(gx * gy + 1, dtype=np.int64)
     for i in range(n):
         cx = min(int((xy[i, 0] - xmin) / cs), gx - 1)
         cy = min(int((xy[i, 1] - ymin) / cs), gy - 1)
-        c = cy * gx + cx
-        cell[i] = c
-        start[c + 1] += 1
-    for c in range(gx * gy):
-        start[c + 1] += start[c]
-    fill = start[:-1].copy()
-    order = np.empty(n, dtype=np.int64)
-    for i in range(n):
-        order[fill[cell[i]]] = i
-        fill[cell[i]] += 1
+        cell[i] = cy * gx + cx
+    start, order = _cell_order(cell, gx * gy)
 
     best = np.empty(k, dtype=np.float64)  # squared distances, ascending
     maxr = max(gx, gy)
@@ -797,8 +805,8 @@ def nearest_within(xy: np.ndarray, shape: tuple[int, int], reach: float, step: i
 
 @njit(cache=True, nogil=True)
 def _any_within_kernel(px, py, qx, qy, radius, size):
-    # the sites binned on a grid of cells of side size > radius (counting sort: cell start
-    # offsets, then the sites of each cell); a query reads the 3 x 3 cells around its own
+    # the sites binned on a grid of cells of side size > radius; a query reads the 3 x 3
+    # cells around its own
     n, m = px.shape[0], qx.shape[0]
     out = np.zeros(m, dtype=np.bool_)
     if n == 0:
@@ -808,18 +816,9 @@ def _any_within_kernel(px, py, qx, qy, radius, size):
     nx = int((px.max() - x0) / size) + 1
     ny = int((py.max() - y0) / size) + 1
     cell = np.empty(n, dtype=np.int64)
-    start = np.zeros(nx * ny + 1, dtype=np.int64)
     for k in range(n):
-        c = int((py[k] - y0) / size) * nx + int((px[k] - x0) / size)
-        cell[k] = c
-        start[c + 1] += 1
-    for c in range(nx * ny):
-        start[c + 1] += start[c]
-    fill = start[:-1].copy()
-    order = np.empty(n, dtype=np.int64)
-    for k in range(n):
-        order[fill[cell[k]]] = k
-        fill[cell[k]] += 1
+        cell[k] = int((py[k] - y0) / size) * nx + int((px[k] - x0) / size)
+    start, order = _cell_order(cell, nx * ny)
     for q in range(m):
         fx = (qx[q] - x0) / size
         fy = (qy[q] - y0) / size
