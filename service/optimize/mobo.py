@@ -973,11 +973,13 @@ def run_frame(
 
     ``reuse`` skips re-evaluations whose inputs are unchanged within noise: ``anchor`` (the
     previous frame's choice, else the first point of the previous front) is re-evaluated
-    alone first; if it moved no more than this search's typical calm-frame move
+    first, alone; if it moved no more than this search's typical calm-frame move
     (:meth:`MultiObjectiveOptimizer.within_noise`), the rest of the previous front keeps its
     values (:meth:`~MultiObjectiveOptimizer.reuse_reevaluations`, listed in ``reused_X``) and
     still counts toward `budget`: the frame spends its evaluations on new candidates only.
-    Otherwise the rest is re-evaluated as usual.
+    Otherwise the rest is re-evaluated as usual. With ``workers`` > 1, where this search's
+    last anchor moved (or no calm frame is measured yet), the anchor is not evaluated alone:
+    the whole front goes in one pass, the anchor first, and the anchor's own move decides.
 
     ``workers`` > 1 evaluates up to that many candidates at once in threads (the objective
     must be thread-safe; numpy, numba ``nogil`` kernels and BLAS release the GIL), asking at
