@@ -29,7 +29,8 @@ def circle_points(r: float, n: int, span: float = 2 * np.pi, centre=(50.0, 60.0)
 # Kernels called only from other kernels: numba compiles them into their callers, so their own
 # dispatchers never record a signature.
 INLINED_KERNELS = {"_reflect_index", "_symmetric_index", "_cumulative_length_kernel", "_label_at",
-                   "_root", "_union", "_number_components", "_sweep", "_farthest"}
+                   "_root", "_union", "_number_components", "_sweep", "_farthest",
+                   "_cell_order"}
 
 _SIGNATURES_SCRIPT = """
 import json
