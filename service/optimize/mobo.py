@@ -674,8 +674,13 @@ class MultiObjectiveOptimizer:
         skopt's round trip of 2000 candidates through Python lists held the GIL for ~1 % of
         a warm frame's samples. Any other one-column dimension goes through skopt."""
         out = np.clip(Z, 0.0, 1.0)
+        rules = self.__dict__.get("_snap_rules")
+        if rules is None:  # the space is fixed: its rules are found once
+            rules = self._snap_rules = [_snap_rule(d) if d.transformed_size == 1
+                                        and not isinstance(d, Real) else None
+                                        for d in self.space.dimensions]
         col = 0
-        for dim in self.space.dimensions:
+        for dim, rule in zip(self.space.dimensions, rules, strict=True):
             size = dim.transformed_size
             block = out[:, col : col + size]
             if isinstance(dim, Real):
@@ -685,7 +690,6 @@ class MultiObjectiveOptimizer:
                 block[:] = 0.0
                 block[np.arange(len(block)), hot] = 1.0
             else:
-                rule = _snap_rule(dim)
                 if rule is not None:
                     block[:, 0] = rule(block[:, 0])
                 else:
@@ -1063,7 +1067,7 @@ def run_frame(
 
         last = answer() if patience > 0 else None
         stale = 0  # evaluations in a row, after the initial design, that left the knee as is
-        while spent() < budget and (deadline is None or time.perf_counter() < deadline):
+        while spent() < budget and may_start():
             designing = opt.designing
             xs = opt.ask(min(batch, budget - spent()))
             # the asks after it that the initial design alone answers read nothing these

@@ -515,15 +515,14 @@ def indexed_sites(lattice: Lattice, xy: np.ndarray, shape: tuple[int, int],
     if len(pts) < 2:
         return np.zeros(len(ask), dtype=bool)
     h, w = shape
-    found = np.zeros(len(ask), dtype=np.int64)
-    inside = np.zeros(len(ask), dtype=np.int64)
-    for v in (*lattice.vectors, *(-lattice.vectors)):
-        t = ask + v
-        ok = (t[:, 0] >= 0) & (t[:, 0] <= w - 1) & (t[:, 1] >= 0) & (t[:, 1] <= h - 1)
-        # a site strictly within tol |a| of the translate (a k-d tree's distance_upper_bound
-        # query, on a grid: ~10x faster)
-        found += kernels.any_within(pts, t, tol * lattice.spacing) & ok
-        inside += ok
+    # the four translates (+-a, +-b) of every asked site, one block each
+    t = np.concatenate([ask + v for v in (*lattice.vectors, *(-lattice.vectors))])
+    ok = ((t[:, 0] >= 0) & (t[:, 0] <= w - 1) & (t[:, 1] >= 0) & (t[:, 1] <= h - 1))
+    # a site strictly within tol |a| of a translate (a k-d tree's distance_upper_bound query,
+    # on a grid: ~10x faster), all translates in one call
+    hit = kernels.any_within(pts, t, tol * lattice.spacing) & ok
+    found = hit.reshape(4, len(ask)).sum(axis=0)
+    inside = ok.reshape(4, len(ask)).sum(axis=0)
     return found >= np.maximum(2, inside - 1)
 
 
