@@ -1,4 +1,4 @@
-"""Per-frame multi-objective Bayesian optimisation (ParEGO on skopt), warm-started across frames.
+"""Per-frame multi-objective Bayesian optimisation (ParEGO), warm-started across frames.
 
 Algorithm: ParEGO — J. Knowles, "ParEGO: a hybrid algorithm with on-line landscape
 approximation for expensive multiobjective optimization problems", IEEE Trans. Evol. Comput.
@@ -11,9 +11,10 @@ re-scalarises all observations.
 
 Why not `skopt.Optimizer` per ask: skopt has no multi-objective mode, and its GP path refits
 the kernel hyperparameters with L-BFGS restarts on every `tell` (measured here at up to 3 s
-per ask). Instead skopt supplies the space (normalisation, one-hot categoricals, its LHS
-design, reproduced in :func:`maximin_lhs`) and
-its `GaussianProcessRegressor` fits the hyperparameters of C * Matern-5/2(ARD) + White —
+per ask). Instead the space is skopt's, reimplemented without importing it
+(:mod:`rewardscope.science.dimensions`: normalisation, one-hot categoricals; its LHS design
+is reproduced in :func:`maximin_lhs`), and the hyperparameters of C * Matern-5/2(ARD) +
+White are fitted by scikit-learn's GP likelihood, written out here (:data:`GP_FIT`) —
 only every `refit_every` tells, warm-started from the last theta (also across frames), with
 a capped L-BFGS. Between refits the kernel is fixed, so the posterior is computed here in
 numpy: one Cholesky factor and one candidate cross-covariance serve every weight vector of
@@ -57,15 +58,7 @@ from rewardscope.optimize.hypervolume import hypervolume as _hypervolume
 from rewardscope.optimize.knee import knee_index, normalise_front
 from rewardscope.optimize.pareto import non_dominated_mask
 from rewardscope.plaindata import plain
-from rewardscope.science.dimensions import (
-    Categorical,
-    CategoricalEncoder,
-    Identity,
-    Normalize,
-    Pipeline,
-    Real,
-    Space,
-)
+from rewardscope.science.dimensions import Categorical, Integer, Real, Space
 from rewardscope.science.threadlimits import pin_blas
 
 RHO = 0.05  # augmented Chebyshev term (Knowles 2006)
@@ -94,8 +87,7 @@ def simplex_lattice(n_objectives: int, s: int | None = None) -> np.ndarray:
 
 def _normalised_space(dimensions: Sequence) -> Space:
     """``Space(skopt.utils.normalize_dimensions(dimensions))`` on copies: every dimension
-    mapped to [0, 1] (categories one-hot), what a GP wants. Written with skopt's own
-    ``set_transformer`` so ``skopt.utils`` (and the rest of skopt it imports) is not loaded."""
+    mapped to [0, 1] (categories one-hot), what a GP wants."""
     space = Space(copy.deepcopy(list(dimensions)))
     for dim in space.dimensions:
         dim.set_transformer("onehot" if isinstance(dim, Categorical) else "normalize")
@@ -128,7 +120,7 @@ class FrameSearch:
 
 
 class MultiObjectiveOptimizer:
-    """ParEGO over a skopt space with per-frame warm start; see the module docstring."""
+    """ParEGO over a search space with per-frame warm start; see the module docstring."""
 
     def __init__(
         self,
@@ -644,8 +636,7 @@ class MultiObjectiveOptimizer:
 
     def _transform(self, xs: list[list]) -> np.ndarray:
         """``self.space.transform(xs)``, with categorical columns read from a table of their
-        one-hot rows: skopt encodes them through scikit-learn's ``LabelBinarizer`` with its
-        input validation, ~1 ms per call and most of a ``tell``."""
+        one-hot rows (a dict lookup per value, not an encoding per call)."""
         luts = self.__dict__.get("_onehot_luts")
         if luts is None:
             luts = {}
@@ -671,8 +662,8 @@ class MultiObjectiveOptimizer:
 
         A one-column integer or two-valued categorical is snapped in closed form
         (:func:`_snap_rule`, equal to skopt's ``transform(inverse_transform(.))``, tested):
-        skopt's round trip of 2000 candidates through Python lists held the GIL for ~1 % of
-        a warm frame's samples. Any other one-column dimension goes through skopt."""
+        a round trip of 2000 candidates through Python lists held the GIL for ~1 % of a warm
+        frame's samples. Any other one-column dimension takes the round trip."""
         out = np.clip(Z, 0.0, 1.0)
         rules = self.__dict__.get("_snap_rules")
         if rules is None:  # the space is fixed: its rules are found once
@@ -770,30 +761,26 @@ class MultiObjectiveOptimizer:
 
 
 def _snap_rule(dim) -> Callable[[np.ndarray], np.ndarray] | None:
-    """skopt's ``dim.transform(dim.inverse_transform(x))`` for a one-column transformed
-    dimension, as array arithmetic, where its transformer is one this knows; else None.
+    """``dim.transform(dim.inverse_transform(x))`` for a one-column transformed dimension, as
+    array arithmetic, where the transform is one this knows; else None.
 
-    - ``Integer`` normalised (``Pipeline([Identity, Normalize(is_int=True)])``): the value
-      ``round(x (high - low) + low)`` clipped to [low, high], then ``(v - low) / (high - low)``
-      in the same float operations skopt does;
-    - two-valued ``Categorical`` one-hot (``CategoricalEncoder``, a binary
-      ``LabelBinarizer``): the second category where x > 0.5 (the binariser's threshold),
-      transformed to 1.0, else 0.0.
+    - ``Integer`` normalised with a uniform prior: the value ``round(x (high - low) + low)``
+      clipped to [low, high], then ``(v - low) / (high - low)`` in the same float operations
+      the dimension does;
+    - two-valued ``Categorical`` one-hot: the second category where x > 0.5 (the one-hot
+      column's threshold), transformed to 1.0, else 0.0.
     """
-    t = dim.transformer
-    if type(t) is Pipeline and len(t.transformers) == 2 and type(t.transformers[0]) is Identity:
-        norm = t.transformers[1]
-        if (type(norm) is Normalize and norm.is_int and norm.high > norm.low
-                and float(dim.low) == norm.low and float(dim.high) == norm.high):
-            lo, hi, span = int(dim.low), int(dim.high), norm.high - norm.low
+    if (type(dim) is Integer and dim.transform_ == "normalize" and dim.prior == "uniform"
+            and dim.high > dim.low):
+        low, high = float(dim.low), float(dim.high)
+        lo, hi, span = int(dim.low), int(dim.high), high - low
 
-            def integer(x: np.ndarray) -> np.ndarray:
-                v = np.clip(np.round(x * span + norm.low).astype(int), lo, hi)
-                return (v - norm.low) / span
+        def integer(x: np.ndarray) -> np.ndarray:
+            v = np.clip(np.round(x * span + low).astype(int), lo, hi)
+            return (v - low) / span
 
-            return integer
-    if (type(t) is CategoricalEncoder and t.n_classes == 2 and len(dim.categories) == 2
-            and list(t._lb.classes_) == [0, 1]):
+        return integer
+    if type(dim) is Categorical and dim.transform_ == "onehot" and len(dim.categories) == 2:
         return lambda x: (x > 0.5).astype(np.float64)
     return None
 
