@@ -107,6 +107,8 @@ def test_space_is_skopts_on_mixed_points():
         assert mine.transformed_n_dims == ref.transformed_n_dims
         assert mine.n_dims == ref.n_dims
         assert mine.dimension_names == ref.dimension_names
+        assert all((p in mine) == (p in ref) for p in pts[:20])
+        assert ([1e9] * mine.n_dims in mine) == ([1e9] * ref.n_dims in ref) is False
         z = np.random.default_rng(5).random((200, ref.transformed_n_dims))
         assert ([_typed(p) for p in mine.inverse_transform(z)]
                 == [_typed(p) for p in ref.inverse_transform(z)])

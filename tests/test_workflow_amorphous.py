@@ -11,10 +11,10 @@ from collections import Counter
 
 import numpy as np
 import pytest
-from skopt.space import Space
 
 from rewardscope.optimize.knee import knee_index
 from rewardscope.science.atomfind import atoms_xy, find_atoms, normalize_frame
+from rewardscope.science.dimensions import Space
 from rewardscope.science.rewards import (
     REGISTRY,
     normalised_perimeter,

@@ -24,11 +24,11 @@ import pytest
 from scipy import ndimage
 from scipy.spatial import cKDTree
 from sklearn.metrics import adjusted_rand_score
-from skopt.space import Space
 
 from rewardscope import config
 from rewardscope.engine.session import SessionEngine
 from rewardscope.science import atomfind, descriptors, domaintests, kernels, mixtures, rewards
+from rewardscope.science.dimensions import Space
 from rewardscope.science.rewards import domain_interior, frame_chords, wall_span
 from rewardscope.science.scoring import labelled_ari as scored_ari
 from rewardscope.science.scoring import match_points, wall_distance_medians
@@ -830,3 +830,4 @@ def test_merge_unsupported_keys_do_not_overflow_with_many_regions():
     xy = np.stack([np.arange(n, dtype=float), np.zeros(n)], axis=1)
     out = merge_unsupported(labels, pairs, xy, np.zeros((0, 4)), radius=1.0)
     assert out.dtype == np.int16 and np.all(out == 0)
+

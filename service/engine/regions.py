@@ -101,6 +101,7 @@ from typing import Any
 import numpy as np
 
 from rewardscope.protocol import REGION_REASONS
+from rewardscope.science import tails
 
 REASONS = REGION_REASONS
 SIGNIFICANCE_HALF = 3.0
@@ -408,7 +409,6 @@ def domain_candidates(cells: Any, polarization: Any, spacing: float,
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
     from scipy.spatial import cKDTree
-    from scipy.stats import norm
 
     try:
         frame_s = float(frame_significance)
@@ -462,7 +462,7 @@ def domain_candidates(cells: Any, polarization: Any, spacing: float,
         se = math.sqrt(float(u ** 2 @ pg.var(axis=0, ddof=1)) / len(pg)
                        + float(u ** 2 @ var_m) / len(pm))
         z = norm_d / se if se > 0 else math.inf
-        s = float(-norm.logsf(z) / math.log(10.0)) if math.isfinite(z) else math.inf
+        s = float(-tails.norm_logsf(z) / math.log(10.0)) if math.isfinite(z) else math.inf
         # the box: members whose own vector sides with the group (smoothing blurs the
         # outline by a cell: edge cells of the majority can fall in the group)
         own = (pg - 0.5 * (pg.mean(axis=0) + mean_m)) @ u > 0
@@ -504,7 +504,6 @@ def flagged_groups(xy: Any, flagged: Any, valid: Any, spacing: float, reason: st
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
     from scipy.spatial import cKDTree
-    from scipy.stats import binom
 
     xy = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
     valid = np.asarray(valid, bool).ravel() & np.all(np.isfinite(xy), axis=1)
@@ -525,7 +524,7 @@ def flagged_groups(xy: Any, flagged: Any, valid: Any, spacing: float, reason: st
         lo, hi = members.min(axis=0) - spacing, members.max(axis=0) + spacing
         inside = valid & np.all((xy >= lo) & (xy <= hi), axis=1)
         m, k = int(inside.sum()), int((inside & bad).sum())
-        logp = float(binom.logsf(k - 1, m, rate)) if rate < 1.0 else 0.0
+        logp = tails.binom_logsf(k - 1, m, rate) if rate < 1.0 else 0.0
         sig = max(0.0, -logp / math.log(10.0))
         if sig < MIN_SIGNIFICANCE:
             continue

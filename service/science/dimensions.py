@@ -406,6 +406,9 @@ class Space:
     def __iter__(self):
         return iter(self.dimensions)
 
+    def __contains__(self, point) -> bool:
+        return all(v in d for v, d in zip(point, self.dimensions, strict=False))
+
     def __eq__(self, other) -> bool:
         return all(a == b for a, b in zip(self.dimensions, other.dimensions, strict=False))
 

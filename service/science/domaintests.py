@@ -62,10 +62,9 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
 from scipy.spatial import cKDTree
 
-from rewardscope.science import kernels
+from rewardscope.science import kernels, tails
 
 __all__ = [
     "ALPHA",
@@ -293,7 +292,7 @@ def homogeneity_test(xy: np.ndarray, noise: OffsetNoise,
     dev = means[use] - centre
     q = float(np.einsum("bi,bij,bj->", dev, prec, dev))
     dof = 2 * (int(use.sum()) - 1)
-    return float(_clip_logp(-float(stats.chi2.logsf(q, dof)) / _LN10)), q / dof
+    return float(_clip_logp(-tails.chi2_logsf(q, dof) / _LN10)), q / dof
 
 
 def discoveries(neg_log10_p: np.ndarray, alpha: float = ALPHA) -> np.ndarray:

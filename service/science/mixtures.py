@@ -16,13 +16,20 @@ standardised site descriptors. They share these choices, which live here once:
   label id does not depend on the mixture's internal order (:func:`labels_by_size`), and the
   BIC is reported per fitted row so frames with different numbers of sites compare
   (:func:`mixture_labels`);
-* the EM loop is scikit-learn's algorithm (k-means initialisation by scikit-learn's own
-  ``KMeans`` with the same random state, the same M-step, E-step, stopping rule and choice
-  among ``n_init`` starts) run as one ``numba`` kernel that releases the GIL
-  (:data:`EM_ENGINE`): the fitted ``GaussianMixture`` is the one scikit-learn's ``fit`` gives,
-  to rounding, at a fraction of the cost (measured ~10x on the workflows' 1000-3000 x 3-12
-  descriptors, where scikit-learn's per-iteration Python overhead dominates), and two
-  evaluation threads fit side by side instead of taking turns on the GIL.
+* the EM loop is scikit-learn's algorithm (k-means initialisation as scikit-learn's own
+  ``KMeans`` computes it, same random draws from the same random state; the same M-step,
+  E-step, stopping rule and choice among ``n_init`` starts) run as one ``numba`` kernel that
+  releases the GIL (:data:`EM_ENGINE`): the fitted mixture is the one scikit-learn's
+  ``GaussianMixture.fit`` gives, to rounding, at a fraction of the cost (measured ~10x on the
+  workflows' 1000-3000 x 3-12 descriptors, where scikit-learn's per-iteration Python overhead
+  dominates), and two evaluation threads fit side by side instead of taking turns on the GIL;
+* that fit is returned as a :class:`Mixture`: ``GaussianMixture``'s fitted attributes, and
+  its ``predict``, ``predict_proba``, ``score_samples``, ``score``, ``bic`` and ``aic``
+  computed by the same numpy operations in the same order, so they equal scikit-learn's bit
+  for bit, without importing scikit-learn (~0.5 s of a cold start). scikit-learn is imported
+  only where it runs: the reference engine (``EM_ENGINE = "sklearn"``, float32 or unusual
+  input, which returns scikit-learn's own ``GaussianMixture``) and the rare k-means start
+  whose cluster empties.
 """
 
 from __future__ import annotations
@@ -32,16 +39,18 @@ import threading
 import warnings
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 import numpy as np
 from numba import njit
-from sklearn.cluster import KMeans
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.mixture import GaussianMixture
+
+if TYPE_CHECKING:  # imported where used: scikit-learn costs ~0.5 s of a cold start
+    from sklearn.mixture import GaussianMixture
 
 __all__ = [
     "COVARIANCE_TYPES",
     "EM_ENGINE",
+    "Mixture",
     "MixtureLabels",
     "fit_gmm",
     "fit_sample",
@@ -120,6 +129,209 @@ def _check_covariance(covariance_type: str) -> str:
     return covariance_type
 
 
+class NotFittedError(ValueError, AttributeError):
+    """A :class:`Mixture` was used before its parameters were set (as scikit-learn's
+    ``NotFittedError``, a ``ValueError`` and an ``AttributeError``)."""
+
+
+class Mixture:
+    """A Gaussian mixture fitted by :func:`fit_gmm`'s numba engine, without scikit-learn.
+
+    It holds what a fitted scikit-learn ``GaussianMixture`` holds, under the same names
+    (learned state ends in ``_``), and its ``predict``, ``predict_proba``, ``score_samples``,
+    ``score``, ``bic`` and ``aic`` compute what ``GaussianMixture``'s do with the same
+    parameters: the same numpy operations in the same order (log-determinants from the
+    precision Cholesky factors, Mahalanobis terms by matmul, log-sum-exp with the maximum
+    taken out and counted), so the results are equal bit for bit, not merely to rounding.
+    Input is checked as scikit-learn checks it (2-D, at least one row, the fitted number of
+    features, finite; the dtype is kept, object arrays become float64).
+
+    Parameters
+    ----------
+    n_components : int
+        Number of components.
+    covariance_type : {"full", "tied", "diag", "spherical"}, optional
+        Covariance parameterisation (default "full").
+    tol, reg_covar, max_iter, n_init, random_state
+        The fit's settings, kept as ``GaussianMixture`` keeps them.
+
+    Attributes
+    ----------
+    weights_ : (k,) ndarray
+        Component weights.
+    means_ : (k, d) ndarray
+        Component means.
+    covariances_ : ndarray
+        Covariances: (k, d, d) full, (d, d) tied, (k, d) diag, (k,) spherical.
+    precisions_cholesky_ : ndarray
+        Upper-triangular U with precision = U U^T, shaped as ``covariances_``.
+    precisions_ : ndarray
+        Precisions, shaped as ``covariances_`` (computed from ``precisions_cholesky_``).
+    converged_ : bool
+        Whether the best start reached ``tol``.
+    n_iter_ : int
+        EM iterations of the best start.
+    lower_bound_ : float
+        Final per-row log-likelihood of the best start.
+    lower_bounds_ : list of float
+        Per-row log-likelihood after each iteration of the best start.
+    n_features_in_ : int
+        Number of features of the fitted rows.
+    """
+
+    def __init__(self, n_components: int = 1, covariance_type: str = "full", *,
+                 tol: float = 1e-3, reg_covar: float = 1e-6, max_iter: int = 100,
+                 n_init: int = 1, random_state: int | None = None) -> None:
+        self.n_components = n_components
+        self.covariance_type = covariance_type
+        self.tol = tol
+        self.reg_covar = reg_covar
+        self.max_iter = max_iter
+        self.n_init = n_init
+        self.random_state = random_state
+
+    def __repr__(self) -> str:
+        return (f"Mixture({self.n_components}, covariance_type={self.covariance_type!r}, "
+                f"fitted={hasattr(self, 'precisions_cholesky_')})")
+
+    def _set_parameters(self, params: tuple) -> None:
+        """Set (weights, means, covariances, precision Cholesky factors) and derive the
+        precisions from the factors, as ``GaussianMixture._set_parameters`` does."""
+        self.weights_, self.means_, self.covariances_, self.precisions_cholesky_ = params
+        chol = self.precisions_cholesky_
+        if self.covariance_type == "full":
+            self.precisions_ = np.empty_like(chol)
+            for c in range(chol.shape[0]):
+                factor = chol[c, :, :]
+                self.precisions_[c, :, :] = factor @ factor.T
+        elif self.covariance_type == "tied":
+            self.precisions_ = chol @ chol.T
+        else:
+            self.precisions_ = chol**2
+
+    def _rows(self, x: np.ndarray) -> np.ndarray:
+        """``x`` checked as scikit-learn's ``validate_data(reset=False)`` checks it."""
+        if not hasattr(self, "precisions_cholesky_"):
+            raise NotFittedError("This Mixture is not fitted yet")
+        data = np.asarray(x)
+        if data.dtype.kind == "O":
+            data = data.astype(np.float64)
+        elif data.dtype.kind not in "biuf":
+            raise ValueError(f"X must be numeric, got dtype {data.dtype}")
+        if data.ndim != 2:
+            raise ValueError(f"Expected 2D array, got {data.ndim}D array instead")
+        if data.shape[0] < 1:
+            raise ValueError(f"Found array with 0 sample(s) (shape={data.shape}) while a "
+                             "minimum of 1 is required")
+        if data.shape[1] != self.n_features_in_:
+            raise ValueError(f"X has {data.shape[1]} features, but the mixture is expecting "
+                             f"{self.n_features_in_} features as input.")
+        if data.dtype.kind == "f" and not np.isfinite(data).all():
+            raise ValueError("Input X contains NaN or infinity.")
+        return data
+
+    def _log_det_cholesky(self, n_features: int) -> np.ndarray:
+        """log det U of every component (= -1/2 log det covariance)."""
+        chol = self.precisions_cholesky_
+        kind = self.covariance_type
+        if kind == "full":
+            k = chol.shape[0]
+            return np.sum(np.log(np.reshape(chol, (k, -1))[:, :: n_features + 1]), axis=1)
+        if kind == "tied":
+            return np.sum(np.log(np.diagonal(chol, axis1=-2, axis2=-1)))
+        if kind == "diag":
+            return np.sum(np.log(chol), axis=1)
+        return n_features * np.log(chol)
+
+    def _log_gaussian(self, x: np.ndarray) -> np.ndarray:
+        """log N(x | mean, covariance) of every row and component, (N, k)."""
+        n, d = x.shape
+        means, chol = self.means_, self.precisions_cholesky_
+        k = means.shape[0]
+        log_det = self._log_det_cholesky(d)
+        kind = self.covariance_type
+        if kind in ("full", "tied"):
+            quad = np.empty((n, k), dtype=x.dtype)
+            for c in range(k):
+                factor = chol[c, :, :] if kind == "full" else chol
+                y = (x @ factor) - (means[c, :] @ factor)
+                quad[:, c] = np.sum(np.square(y), axis=1)
+        elif kind == "diag":
+            prec = chol**2
+            quad = (np.sum((means**2 * prec), axis=1) - 2.0 * (x @ (means * prec).T)
+                    + (x**2 @ prec.T))
+        else:
+            prec = chol**2
+            quad = (np.sum(means**2, axis=1) * prec - 2 * (x @ means.T * prec)
+                    + np.outer(np.einsum("ij,ij->i", x, x), prec))
+        return -0.5 * (d * math.log(2 * math.pi) + quad) + log_det
+
+    def _weighted_log_prob(self, x: np.ndarray) -> np.ndarray:
+        return self._log_gaussian(x) + np.log(self.weights_)
+
+    def score_samples(self, x: np.ndarray) -> np.ndarray:
+        """Log-likelihood of every row of ``x``, (N,)."""
+        return _logsumexp_rows(self._weighted_log_prob(self._rows(x)))
+
+    def score(self, x: np.ndarray, y: object = None) -> float:
+        """Mean log-likelihood of the rows of ``x``."""
+        return float(np.mean(self.score_samples(x)))
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """Most probable component of every row of ``x``, (N,) int."""
+        return np.argmax(self._weighted_log_prob(self._rows(x)), axis=1)
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        """Component probabilities of every row of ``x``, (N, k)."""
+        weighted = self._weighted_log_prob(self._rows(x))
+        norm = _logsumexp_rows(weighted)
+        with np.errstate(under="ignore"):
+            log_resp = weighted - norm[:, np.newaxis]
+        return np.exp(log_resp)
+
+    def _n_parameters(self) -> int:
+        """Free parameters of the mixture."""
+        d = self.means_.shape[1]
+        k = self.n_components
+        kind = self.covariance_type
+        if kind == "full":
+            cov_params = k * d * (d + 1) / 2.0
+        elif kind == "diag":
+            cov_params = k * d
+        elif kind == "tied":
+            cov_params = d * (d + 1) / 2.0
+        else:
+            cov_params = k
+        return int(cov_params + d * k + k - 1)
+
+    def bic(self, x: np.ndarray) -> float:
+        """Bayesian information criterion on the rows of ``x`` (lower is better)."""
+        n = np.asarray(x).shape[0]
+        return -2 * self.score(x) * n + self._n_parameters() * math.log(n)
+
+    def aic(self, x: np.ndarray) -> float:
+        """Akaike information criterion on the rows of ``x`` (lower is better)."""
+        n = np.asarray(x).shape[0]
+        return -2 * self.score(x) * n + 2 * self._n_parameters()
+
+
+def _logsumexp_rows(a: np.ndarray) -> np.ndarray:
+    """log sum exp over each row of the 2-D ``a``, as scikit-learn's mixtures compute it:
+    the row maximum taken out, the other terms' exponentials summed, divided by the number
+    of maxima m, then log1p(s) + log(m) + max."""
+    if a.dtype not in (np.float64, np.float32, np.float16):
+        a = np.asarray(a, dtype=np.float64)
+    top = np.max(a, axis=1, keepdims=True)
+    at_top = a == top
+    a = np.array(a, copy=True)
+    a[at_top] = -np.inf
+    m = np.sum(at_top.astype(a.dtype), axis=1, keepdims=True, dtype=a.dtype)
+    shift = np.where(np.isfinite(top), top, 0)
+    s = np.sum(np.exp(a - shift), axis=1, keepdims=True, dtype=a.dtype)
+    s = np.where(s == 0, s, s / m)
+    return np.squeeze(np.log1p(s) + np.log(m) + top, axis=1)
+
+
 def fit_gmm(
     x: np.ndarray,
     n_components: int,
@@ -130,11 +342,16 @@ def fit_gmm(
     max_iter: int = 100,
     tol: float = 1e-3,
     reg_covar: float = 1e-4,
-) -> GaussianMixture:
-    """A scikit-learn ``GaussianMixture`` fitted on every row of ``x``, without warnings.
+) -> Mixture | GaussianMixture:
+    """A Gaussian mixture fitted on every row of ``x``, without warnings.
+
+    The numba engine (:data:`EM_ENGINE`, float64 finite 2-D rows) returns a :class:`Mixture`;
+    the reference engine and other input a scikit-learn ``GaussianMixture`` (imported
+    then). The two have the same fitted attributes and scoring methods.
 
     The workflows give the mixture a fixed iteration budget per candidate, so a fit that
-    stops before ``tol`` is expected, not an error: ``ConvergenceWarning`` is silenced.
+    stops before ``tol`` is expected, not an error: scikit-learn's ``ConvergenceWarning`` is
+    silenced.
     ``n_components`` is clipped to the number of rows (a mixture cannot have more components
     than points).
 
@@ -160,41 +377,48 @@ def fit_gmm(
 
     Returns
     -------
-    sklearn.mixture.GaussianMixture
+    Mixture or sklearn.mixture.GaussianMixture
         The fitted model.
 
     Raises
     ------
     ValueError
         If ``n_components`` < 1 or ``covariance_type`` is unknown; scikit-learn's own
-        ``ValueError`` for degenerate data (e.g. ill-defined covariances).
+        ``ValueError`` (or the same message) for degenerate data (e.g. ill-defined
+        covariances).
     """
     if int(n_components) != n_components or n_components < 1:
         raise ValueError(f"n_components must be an integer >= 1, got {n_components!r}")
     data = np.asarray(x)
     k = max(1, min(int(n_components), data.shape[0]))
-    gmm = GaussianMixture(k, covariance_type=_check_covariance(covariance_type),
-                          random_state=seed, n_init=n_init, max_iter=max_iter, tol=tol,
-                          reg_covar=reg_covar)
+    covariance_type = _check_covariance(covariance_type)
     if (EM_ENGINE == "numba" and data.dtype == np.float64 and data.ndim == 2
             and data.shape[0] >= 2 and data.shape[1] >= 1 and int(n_init) >= 1
             and int(max_iter) >= 1 and np.isfinite(data).all()):
-        _fit_numba(gmm, np.ascontiguousarray(data), seed)
-        return gmm
+        model = Mixture(k, covariance_type, random_state=seed, n_init=n_init,
+                        max_iter=max_iter, tol=tol, reg_covar=reg_covar)
+        _fit_numba(model, np.ascontiguousarray(data), seed)
+        return model
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.mixture import GaussianMixture
+
+    gmm = GaussianMixture(k, covariance_type=covariance_type, random_state=seed,
+                          n_init=n_init, max_iter=max_iter, tol=tol, reg_covar=reg_covar)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         gmm.fit(data)
     return gmm
 
 
-def _fit_numba(gmm: GaussianMixture, data: np.ndarray, seed: int) -> None:
+def _fit_numba(gmm: Mixture | GaussianMixture, data: np.ndarray, seed: int) -> None:
     """``gmm.fit(data)`` with the EM loop in :func:`_em_kernel` (see the module doc).
 
-    Each start is initialised as scikit-learn does (``KMeans(n_init=1)`` labels drawn from
-    one ``RandomState(seed)`` shared by the starts); the start with the highest final lower
-    bound wins (the first on ties), and the fitted attributes are set through the
-    estimator's own ``_set_parameters``, so ``predict``, ``predict_proba``, ``bic`` and
-    ``score`` behave as after ``fit``.
+    ``gmm`` is an unfitted :class:`Mixture` (or scikit-learn ``GaussianMixture``: the same
+    parameters, for comparison). Each start is initialised as scikit-learn does
+    (``KMeans(n_init=1)`` labels drawn from one ``RandomState(seed)`` shared by the starts);
+    the start with the highest final lower bound wins (the first on ties), and the fitted
+    attributes are set through the model's ``_set_parameters``, so ``predict``,
+    ``predict_proba``, ``bic`` and ``score`` behave as after scikit-learn's ``fit``.
     """
     n, d = data.shape
     k = int(gmm.n_components)
@@ -287,6 +511,9 @@ def _kmeans_labels(data: np.ndarray, k: int, rs: np.random.RandomState,
     labels, ok = _lloyd_kernel(x, centers, 300, tol)
     if ok:
         return labels
+    from sklearn.cluster import KMeans  # rare: scikit-learn relocates the empty cluster
+    from sklearn.exceptions import ConvergenceWarning
+
     rs.set_state(state)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
@@ -564,7 +791,7 @@ def _em_kernel(X, resp, kind, reg, max_iter, tol):
     return w, mu, cov, U, lower, n_iter, converged, bounds, False
 
 
-def posterior(gmm: GaussianMixture, x: np.ndarray) -> np.ndarray:
+def posterior(gmm: Mixture | GaussianMixture, x: np.ndarray) -> np.ndarray:
     """``gmm.predict_proba(x)``: every row's component probabilities, (N, k).
 
     For a fitted mixture and float64 rows it is the numba E-step of :func:`fit_gmm`'s kernel
@@ -573,7 +800,7 @@ def posterior(gmm: GaussianMixture, x: np.ndarray) -> np.ndarray:
 
     Parameters
     ----------
-    gmm : sklearn.mixture.GaussianMixture
+    gmm : Mixture or sklearn.mixture.GaussianMixture
         A fitted mixture (e.g. from :func:`fit_gmm`).
     x : (N, d) array_like of float
         Rows in the units the mixture was fitted in.
@@ -587,9 +814,9 @@ def posterior(gmm: GaussianMixture, x: np.ndarray) -> np.ndarray:
     return gmm.predict_proba(x) if log_resp is None else np.exp(log_resp)
 
 
-def _log_resp(gmm: GaussianMixture, x: np.ndarray) -> np.ndarray | None:
+def _log_resp(gmm: Mixture | GaussianMixture, x: np.ndarray) -> np.ndarray | None:
     """Log responsibilities of ``x`` under the fitted ``gmm`` by the numba E-step, or None
-    where that path does not apply (then scikit-learn's own methods are used)."""
+    where that path does not apply (then the model's own methods are used)."""
     data = np.asarray(x)
     prec = getattr(gmm, "precisions_cholesky_", None)
     if (prec is None or data.dtype != np.float64 or data.ndim != 2 or data.shape[0] == 0
@@ -647,14 +874,14 @@ class MixtureLabels:
     ----------
     labels : (N,) ndarray of int16
         Label of every row, renumbered by decreasing cluster size.
-    model : sklearn.mixture.GaussianMixture
-        The fitted mixture.
+    model : Mixture or sklearn.mixture.GaussianMixture
+        The fitted mixture (see :func:`fit_gmm`).
     fit : (M, d) ndarray
         The rows it was fitted on.
     """
 
     labels: np.ndarray
-    model: GaussianMixture
+    model: Mixture | GaussianMixture
     fit: np.ndarray
 
     @property
@@ -746,4 +973,4 @@ def warmup() -> None:
     rng = np.random.default_rng(0)
     x = np.concatenate([rng.normal(0.0, 1.0, (12, 2)), rng.normal(4.0, 1.0, (12, 2))])
     for covariance_type in COVARIANCE_TYPES:
-        _fit_numba(GaussianMixture(2, covariance_type=covariance_type, max_iter=3), x, 0)
+        _fit_numba(Mixture(2, covariance_type=covariance_type, max_iter=3), x, 0)
