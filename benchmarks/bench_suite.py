@@ -246,11 +246,15 @@ def run(quick: bool = False, only: list[str] | None = None,
     for name in chosen:
         say(f"[{name}] ...")
         t0 = time.perf_counter()
+        environ = dict(os.environ)
         try:
             res = RUNNERS[name](quick)
         except Exception as exc:  # one failing comparison must not lose the others
             res = {"error": f"{type(exc).__name__}: {exc}",
                    "traceback": traceback.format_exc(limit=8)}
+        finally:  # a section's environment (a library's settings) must not reach the next
+            os.environ.clear()
+            os.environ.update(environ)
         res["seconds"] = round(time.perf_counter() - t0, 1)
         report["sections"][name] = res
         say(f"[{name}] {res['seconds']} s" + (f"  ERROR {res['error']}" if "error" in res

@@ -56,6 +56,7 @@ def test_session_slots_newest_per_session_one_session_per_thread():
 
 
 def test_two_instruments_served_at_once_on_two_workers(tmp_path):
+    environ = dict(os.environ)
     rig = Rig(cluster="local:2", workflow="atoms", budget=3, cold_budget=5,
               cold_deadline_s=60.0, deadline_s=30.0, store=str(tmp_path))
     try:
@@ -74,6 +75,9 @@ def test_two_instruments_served_at_once_on_two_workers(tmp_path):
                 got[r.session].append(r.seq)
                 assert len(r.atoms) > 20  # a real analysis came back from the worker
         assert got == {"scope-1": [0, 1, 2], "scope-2": [0, 1, 2]}
+        # Dask's nanny wrote its workers' settings into this process's environment; the
+        # cluster put it back, so what the daemon starts later does not inherit them
+        assert dict(os.environ) == environ
         engines = rig.daemon.engines
         assert {engines[s].worker for s in sims} == set(rig.daemon.cluster.workers())
         assert all(engines[s].state_dict()["frames_processed"] == 3 for s in sims)
