@@ -154,8 +154,9 @@ def run(quick: bool = False, *, frames: int | None = None, sessions: int | None 
         Frames of the long session (default 1,000; 60 when quick).
     sessions, per_session : int, optional
         The throughput sessions (default 4 x 24; 2 x 4 when quick). A 128² ``atoms`` frame
-        takes ~20 ms, so 24 frames (~0.5 s) measured Dask's per-task overhead more than
-        its throughput: 96 frames are ~2 s per executor.
+        takes ~15 ms: 24 frames (~0.4 s) were mostly the workers' own cold start (each
+        imports the package and loads its cached kernels, ~1 s, inside the timed run; the
+        one-process baseline runs in this warm process); 96 frames are ~1.5-2 s each way.
     workflow : str
         The workflow setting (default ``atoms``).
     """

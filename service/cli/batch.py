@@ -38,6 +38,7 @@ import os
 import re
 import struct
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -603,10 +604,14 @@ def _run_dask(client: Any, sources: list[Source], root: Path, settings: dict[str
     futures = {client.submit(run_source, src, str(root), settings, export=export,
                              retries=retries, pure=False, key=f"batch-{i}-{os.getpid()}-"
                              f"{time.time_ns()}"): src for i, src in enumerate(sources)}
+    finished = threading.Event()  # set as each session's task ends
+    for fut in futures:
+        fut.add_done_callback(lambda _fut: finished.set())
     parts = []
     pending = set(futures)
     while pending:
-        time.sleep(0.2)
+        finished.wait(0.2)  # back as soon as a session ends; else in 0.2 s, to move the bar
+        finished.clear()
         done = {f for f in pending if f.done()}
         pending -= done
         bar.n = min(bar.total, _written(root))
