@@ -189,6 +189,13 @@ def test_all_workflows_against_ground_truth():
         assert d_det <= LATTICE and d_true <= LATTICE, (sf.index, d_det, d_true)
         iou = mask_iou(a.arrays["amorphous_mask"], t.amorphous_mask)
         assert iou >= 0.6, (sf.index, iou)
+        # no domain is claimed where the frame's own analysis found the order gone; the
+        # amorphous workflow's own labels (ordered / disordered) are kept there
+        mask = a.arrays["amorphous_mask"]
+        col, row = np.rint(a.atoms[:, 0]).astype(int), np.rint(a.atoms[:, 1]).astype(int)
+        inside = mask[np.clip(row, 0, mask.shape[0] - 1), np.clip(col, 0, mask.shape[1] - 1)]
+        assert inside.sum() > 10 and np.all(a.labels[inside] == -1)
+        assert np.any(a.arrays["amorphous_labels"][inside] >= 0)
         assert a.warm_started is (sf.index > 0)
         assert {"wall_curvature", "region_compactness", "count_quality"} <= set(a.rewards)
 
@@ -262,3 +269,24 @@ def test_a_wave_side_by_side_gives_the_one_after_another_result(monkeypatch):
             assert np.array_equal(a.arrays[k], b.arrays[k], equal_nan=True), k
         assert [e["workflow"] for e in a.pareto] == [e["workflow"] for e in b.pareto]
         assert a.scalars["lattice"] == b.scalars["lattice"]
+
+
+def test_a_clearing_mask_unlabels_the_atoms_inside_it():
+    """``cleared_labels``: atoms whose rounded pixel is set in a ``clears_labels`` mask get -1,
+    the others keep theirs; the input is not modified; no mask set changes nothing; and only
+    a mask output may clear labels."""
+    from rewardscope.engine.session import cleared_labels
+    from rewardscope.workflows import LABELS, MASK, Output
+
+    atoms = np.array([[1.0, 1.0], [5.4, 2.6], [8.0, 8.0], [-3.0, 20.0]], np.float32)
+    labels = np.array([0, 1, 2, 1], np.int16)
+    mask = np.zeros((10, 10), bool)
+    mask[3, 5] = True  # (x 5.4, y 2.6) rounds to row 3, column 5
+    mask[9, 0] = True  # (-3, 20) is clipped onto the frame's corner (row 9, column 0)
+    out = cleared_labels(atoms, labels, [mask])
+    assert out.tolist() == [0, -1, 2, -1] and labels.tolist() == [0, 1, 2, 1]
+    assert cleared_labels(atoms, labels, [np.zeros((10, 10), bool)]) is labels
+    assert cleared_labels(atoms, labels, []) is labels
+    with pytest.raises(ValueError, match="clears_labels"):
+        Output("labels", LABELS, clears_labels=True)
+    assert Output("mask", MASK, clears_labels=True).clears_labels

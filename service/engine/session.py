@@ -397,12 +397,50 @@ def label_instability(chosen: Any, others: Sequence[Any]) -> np.ndarray | None:
     return frac
 
 
+def cleared_labels(atoms: np.ndarray, labels: np.ndarray,
+                   masks: Sequence[np.ndarray]) -> np.ndarray:
+    """``labels`` with -1 for every atom whose pixel (x, y rounded, clipped to the frame) is set
+    in one of ``masks`` (the ``clears_labels`` masks: no lattice there to label).
+
+    Parameters
+    ----------
+    atoms : (N, 2) ndarray of float
+        Atom positions x, y, px.
+    labels : (N,) ndarray of int
+        Their labels, -1 = none.
+    masks : sequence of (H, W) ndarray of bool
+        Where labels mean nothing.
+
+    Returns
+    -------
+    (N,) ndarray of int16
+        A copy with the atoms inside any mask set to -1 (``labels`` itself when no mask
+        applies).
+    """
+    hits = None
+    for mask in masks:
+        m = np.asarray(mask, dtype=bool)
+        if m.ndim != 2 or not m.any() or len(atoms) != len(labels) or not len(atoms):
+            continue
+        col = np.clip(np.rint(atoms[:, 0]), 0, m.shape[1] - 1).astype(np.intp)
+        row = np.clip(np.rint(atoms[:, 1]), 0, m.shape[0] - 1).astype(np.intp)
+        inside = m[row, col]
+        hits = inside if hits is None else hits | inside
+    if hits is None or not hits.any():
+        return labels
+    out = np.array(labels, dtype=np.int16, copy=True)
+    out[hits] = -1
+    return out
+
+
 class _Merged:
     """The frame's result, filled workflow by workflow from their declared outputs."""
 
     def __init__(self) -> None:
         self.atoms: np.ndarray | None = None
         self.labels: np.ndarray | None = None
+        self.labels_by = ""  # the workflow whose labels are the result's
+        self.clearing: list[tuple[str, np.ndarray]] = []  # (workflow, mask) that clear labels
         self.walls: list = []
         self.arrays: dict[str, np.ndarray] = {}
         self.scalars: dict[str, Any] = {}
@@ -418,13 +456,15 @@ class _Merged:
             elif o.kind == LABELS:
                 lab = np.asarray(v, dtype=np.int16)
                 if self.labels is None:
-                    self.labels = lab
+                    self.labels, self.labels_by = lab, wf.name
                 if o.name:
                     self.arrays[o.name] = lab
             elif o.kind == SEGMENTS:
                 self.walls += [list(map(float, w)) for w in v]
             elif o.kind == MASK:
                 self.arrays[o.published] = np.asarray(v)
+                if o.clears_labels:
+                    self.clearing.append((wf.name, np.asarray(v)))
             elif o.kind in (PER_ATOM, FIELD, PER_WALL, PER_REGION):
                 arr = np.asarray(v)
                 self.arrays[o.published] = arr.astype(np.float32) \
@@ -437,6 +477,8 @@ class _Merged:
     def analysis(self, **kw: Any) -> Analysis:
         atoms = self.atoms if self.atoms is not None else np.zeros((0, 2), np.float32)
         labels = self.labels if self.labels is not None else np.full(len(atoms), -1, np.int16)
+        labels = cleared_labels(atoms, labels, [m for by, m in self.clearing
+                                                if by != self.labels_by])
         return Analysis(atoms=atoms, labels=labels, walls=self.walls, arrays=self.arrays,
                         scalars=self.scalars, **kw)
 

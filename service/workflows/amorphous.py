@@ -1096,7 +1096,7 @@ class AmorphousWorkflow(Workflow):
     rewards = ("region_compactness", "normalised_perimeter", "order_contrast")
     needs = (ATOMS,)
     produces = (
-        Output("amorphous_mask", MASK),
+        Output("amorphous_mask", MASK, clears_labels=True),
         Output("labels", LABELS, name="amorphous_labels"),
         Output("region_labels", MASK),
         Output("region_significance", PER_REGION),

@@ -40,15 +40,25 @@ KINDS = (ATOMS, LABELS, PER_ATOM, MASK, SEGMENTS, POLYLINES, FIELD, SCALAR, PER_
 class Output:
     """One declared output of a workflow: ``key`` in :attr:`Evaluation.output`, its ``kind``
     (one of :data:`KINDS`) and ``name``, the name it is published under ('' = ``key``; a
-    ``labels`` output is also published as an array when ``name`` is given)."""
+    ``labels`` output is also published as an array when ``name`` is given).
+
+    ``clears_labels`` (masks only): where the mask is set there is no lattice to label (an
+    amorphous region), so the result's ``labels`` of atoms inside it become -1 when another
+    workflow produced them: a domain map must not claim a domain where the frame's own
+    analysis says the order is gone.
+    """
 
     key: str
     kind: str
     name: str = ""
+    clears_labels: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"output {self.key!r}: kind must be one of {KINDS}, got "
+                             f"{self.kind!r}")
+        if self.clears_labels and self.kind != MASK:
+            raise ValueError(f"output {self.key!r}: clears_labels needs kind {MASK!r}, got "
                              f"{self.kind!r}")
 
     @property
