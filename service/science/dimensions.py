@@ -152,6 +152,19 @@ class _Numeric(Dimension):
     def transform(self, x):
         return self._warp(x)
 
+    def inverse_transform(self, xt):
+        """Values back from the transformed space: clipped to [low, high], cast to ``dtype``
+        (integers rounded first); Python numbers when ``dtype`` is Python's own type."""
+        inv = self._unwarp(xt)
+        if isinstance(inv, list):
+            inv = np.array(inv)
+        inv = np.clip(inv, self.low, self.high)
+        value = (np.round(inv) if self._is_int else inv).astype(self.dtype)
+        python = int if self._is_int else float
+        if self.dtype is python or self.dtype == python.__name__:
+            return getattr(value, "tolist", lambda: value)()
+        return value
+
     @property
     def bounds(self) -> tuple:
         return (self.low, self.high)
@@ -195,15 +208,6 @@ class Real(_Numeric):
             raise ValueError(f"dtype must be a np.floating subtype; got {dtype}")
         super().__init__(low, high, prior, base, transform, name, dtype)
 
-    def inverse_transform(self, xt):
-        inv = self._unwarp(xt)
-        if isinstance(inv, list):
-            inv = np.array(inv)
-        inv = np.clip(inv, self.low, self.high).astype(self.dtype)
-        if self.dtype is float or self.dtype == "float":
-            return getattr(inv, "tolist", lambda: inv)()
-        return inv
-
     @property
     def transformed_bounds(self) -> tuple:
         if self.transform_ == "normalize":
@@ -234,16 +238,6 @@ class Integer(_Numeric):
         if isinstance(dtype, type) and dtype not in _INT_DTYPES:
             raise ValueError(f"dtype must be int or a numpy integer type, but got {dtype}")
         super().__init__(low, high, prior, base, transform, name, dtype)
-
-    def inverse_transform(self, xt):
-        inv = self._unwarp(xt)
-        if isinstance(inv, list):
-            inv = np.array(inv)
-        inv = np.clip(inv, self.low, self.high)
-        value = np.round(inv).astype(self.dtype)
-        if self.dtype is int or self.dtype == "int":
-            return getattr(value, "tolist", lambda: value)()
-        return value
 
     @property
     def transformed_bounds(self) -> tuple:
