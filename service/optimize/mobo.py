@@ -635,26 +635,10 @@ class MultiObjectiveOptimizer:
         self.stats["hyperfit_s"] += time.perf_counter() - t0
 
     def _transform(self, xs: list[list]) -> np.ndarray:
-        """``self.space.transform(xs)``, with categorical columns read from a table of their
-        one-hot rows (a dict lookup per value, not an encoding per call)."""
-        luts = self.__dict__.get("_onehot_luts")
-        if luts is None:
-            luts = {}
-            for i, dim in enumerate(self.space.dimensions):
-                if hasattr(dim, "categories"):
-                    cats = list(dim.categories)
-                    rows = np.asarray(dim.transform(cats), dtype=float).reshape(len(cats), -1)
-                    luts[i] = {_key([c])[0]: row for c, row in zip(cats, rows, strict=True)}
-            self._onehot_luts = luts
-        cols = []
-        for i, dim in enumerate(self.space.dimensions):
-            col = [x[i] for x in xs]
-            lut = luts.get(i)
-            if lut is not None and all(_key([v])[0] in lut for v in col):
-                cols.append(np.array([lut[_key([v])[0]] for v in col]).reshape(len(xs), -1))
-            else:
-                cols.append(np.asarray(dim.transform(col), dtype=float).reshape(len(xs), -1))
-        return np.hstack(cols) if cols else np.zeros((len(xs), 0))
+        """``self.space.transform(xs)`` as float64 rows (none for no points)."""
+        if not xs:
+            return np.zeros((0, self.space.transformed_n_dims))
+        return np.asarray(self.space.transform(xs), dtype=np.float64)
 
     def _snap(self, Z: np.ndarray) -> np.ndarray:
         """Map unit-cube points onto representable transformed points (rounded integers,
